@@ -1,0 +1,106 @@
+"""Feature extractors, by name. Every backbone maps (N, C, H, W) images to (N, out_dim) features
+and exposes ``feature_map`` (the last spatial map, for Grad-CAM and similarity maps)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=False), nn.MaxPool2d(2))
+
+
+class Conv4(nn.Module):
+    """The classic four-block ConvNet of few-shot learning (Vinyals et al. 2016; Snell et al. 2017).
+
+    Features are the flattened last map, so a 28x28 input gives 64 features and 64x64 gives 1024.
+    """
+
+    default_cam_layer = "blocks.3"
+
+    def __init__(self, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.blocks = nn.Sequential(*[_conv_block(in_channels if i == 0 else width, width) for i in range(4)])
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (N, C, H, W) -> (N, width, H/16, W/16)."""
+        return self.blocks(images)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.flatten(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_map(images))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+class ResNet12(nn.Module):
+    """ResNet-12 (Oreshkin et al. 2018): four residual blocks of three 3x3 convolutions, then
+    global average pooling. ``widths`` defaults to a narrower (64, 96, 128, 256) for CPU use;
+    pass (64, 160, 320, 640) for the published size."""
+
+    default_cam_layer = "blocks.3"
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (64, 96, 128, 256)):
+        super().__init__()
+        chans = (in_channels, *widths)
+        self.blocks = nn.Sequential(*[_ResBlock(chans[i], chans[i + 1]) for i in range(len(widths))])
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        return self.blocks(images)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_map(images))
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def make_backbone(name: str, in_channels: int = 3, image_size: int | tuple[int, int] = 28, **kwargs) -> nn.Module:
+    """Build a registered backbone and record its ``out_dim`` for this input size.
+
+    Raises:
+        ModelError: the name is unknown, or the image is too small for the backbone.
+    """
+    if name not in BACKBONES:
+        raise ModelError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
+    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(hw) < 16:
+        raise ModelError(f"backbone {name!r} needs images of at least 16x16 pixels, got {hw}")
+    net = BACKBONES[name](in_channels=in_channels, **kwargs)
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, in_channels, *hw))
+    net.train()
+    net.out_dim = int(out.shape[1])
+    net.in_channels = in_channels
+    net.image_size = hw
+    net.backbone_name = name
+    return net
