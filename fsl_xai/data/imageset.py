@@ -23,6 +23,8 @@ class ImageSet:
         metadata: one row per image, aligned with ``images``; column ``sample_id`` holds a
             unique, stable string id; other columns (sex, age, site, scanner, split, ...) are free.
         name: a short name for display and provenance.
+        masks: optional bool array (n_images, height, width), e.g. lesion masks for checking
+            explanations; carried through subset/selection.
     """
 
     images: np.ndarray
@@ -30,6 +32,7 @@ class ImageSet:
     class_names: tuple[str, ...]
     metadata: pd.DataFrame
     name: str = "images"
+    masks: np.ndarray | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,12 @@ class ImageSet:
         if metadata["sample_id"].duplicated().any():
             dup = metadata.loc[metadata["sample_id"].duplicated(), "sample_id"].head(3).tolist()
             raise DataError(f"{self.name}: sample ids must be unique; repeated: {dup}")
+        if self.masks is not None:
+            masks = np.asarray(self.masks).astype(bool)
+            if masks.shape != (images.shape[0], *images.shape[2:]):
+                raise DataError(f"{self.name}: masks must have shape {(images.shape[0], *images.shape[2:])}, "
+                                f"got {masks.shape}")
+            self.masks = masks
         self.images, self.labels, self.metadata = images, labels, metadata
 
     # ------------------------------------------------------------------ construction
@@ -162,6 +171,7 @@ class ImageSet:
         return ImageSet(
             self.images[idx], self.labels[idx], self.class_names,
             self.metadata.iloc[idx].reset_index(drop=True), name or self.name,
+            None if self.masks is None else self.masks[idx],
         )
 
     def select_classes(self, classes: Sequence[str | int], name: str | None = None) -> "ImageSet":
@@ -223,8 +233,15 @@ class ImageSet:
                 t = F.interpolate(torch.from_numpy(np.ascontiguousarray(images)), size=hw,
                                   mode="bilinear", antialias=True, align_corners=False)
                 images = t.clamp_(0, 1).numpy()
+        masks = self.masks
+        if masks is not None and masks.shape[1:] != images.shape[2:]:
+            import torch
+            import torch.nn.functional as F
+
+            masks = F.interpolate(torch.from_numpy(masks[:, None].astype(np.float32)), size=images.shape[2:],
+                                  mode="nearest")[:, 0].numpy() > 0.5
         return ImageSet(np.ascontiguousarray(images), self.labels.copy(), self.class_names,
-                        self.metadata.copy(), self.name)
+                        self.metadata.copy(), self.name, masks)
 
     @staticmethod
     def concat(sets: Sequence["ImageSet"], name: str = "combined") -> "ImageSet":
@@ -243,8 +260,9 @@ class ImageSet:
             m["sample_id"] = s.name + ":" + m["sample_id"].astype(str)
             m["source"] = s.name
             metas.append(m)
+        masks = (np.concatenate([s.masks for s in sets]) if all(s.masks is not None for s in sets) else None)
         return ImageSet(np.concatenate([s.images for s in sets]), np.concatenate(labels), tuple(names),
-                        pd.concat(metas, ignore_index=True), name)
+                        pd.concat(metas, ignore_index=True), name, masks)
 
     def __repr__(self) -> str:
         c, h, w = self.images.shape[1:]

@@ -137,6 +137,17 @@ class FewShotClassifier(nn.Module):
         self.prototypes_[label] = (self.prototypes_[label] * n + e[0]) / (n + 1)
         return self
 
+    def fingerprint(self) -> str:
+        """A short hash of the weights and configuration (for provenance of predictions and maps)."""
+        import hashlib
+        import json
+
+        h = hashlib.sha1(json.dumps(self.config(), sort_keys=True, default=str).encode())
+        for key, tensor in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def config(self) -> dict:
         """Parameters needed to rebuild this model (stored in checkpoints)."""
         return {"model": self.name}
