@@ -1,0 +1,92 @@
+"""``fsl-xai study ...``: freeze a study, add raters, serve the rater app, export answers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .freeze import STORE_NAME
+
+RATER_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "study_rater.ipynb"
+
+
+def _store_path(folder: str) -> Path:
+    db = Path(folder) / STORE_NAME
+    if not db.exists():
+        raise SystemExit(f"error: {db} not found; freeze the study first: fsl-xai study freeze STUDY --out {folder}")
+    return db
+
+
+def _study_file(folder: Path) -> Path:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    if not files:
+        raise SystemExit(f"error: no study file (.yaml or .json) next to {folder / STORE_NAME}")
+    return files[0]
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    from .freeze import freeze_study
+
+    db = freeze_study(args.study, args.out, progress=not args.quiet)
+    print(f"frozen study saved to {db}")
+    return 0
+
+
+def _add_raters(args: argparse.Namespace) -> int:
+    from .freeze import add_raters
+
+    for pseudonym, token in add_raters(_store_path(args.folder), args.n, role=args.role):
+        print(f"{pseudonym}\thttp://{args.host}:{args.port}/?token={token}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    db = _store_path(args.folder)
+    env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()),
+                        "FSL_XAI_STUDY_FILE": str(_study_file(db.parent).resolve())}
+    cmd = [sys.executable, "-m", "voila", str(RATER_NOTEBOOK), "--no-browser", f"--port={args.port}",
+           f"--Voila.ip={args.host}", "--strip_sources=True"]
+    print(f"serving the rater app on http://{args.host}:{args.port}/ (each rater needs their ?token=... link)")
+    return subprocess.call(cmd, env=env)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_study
+    from .store import ResponseStore
+
+    db = _store_path(args.folder)
+    with ResponseStore(db) as store:
+        written = export_study(store, args.out, study_file=_study_file(db.parent))
+    print(json.dumps({k: str(v) for k, v in written.items()}, indent=1))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``study`` and its sub-commands to the ``fsl-xai`` parser."""
+    study = subparsers.add_parser("study", help="clinician trust studies: freeze, add raters, serve, export")
+    sub = study.add_subparsers(dest="study_command", required=True)
+    p = sub.add_parser("freeze", help="precompute every prediction and explanation of a study file")
+    p.add_argument("study", help="the study file (YAML or JSON)")
+    p.add_argument("--out", required=True, help="a new folder for the frozen study")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_freeze)
+    p = sub.add_parser("add-raters", help="register raters and print their links")
+    p.add_argument("folder")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--role", default="rater", choices=["rater", "instructor"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8866)
+    p.set_defaults(func=_add_raters)
+    p = sub.add_parser("serve", help="serve the rater app (Voila; a token is required per rater)")
+    p.add_argument("folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    p.add_argument("--port", type=int, default=8866)
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("export", help="export answers (CSV and Parquet) with the study file and provenance")
+    p.add_argument("folder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_export)

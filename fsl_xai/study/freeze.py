@@ -1,0 +1,203 @@
+"""Freeze a study: precompute every prediction and explanation once and store exactly what each
+rater will see, with its provenance, so answers link to what was shown and the app never
+recomputes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EpisodeError
+from .design import StudyDesign, load_design
+from .store import ResponseStore
+
+STORE_NAME = "study.sqlite"
+
+
+def _png_b64(image: np.ndarray) -> str:
+    """image: (C, H, W) float in [0, 1] or (H, W, 3) uint8 -> base64 PNG."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 1)
+        arr = (arr.transpose(1, 2, 0) * 255).round().astype(np.uint8) if arr.ndim == 3 else (arr * 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def overlay(image: np.ndarray, normalized_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a signed map in [-1, 1] (blue negative, red positive) over an image (C, H, W) in
+    [0, 1]; returns (H, W, 3) uint8."""
+    img = np.asarray(image, dtype=np.float32)
+    rgb = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img[:3]
+    rgb = rgb.transpose(1, 2, 0)
+    m = np.clip(np.asarray(normalized_map, dtype=np.float32), -1, 1)[..., None]
+    red, blue = np.array([0.85, 0.1, 0.1]), np.array([0.1, 0.25, 0.85])
+    colour = np.where(m >= 0, red, blue)
+    weight = alpha * np.abs(m)
+    out = rgb * (1 - weight) + colour * weight
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _load_model(design: StudyDesign, base: Path):
+    from ..training import default_model
+
+    if "checkpoint" in design.model:
+        from ..checkpoints import load_checkpoint
+
+        path = Path(design.model["checkpoint"])
+        model, info = load_checkpoint(path if path.is_absolute() else base / path)
+    else:
+        model, info = default_model(design.model["default"], model=design.model.get("model", "protonet"))
+    model.eval()
+    return model, info
+
+
+def _episode_and_cases(design: StudyDesign, images):
+    from ..episodes import Episode, EpisodeSampler
+
+    ep = design.episode
+    n_way, n_shot, seed = ep["n_way"], ep["n_shot"], int(ep.get("seed", 0))
+    if isinstance(design.cases, tuple):
+        case_idx = images.indices_of(design.cases)
+        case_classes = sorted(set(images.labels[case_idx].tolist()))
+        classes = [images.class_index(c) for c in ep.get("classes", [])] or case_classes
+        if not set(case_classes) <= set(classes) or len(classes) != n_way:
+            raise EpisodeError(f"the cases' classes {[images.class_names[c] for c in case_classes]} must be the "
+                               f"episode's {n_way} classes; set episode.classes or choose other cases")
+        rng = np.random.default_rng(seed)
+        support, labels = [], []
+        for k, c in enumerate(classes):
+            pool = np.setdiff1d(np.flatnonzero(images.labels == c), case_idx)
+            if len(pool) < n_shot:
+                raise EpisodeError(f"class {images.class_names[c]!r} has {len(pool)} images besides the cases, "
+                                   f"but n_shot = {n_shot}; lower n_shot")
+            support += rng.choice(pool, n_shot, replace=False).tolist()
+            labels += [k] * n_shot
+        q_labels = [classes.index(int(images.labels[i])) for i in case_idx]
+        ids = images.sample_ids
+        episode = Episode(tuple(images.class_names[c] for c in classes), tuple(ids[support]), tuple(labels),
+                          tuple(ids[case_idx]), tuple(q_labels), images.name, images.fingerprint(), seed, None)
+        return episode
+    n = design.cases["n"]
+    per_class = math.ceil(n / n_way)
+    sampler = EpisodeSampler(images, n_way, n_shot, per_class, classes=ep.get("classes"), seed=seed)
+    episode = sampler.sample(int(design.cases.get("index", 0)))
+    order = np.random.default_rng(int(design.cases.get("seed", seed))).permutation(episode.n_query)[:n]
+    order = np.sort(order)
+    return episode.with_queries([episode.query_ids[i] for i in order], [episode.query_labels[i] for i in order])
+
+
+def freeze_study(study_file: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """Precompute and store every item of a study; returns the store's path.
+
+    Raises:
+        FileExistsError: the output folder already holds a frozen study (freezing twice would
+            change what later raters see).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data.registry import load_dataset
+    from ..explain import explain, nearest_support
+
+    study_file = Path(study_file)
+    design = load_design(study_file)
+    out = Path(out_dir)
+    db = out / STORE_NAME
+    if db.exists():
+        raise FileExistsError(f"{db} already holds a frozen study; choose another folder or delete it to refreeze")
+    out.mkdir(parents=True, exist_ok=True)
+    images = load_dataset(design.dataset["name"], split=design.dataset.get("split", "test"), progress=progress)
+    model, info = _load_model(design, study_file.parent)
+    if images.n_channels != model.backbone.in_channels or images.image_size != tuple(model.backbone.image_size):
+        images = images.convert(channels=model.backbone.in_channels, size=tuple(model.backbone.image_size))
+    episode = _episode_and_cases(design, images)
+    s_img, s_lab, q_img, q_lab = episode.tensors(images)
+    model.fit_support(s_img, s_lab)
+    with torch.no_grad():
+        logits = model(q_img)
+    probs = torch.softmax(logits, dim=1)
+    pred = logits.argmax(1)
+    panels = {p for c in design.conditions for p in c.show}
+    maps = explain(model, q_img, method=design.method, target="predicted", episode_id=episode.episode_id) \
+        if {"heatmap", "badges"} & panels else None
+    provenance_common = {
+        "model_fingerprint": model.fingerprint(), "model_config": model.config(),
+        "checkpoint": getattr(info, "path", None) and str(info.path),
+        "episode": episode.to_dict(), "method": design.method,
+        "method_params": maps.to_dict()["params"] if maps is not None else None,
+        "dataset": images.name, "dataset_fingerprint": images.fingerprint(), "study_id": design.study_id,
+    }
+    items = []
+    support_np = s_img.numpy()
+    for i in tqdm(range(episode.n_query), desc="freezing cases", disable=not progress):
+        case_id = episode.query_ids[i]
+        full: dict[str, Any] = {
+            "image_png": _png_b64(q_img[i].numpy()), "classes": list(episode.classes),
+            "true_class": episode.classes[episode.query_labels[i]],
+        }
+        extra: dict[str, Any] = {
+            "prediction": {"class": episode.classes[int(pred[i])], "probability": float(probs[i, pred[i]])},
+        }
+        if maps is not None:
+            extra["heatmap_png"] = _png_b64(overlay(q_img[i].numpy(), maps.normalized[i]))
+            extra["method"] = design.method
+        if "prototypes" in panels:
+            near = nearest_support(model, q_img[i], k=3, support_images=s_img, sample_ids=episode.support_ids,
+                                   class_names=episode.classes)
+            extra["nearest_support"] = [{"sample_id": str(row["sample_id"]), "class": str(row["class"]),
+                                         "image_png": _png_b64(support_np[int(row["support_index"])])}
+                                        for _, row in near.iterrows()]
+        if "badges" in panels:
+            from ..explain.quality import badges
+
+            b = badges(model, q_img[i], design.method, s_img, s_lab, attribution=maps.maps[i:i + 1])
+            extra["badges"] = {"randomisation check": "passed" if b["randomization"]["passed"] else "failed",
+                               "deletion area (lower is better)": round(float(b["deletion_auc"]), 3)}
+        for cond in design.conditions:
+            shown = dict(full)
+            if cond.show:
+                shown["prediction"] = extra["prediction"]
+            for panel, keys in (("heatmap", ("heatmap_png", "method")), ("prototypes", ("nearest_support",)),
+                                ("badges", ("badges",))):
+                if panel in cond.show:
+                    shown.update({k: extra[k] for k in keys if k in extra})
+            items.append({"item_id": f"{case_id}|{cond.name}", "case_id": case_id, "condition": cond.name,
+                          "shown": shown,
+                          "provenance": provenance_common | {"query_index": i, "shown_panels": list(cond.show),
+                                                             "model_prediction": extra["prediction"]["class"]}})
+    with ResponseStore(db) as store:
+        store.add_items(items)
+        store.set_meta("study_id", design.study_id)
+        store.set_meta("case_ids", json.dumps(list(episode.query_ids)))
+        store.set_meta("design", json.dumps(design.raw, sort_keys=True))
+    shutil.copyfile(study_file, out / study_file.name)
+    return db
+
+
+def add_raters(db: str | Path, n: int, role: str = "rater") -> list[tuple[str, str]]:
+    """Register n raters with their assigned, counterbalanced items; returns (pseudonym, token)."""
+    from .design import parse_design
+
+    with ResponseStore(db) as store:
+        design = parse_design(json.loads(store.meta("design")))
+        cases = json.loads(store.meta("case_ids"))
+        existing = store._conn.execute("SELECT COUNT(*) FROM raters").fetchone()[0]
+        out = []
+        for r in range(existing, existing + n):
+            items = [f"{c}|{k}" for c, k in design.assign(cases, r)]
+            rater, token = store.add_rater(items, role=role)
+            out.append((rater.pseudonym, token))
+    return out

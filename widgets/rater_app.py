@@ -1,0 +1,239 @@
+"""The rater app of a trust study (served by Voila, no code visible) and its teaching mode.
+
+A thin view over :class:`fsl_xai.study.session.RaterSession`: it shows the current case in its
+assigned condition, collects the answers, and confirms only after the store committed them.
+Where the rater is comes from the store, so a closed browser or a restarted server resumes at
+the first unanswered case.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import ipywidgets as W
+
+from fsl_xai.study.design import StudyDesign, load_design
+from fsl_xai.study.session import RaterSession
+from fsl_xai.study.store import AccessDenied, ResponseStore, StudyStoreError
+
+STUDY_DB_ENV = "FSL_XAI_STUDY_DB"
+STUDY_FILE_ENV = "FSL_XAI_STUDY_FILE"
+
+
+def token_from_environment() -> str | None:
+    """The ``token`` query parameter of the page (Voila passes the query string to the kernel)."""
+    query = os.environ.get("QUERY_STRING", "")
+    values = parse_qs(query).get("token")
+    return values[0] if values else None
+
+
+def _png(data_b64: str | None, width: int = 256) -> W.Widget:
+    if not data_b64:
+        return W.HTML("")
+    return W.Image(value=base64.b64decode(data_b64), format="png", width=width, height=width)
+
+
+class RaterApp(W.VBox):
+    """One rater's screen.
+
+    Args:
+        store: the study's response store.
+        design: the study design.
+        token: the rater's token (from the link).
+    """
+
+    def __init__(self, store: ResponseStore, design: StudyDesign, token: str | None):
+        super().__init__(layout=W.Layout(max_width="900px", padding="8px"))
+        self.store, self.design = store, design
+        self.header = W.HTML()
+        self.progress = W.IntProgress(min=0, max=1, description="Progress", layout=W.Layout(width="60%"))
+        self.case_area = W.HBox()
+        self.advice_area = W.VBox()
+        self.inputs: dict[str, W.Widget] = {}
+        self.question_area = W.VBox()
+        self.status = W.HTML()
+        self.submit_button = W.Button(description="Submit answer", button_style="primary", icon="check")
+        self.back_button = W.Button(description="Back", icon="arrow-left")
+        self.next_button = W.Button(description="Next case", icon="arrow-right", layout=W.Layout(display="none"))
+        self.submit_button.on_click(lambda _: self._submit())
+        self.back_button.on_click(lambda _: self._back())
+        self.next_button.on_click(lambda _: self._render())
+        self.add_class("fsl-rater-app")
+        try:
+            self.session = RaterSession(store, token, design)
+        except AccessDenied as exc:
+            self.session = None
+            self.children = [W.HTML(f"<h3>Access denied</h3><p>{html.escape(str(exc))}</p>")]
+            return
+        self.back_button.layout.display = "" if design.allow_back else "none"
+        buttons = W.HBox([self.back_button, self.submit_button, self.next_button])
+        self.children = [self.header, self.progress, self.case_area, self.advice_area, self.question_area,
+                         buttons, self.status]
+        self._render()
+
+    # ------------------------------------------------------------------ rendering
+    def _render(self) -> None:
+        s = self.session
+        done, total = s.progress
+        self.progress.max, self.progress.value = max(total, 1), done
+        self.next_button.layout.display = "none"
+        self.submit_button.disabled = False
+        if s.done:
+            self.header.value = f"<h3>Thank you, {html.escape(s.rater.pseudonym)}</h3><p>All {total} cases are answered.</p>"
+            self.case_area.children, self.advice_area.children, self.question_area.children = (), (), ()
+            self.submit_button.layout.display = "none"
+            self.back_button.layout.display = "none"
+            return
+        self.item = s.current()
+        shown = self.item["shown"]
+        self.header.value = (f"<h3>Case {s.position + 1} of {total}</h3>"
+                             f"<p class='fsl-case-id'>case {html.escape(str(self.item['case_id']))}</p>")
+        self.case_area.children = [_png(shown.get("image_png"), 256)]
+        teaching = self.design.mode == "teaching"
+        self.advice_area.children = [] if teaching else self._advice(self.item["panels"], shown)
+        self.question_area.children = self._questions(shown, self.item.get("previous_answers", {}))
+        self.status.value = ""
+
+    def _advice(self, panels: list[str], shown: dict) -> list[W.Widget]:
+        out: list[W.Widget] = []
+        if "prediction" in panels and "prediction" in shown:
+            p = shown["prediction"]
+            out.append(W.HTML(f"<div class='fsl-advice'><b>Model suggests:</b> {html.escape(str(p['class']))} "
+                              f"(probability {p.get('probability', float('nan')):.2f})</div>"))
+        if "heatmap" in panels and shown.get("heatmap_png"):
+            out.append(W.VBox([W.HTML(f"<b>Where the model looked</b> ({html.escape(shown.get('method', ''))})"),
+                               _png(shown["heatmap_png"], 256)]))
+        if "prototypes" in panels and shown.get("nearest_support"):
+            tiles = [W.VBox([_png(t["image_png"], 96), W.HTML(f"<small>{html.escape(str(t['class']))}</small>")])
+                     for t in shown["nearest_support"]]
+            out.append(W.VBox([W.HTML("<b>Most similar reference cases</b>"), W.HBox(tiles)]))
+        if "badges" in panels and shown.get("badges"):
+            items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in shown["badges"].items())
+            out.append(W.HTML(f"<b>Explanation checks</b><ul>{items}</ul>"))
+        return out
+
+    def _questions(self, shown: dict, previous: dict) -> list[W.Widget]:
+        rows = []
+        self.inputs = {}
+        for q in self.design.questions:
+            label = W.HTML(f"<b>{html.escape(q.text or q.id.capitalize())}</b>")
+            if q.type == "choice":
+                options = list(q.options or shown.get("classes", []))
+                widget = W.ToggleButtons(options=options, value=None)
+            elif q.type == "likert":
+                widget = W.ToggleButtons(options=[str(i) for i in range(1, q.scale + 1)], value=None)
+            else:
+                widget = W.Textarea(placeholder="optional comment", layout=W.Layout(width="60%"))
+            if q.id in previous and previous[q.id] is not None:
+                widget.value = str(previous[q.id])
+            widget.add_class(f"fsl-q-{q.id}")
+            self.inputs[q.id] = widget
+            rows.append(W.VBox([label, widget]))
+        return rows
+
+    # ------------------------------------------------------------------ actions
+    def answers(self) -> dict:
+        out = {}
+        for q in self.design.questions:
+            value = self.inputs[q.id].value
+            if q.type == "likert" and value is not None:
+                value = int(value)
+            out[q.id] = value
+        return out
+
+    def _submit(self) -> None:
+        self.submit_button.disabled = True
+        try:
+            self.session.submit(self.answers())
+        except (StudyStoreError, AccessDenied) as exc:
+            self.status.value = f"<span class='fsl-error' style='color:#b00020'>{html.escape(str(exc))}</span>"
+            self.submit_button.disabled = False
+            return
+        # committed: only now confirm
+        self.status.value = "<span class='fsl-saved' style='color:#1b7f3b'>Answer saved.</span>"
+        if self.design.mode == "teaching":
+            self._reveal()
+        else:
+            self._render()
+            self.status.value = "<span class='fsl-saved' style='color:#1b7f3b'>Answer saved.</span>"
+
+    def _reveal(self) -> None:
+        """Teaching mode: after answering, show the truth, the model's advice and explanation."""
+        shown = self.item["shown"]
+        given = self.inputs[self.design.questions[0].id].value
+        truth = shown.get("true_class")
+        verdict = "correct" if given == truth else "not correct"
+        self.advice_area.children = [W.HTML(
+            f"<div class='fsl-feedback'><b>Your answer is {verdict}.</b> You said {html.escape(str(given))}; "
+            f"the label is {html.escape(str(truth))}.</div>")] + self._advice(["prediction", "heatmap", "prototypes", "badges"], shown)
+        self.submit_button.disabled = True
+        self.next_button.layout.display = ""
+
+    def _back(self) -> None:
+        try:
+            self.session.back()
+        except StudyStoreError as exc:
+            self.status.value = f"<span class='fsl-error'>{html.escape(str(exc))}</span>"
+            return
+        self._render()
+
+
+def class_summary(store: ResponseStore, question: str = "diagnosis"):
+    """Teaching mode, instructor side: per case, how many students gave each answer and the
+    share correct (with n and a 95% Wilson interval)."""
+    import pandas as pd
+
+    from fsl_xai.study.analysis import wilson
+
+    rows = [r for r in store.all_answers() if r["question"] == question and r["role"] == "rater"]
+    if not rows:
+        return pd.DataFrame(columns=["case_id", "answer", "count"]), pd.DataFrame()
+    frame = pd.DataFrame(rows).sort_values("answer_id").groupby(["rater", "item_id"], as_index=False).last()
+    truth = {}
+    for item_id in frame["item_id"].unique():
+        truth[item_id] = store.item(item_id)["shown"].get("true_class")
+    frame["correct"] = frame.apply(lambda r: r["value"] == truth[r["item_id"]], axis=1)
+    counts = frame.groupby(["case_id", "value"]).size().rename("count").reset_index().rename(columns={"value": "answer"})
+    per_case = frame.groupby("case_id")["correct"].agg(["sum", "count"]).reset_index()
+    per_case["share_correct"] = per_case["sum"] / per_case["count"]
+    cis = [wilson(k, n) for k, n in zip(per_case["sum"], per_case["count"])]
+    per_case["ci_low"], per_case["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+    return counts, per_case.rename(columns={"count": "n", "sum": "n_correct"})
+
+
+class InstructorDashboard(W.VBox):
+    """Teaching mode: the class's answers per case, refreshed on demand."""
+
+    def __init__(self, store: ResponseStore):
+        super().__init__()
+        self.store = store
+        self.refresh_button = W.Button(description="Refresh", icon="refresh")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.table = W.HTML()
+        self.children = [W.HTML("<h3>Class answers</h3>"), self.refresh_button, self.table]
+        self.refresh()
+
+    def refresh(self) -> None:
+        _, per_case = class_summary(self.store)
+        if per_case.empty:
+            self.table.value = "<p>No answers yet.</p>"
+            return
+        rows = "".join(
+            f"<tr><td>{html.escape(str(r.case_id))}</td><td>{r.n_correct}/{r.n}</td>"
+            f"<td>{r.share_correct:.0%} (95% CI {r.ci_low:.0%} to {r.ci_high:.0%})</td></tr>"
+            for r in per_case.itertuples())
+        self.table.value = f"<table><tr><th>case</th><th>correct</th><th>share</th></tr>{rows}</table>"
+
+
+def app_from_environment() -> W.Widget:
+    """Build the app the way Voila serves it: study from the environment, token from the URL."""
+    db, study_file = os.environ.get(STUDY_DB_ENV), os.environ.get(STUDY_FILE_ENV)
+    if not db or not study_file or not Path(db).exists():
+        return W.HTML("<h3>No study is being served</h3><p>Start one with <code>fsl-xai study serve STUDY</code>.</p>")
+    store = ResponseStore(db)
+    design = load_design(study_file)
+    return RaterApp(store, design, token_from_environment())
