@@ -236,4 +236,11 @@ def app_from_environment() -> W.Widget:
         return W.HTML("<h3>No study is being served</h3><p>Start one with <code>fsl-xai study serve STUDY</code>.</p>")
     store = ResponseStore(db)
     design = load_design(study_file)
-    return RaterApp(store, design, token_from_environment())
+    token = token_from_environment()
+    try:
+        role = store.authenticate(token).role
+    except AccessDenied:
+        role = "rater"  # RaterApp shows the refusal
+    if role == "instructor":
+        return InstructorDashboard(store)
+    return RaterApp(store, design, token)

@@ -45,7 +45,17 @@ def _add_raters(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    db = _store_path(args.folder)
+    target = Path(args.folder)
+    if target.is_file():
+        # a study file: freeze it next to itself on first use, then serve the frozen copy
+        frozen = target.with_name(f"{target.stem}_frozen")
+        if not (frozen / STORE_NAME).exists():
+            from .freeze import freeze_study
+
+            print(f"freezing {target} into {frozen} ...")
+            freeze_study(target, frozen)
+        target = frozen
+    db = _store_path(str(target))
     env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()),
                         "FSL_XAI_STUDY_FILE": str(_study_file(db.parent).resolve())}
     cmd = [sys.executable, "-m", "voila", str(RATER_NOTEBOOK), "--no-browser", f"--port={args.port}",
@@ -82,7 +92,7 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8866)
     p.set_defaults(func=_add_raters)
     p = sub.add_parser("serve", help="serve the rater app (Voila; a token is required per rater)")
-    p.add_argument("folder")
+    p.add_argument("folder", help="a frozen study folder, or a study file (frozen on first use)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=int, default=8866)
     p.set_defaults(func=_serve)

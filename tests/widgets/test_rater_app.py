@@ -81,3 +81,18 @@ def test_teaching_mode_reveals_after_answer_and_instructor_sees_summary(study):
         assert per_case["n"].sum() == 1 and per_case["n_correct"].sum() == 1
         dash = InstructorDashboard(store)
         assert "1/1" in dash.table.value and "95% CI" in dash.table.value
+
+
+def test_instructor_token_opens_the_class_summary(study, monkeypatch):
+    from fsl_xai.study.freeze import add_raters
+    from widgets.rater_app import app_from_environment
+
+    db, design, _ = study["teaching"]
+    (_, token), = add_raters(db, 1, role="instructor")
+    monkeypatch.setenv("FSL_XAI_STUDY_DB", str(db))
+    monkeypatch.setenv("FSL_XAI_STUDY_FILE", str(db.parent / "teaching.json"))
+    monkeypatch.setenv("QUERY_STRING", f"token={token}")
+    app = app_from_environment()
+    assert isinstance(app, InstructorDashboard)
+    monkeypatch.setenv("QUERY_STRING", "token=nope")
+    assert "Access denied" in app_from_environment().children[0].value
