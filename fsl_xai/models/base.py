@@ -57,9 +57,11 @@ class FewShotClassifier(nn.Module):
             raise ModelError(f"{n_support} support images but {labels.numel()} support labels")
         if labels.numel() == 0:
             raise ModelError("the support set is empty; give at least one image per class")
+        if labels.min() < 0:
+            raise ModelError(f"support labels must be episode labels 0..n_way-1, got {int(labels.min())}")
         n_way = int(labels.max()) + 1
         counts = torch.bincount(labels, minlength=n_way)
-        if labels.min() < 0 or (counts == 0).any():
+        if (counts == 0).any():
             empty = torch.nonzero(counts == 0).flatten().tolist()
             raise ModelError(f"support labels must cover 0..{n_way - 1} without gaps; classes {empty} have no image")
         return labels
@@ -118,7 +120,17 @@ class FewShotClassifier(nn.Module):
         labels = self._check_support(support_labels, len(support_images))
         emb = self.embed(torch.cat([support_images, query_images]))
         s, q = emb[: len(support_images)], emb[len(support_images):]
-        return self.score(q, self.compute_prototypes(s, labels))
+        return self.logits_from_support(q, s, labels)
+
+    def logits_from_support(self, query_embeddings: torch.Tensor, support_embeddings: torch.Tensor,
+                            support_labels: torch.Tensor) -> torch.Tensor:
+        """Differentiable logits (n_query, n_way) of query embeddings (n_query, D) for a support set
+        given as embeddings (n_support, D) with episode labels (n_support,); stores nothing.
+
+        Models whose scores use more than the prototypes (matching, fine-tuning, transductive)
+        override this together with ``logits_from_embeddings``.
+        """
+        return self.score(query_embeddings, self.compute_prototypes(support_embeddings, support_labels))
 
     # ------------------------------------------------------------------ incremental update
     def add_to_class(self, embedding: torch.Tensor, label: int) -> "FewShotClassifier":
