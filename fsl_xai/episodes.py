@@ -85,6 +85,8 @@ class Episode:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Episode":
+        if not isinstance(data, dict):
+            raise EpisodeError(f"not an episode record (a {type(data).__name__}); expected the dict of Episode.to_dict()")
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         try:
             episode = cls(**fields)
@@ -96,7 +98,11 @@ class Episode:
 
     @classmethod
     def from_json(cls, text: str) -> "Episode":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EpisodeError(f"not an episode record: invalid JSON ({exc}); expected the text of Episode.to_json()") from exc
+        return cls.from_dict(data)
 
     # ------------------------------------------------------------------ data
     def check_dataset(self, images: ImageSet) -> None:
@@ -195,6 +201,8 @@ class EpisodeSampler:
             raise EpisodeError(f"n_query must be at least 1, got {self.n_query}")
         ids = ([self.images.class_index(c) for c in self.classes] if self.classes is not None
                else list(range(self.images.n_classes)))
+        if len(set(ids)) != len(ids):
+            raise EpisodeError(f"classes are repeated in {list(self.classes)}; give each class once")
         if len(ids) < self.n_way:
             raise EpisodeError(
                 f"n_way = {self.n_way} but only {len(ids)} classes are available "

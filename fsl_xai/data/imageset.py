@@ -233,6 +233,8 @@ class ImageSet:
                 t = F.interpolate(torch.from_numpy(np.ascontiguousarray(images)), size=hw,
                                   mode="bilinear", antialias=True, align_corners=False)
                 images = t.clamp_(0, 1).numpy()
+        if images is self.images:  # nothing changed: still a copy, so edits never reach the original
+            images = images.copy()
         masks = self.masks
         if masks is not None and masks.shape[1:] != images.shape[2:]:
             import torch

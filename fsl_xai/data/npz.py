@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,19 @@ def read_npz(
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     if not path.exists():
         raise DatasetNotFoundError(f"npz file not found: {path}; check the path or the data-directory setting")
+    if not zipfile.is_zipfile(path):
+        # np.load would try to read anything else as a pickle and blame "pickled data"
+        raise DataError(
+            f"{path} is not an npz (zip) file; it may be truncated, corrupt or another format: "
+            "download it again, or delete it so that it is fetched again"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            # only this split's arrays and the class names: a 64 px file holds all three splits
+            arrays = {k: npz[k] for k in npz.files
+                      if k.startswith(f"{split}_") or k == "class_names" or k.endswith("_labels")}
+            available = list(npz.files)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
         raise DataError(
             f"{path} is not a readable npz file ({exc}); it may be truncated or corrupt: "
             "download it again or delete it so that it is fetched again"
@@ -61,7 +71,7 @@ def read_npz(
     for key in (key_images, key_labels):
         if key not in arrays:
             raise DataError(
-                f"{path} has no array {key!r}; it holds {sorted(arrays)}. A MedMNIST-format file needs "
+                f"{path} has no array {key!r}; it holds {sorted(available)}. A MedMNIST-format file needs "
                 "{split}_images and {split}_labels for each split"
             )
     images, labels = arrays[key_images], arrays[key_labels]
@@ -83,7 +93,10 @@ def read_npz(
     if class_names is None and "class_names" in arrays:
         class_names = tuple(str(c) for c in arrays["class_names"].tolist())
     if class_names is None:
-        n = int(labels.max()) + 1 if labels.size else 0
+        # from every split's labels, so that all splits of one file get the same class list
+        maxima = [int(a.max()) for k, a in arrays.items()
+                  if k.endswith("_labels") and a.size and np.issubdtype(a.dtype, np.integer)]
+        n = max(maxima) + 1 if maxima else 0
         class_names = tuple(str(i) for i in range(n))
 
     metadata = {}
@@ -103,6 +116,10 @@ def read_npz(
     table = pd.DataFrame(metadata)
     id_column = next((c for c in _ID_COLUMNS if c in table.columns and table[c].is_unique), None)
     ids = table[id_column] if id_column else pd.Series([f"{split}-{i:05d}" for i in range(len(images))])
+    if id_column == "sample_id":
+        table = table.drop(columns="sample_id")
+    elif "sample_id" in table.columns:  # the file's own ids are not unique: keep them, under another name
+        table = table.rename(columns={"sample_id": "sample_id_in_file"})
     table.insert(0, "sample_id", ids.astype(str).to_numpy())
     table["split"] = split
     return ImageSet.from_array(images, labels, class_names, table, name=name)
