@@ -1,0 +1,270 @@
+"""Checkpoints: weights plus everything needed to rebuild, audit and resume a model.
+
+A checkpoint file is a ``torch.save`` dictionary, read back with ``weights_only=True`` (no pickled
+code is ever executed) and written atomically (temporary file, then rename), so an interrupted
+save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, FslXaiError
+from .models import make_backbone, make_model
+from .models.base import FewShotClassifier
+
+#: bump when the layout of the file changes incompatibly
+FORMAT_VERSION = 1
+_MAGIC = "fsl-xai-checkpoint"
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about its model (everything except the weights).
+
+    Attributes:
+        model: registered model name (``protonet``, ``simpleshot``, ...).
+        model_params: keyword arguments that rebuild the model (from ``model.config()``).
+        backbone: registered backbone name; backbone_params: its keyword arguments (e.g. width).
+        in_channels: input channels the backbone expects; image_size: (height, width).
+        dataset: name of the training image set; data_fingerprint: its fingerprint.
+        classes: the classes the model was trained on.
+        class_split: base / val / novel class lists (``ClassSplit.to_dict()``), or None.
+        val_metrics: model-selection results (best validation accuracy, its CI, episode, ...).
+        progress: training progress (episode reached, episodes planned, episode shape, seed, lr,
+            finished).
+        extra: free-form provenance (recipe of a default model, source data sets, ...).
+        created: UTC time of writing; version: the fsl_xai version that wrote it.
+    """
+
+    model: str
+    backbone: str
+    in_channels: int
+    image_size: tuple[int, int]
+    model_params: dict = field(default_factory=dict)
+    backbone_params: dict = field(default_factory=dict)
+    dataset: str = ""
+    data_fingerprint: str = ""
+    classes: tuple[str, ...] = ()
+    class_split: dict | None = None
+    val_metrics: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    created: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.classes = tuple(str(c) for c in self.classes)
+        self.in_channels = int(self.in_channels)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["image_size"] = list(self.image_size)
+        out["classes"] = list(self.classes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckpointInfo":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def for_model(cls, model: FewShotClassifier, **kwargs) -> "CheckpointInfo":
+        """Describe ``model`` (name, params, backbone) plus any other fields given."""
+        config = dict(model.config())
+        name = config.pop("model", getattr(model, "name", type(model).__name__))
+        bb = model.backbone
+        return cls(model=name, model_params=config, backbone=getattr(bb, "backbone_name", type(bb).__name__.lower()),
+                   backbone_params=backbone_params(bb), in_channels=getattr(bb, "in_channels", 3),
+                   image_size=tuple(getattr(bb, "image_size", (28, 28))), **kwargs)
+
+
+def backbone_params(backbone: nn.Module) -> dict:
+    """Constructor arguments of a registered backbone that differ between instances."""
+    explicit = getattr(backbone, "backbone_kwargs", None)
+    if isinstance(explicit, dict):
+        return dict(explicit)
+    name = getattr(backbone, "backbone_name", "")
+    try:
+        if name == "conv4":
+            return {"width": int(backbone.blocks[0][0].out_channels)}
+        if name == "resnet12":
+            return {"widths": [int(b.body[0].out_channels) for b in backbone.blocks]}
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return {}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python values only, so the file loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None or isinstance(value, torch.Tensor):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def save_checkpoint(path: str | os.PathLike, model: FewShotClassifier, info: CheckpointInfo | None = None,
+                    training_state: dict | None = None) -> Path:
+    """Write ``model`` and ``info`` to ``path`` atomically.
+
+    Args:
+        path: the file to write (parent folders are created).
+        model: the few-shot model; its ``state_dict`` is stored.
+        info: what to record with it (default: ``CheckpointInfo.for_model(model)``).
+        training_state: optional state that lets ``train_episodic(..., resume=True)`` go on
+            (current weights, optimizer state, best state, history).
+
+    Returns:
+        The path written.
+    """
+    from . import __version__
+
+    path = Path(path)
+    info = info or CheckpointInfo.for_model(model)
+    info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    info.version = __version__
+    payload = {
+        "magic": _MAGIC,
+        "format": FORMAT_VERSION,
+        "info": _jsonable(info.to_dict()),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "training": training_state,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dictionary; CheckpointError when missing, corrupt or not ours."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; check the path, or train one with "
+                              "`fsl-xai train ... --out FILE`")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the .pt file inside it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, TypeError, ImportError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it may be truncated or corrupt, or written by other software: delete it and train again"
+        ) from None
+    except Exception as exc:  # unpickling errors have no common public base class
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); it may be corrupt or written by "
+            "other software: delete it and train again"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("magic") != _MAGIC:
+        raise CheckpointError(f"{path} is not an fsl-xai checkpoint (a plain state_dict or another program's "
+                              "file?); save models with fsl_xai.training.save_checkpoint")
+    if payload.get("format", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer fsl-xai (format {payload['format']}); "
+                              "upgrade fsl-xai to load it")
+    return payload
+
+
+def describe_mismatch(info: CheckpointInfo, model: FewShotClassifier) -> list[str]:
+    """Human-readable differences between a checkpoint and an existing model."""
+    own = CheckpointInfo.for_model(model)
+    diffs = []
+    if own.backbone != info.backbone:
+        diffs.append(f"backbone: checkpoint {info.backbone!r}, model {own.backbone!r}")
+    elif own.backbone_params != info.backbone_params:
+        diffs.append(f"backbone parameters: checkpoint {info.backbone_params}, model {own.backbone_params}")
+    if own.in_channels != info.in_channels:
+        diffs.append(f"input channels: checkpoint {info.in_channels}, model {own.in_channels}")
+    if own.model != info.model:
+        diffs.append(f"model: checkpoint {info.model!r}, model {own.model!r}")
+    return diffs
+
+
+def _rebuild(info: CheckpointInfo, path: Path) -> FewShotClassifier:
+    try:
+        backbone = make_backbone(info.backbone, in_channels=info.in_channels, image_size=info.image_size,
+                                 **info.backbone_params)
+        return make_model(info.model, backbone, **info.model_params)
+    except FslXaiError as exc:
+        raise CheckpointError(f"{path} names a model this fsl-xai cannot build ({exc}); "
+                              "use the fsl-xai version that wrote it") from None
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: the stored model parameters no longer fit ({exc}); "
+                              "retrain the model with this fsl-xai version") from None
+
+
+def load_checkpoint(path: str | os.PathLike, model: FewShotClassifier | None = None
+                    ) -> tuple[FewShotClassifier, CheckpointInfo]:
+    """Rebuild the model stored in ``path`` (or load its weights into ``model``).
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        model: optional existing model to load into; it must have the same backbone, backbone
+            parameters, input channels and model type.
+
+    Returns:
+        (model in eval mode, CheckpointInfo).
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or not a checkpoint, or it does not fit
+            ``model`` (the message lists what differs).
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    try:
+        info = CheckpointInfo.from_dict(payload["info"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's description is damaged ({exc}); train again") from None
+    if model is None:
+        model = _rebuild(info, path)
+    else:
+        diffs = describe_mismatch(info, model)
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: " + "; ".join(diffs) +
+                f". Build the model as the checkpoint says (load_checkpoint(path) without a model does), "
+                f"or convert the images to {info.in_channels} channel(s) / retrain for your backbone"
+            )
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {info.backbone} backbone it names: "
+            f"{' '.join(first[:3])[:300]}; the file was changed or comes from another version: train again"
+        ) from None
+    model.eval()
+    return model, info
+
+
+def training_state(path: str | os.PathLike) -> tuple[CheckpointInfo, dict | None, dict]:
+    """(info, training state or None, raw payload) of a checkpoint, for resuming."""
+    payload = read_checkpoint(path)
+    return CheckpointInfo.from_dict(payload["info"]), payload.get("training"), payload
