@@ -23,7 +23,7 @@ def _start(db, design_file, token, seed):
 
 
 def test_sigkill_during_answering_loses_and_duplicates_nothing(tmp_path, design, make_study, design_dict):
-    cases = [f"c{i}" for i in range(60)]
+    cases = [f"c{i}" for i in range(400)]  # enough that 25 kills come before the end
     store, (token,) = make_study(tmp_path / "s.db", design, n_raters=1, cases=cases)
     design_file = tmp_path / "design.json"
     design_file.write_text(json.dumps(design_dict))
