@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError, ModelError
+from .attribution import _gaussian_blur
 
 __all__ = [
     "DeletionInsertionResult", "LocalizationResult", "RandomizationResult", "InfidelitySensitivityResult",
@@ -173,20 +174,6 @@ def _explained_scalar(logits: torch.Tensor, targets: torch.Tensor, contrasts: to
     if contrasts is not None:
         value = value - logits[rows, contrasts]
     return value
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    # reflect padding keeps the image's overall brightness near the border
-    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
-    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
-    y = F.conv2d(y, k[radius - pad_w: radius + pad_w + 1].view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect")
-    return F.conv2d(y, k[radius - pad_h: radius + pad_h + 1].view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def _baseline_images(x: torch.Tensor, baseline: str | float | torch.Tensor, blur_sigma: float | None) -> torch.Tensor:
