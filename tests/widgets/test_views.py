@@ -1,0 +1,264 @@
+"""Every view driven like a user would (set widget values, click buttons), asserting on the state and
+on the figures' data, without a browser."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from widgets import _backend as backend
+from widgets.dataset_model import DatasetModelPicker
+from widgets.distances import DistanceView
+from widgets.export import ExportView
+from widgets.failures import FailureExplorer
+from widgets.heatmap import HeatmapViewer
+from widgets.queries import QueryGallery
+from widgets.subgroups import SubgroupDashboard
+from widgets.support_set import SupportSetView
+from widgets.workbench import Workbench
+
+
+def _trace(fig, name):
+    return next(t for t in fig.data if t.name == name)
+
+
+@pytest.fixture
+def bench(state):
+    return Workbench(state, episodes=8, methods=["saliency"], badges=False, export_folder="unused")
+
+
+def test_query_click_drives_heatmap_and_distances(bench):
+    s = bench.state
+    bench.queries.buttons[4].click()
+    assert s.query_index == 4
+    heat = _trace(bench.heatmaps.figure, "attribution")
+    np.testing.assert_allclose(np.asarray(heat.z), s.attribution("saliency", 4).normalized[0], atol=1e-6)
+    bars = bench.distances.bars.data[0]
+    np.testing.assert_allclose(np.asarray(bars.y, dtype=float), s.result.distances[4])
+    sel = _trace(bench.distances.map, "selected")
+    assert sel.x[0] == pytest.approx(s.result.query_xy[4, 0])
+    assert bench.queries.buttons[4].button_style == "info"
+
+
+def test_projection_click_selects_the_query(bench):
+    queries = _trace(bench.distances.map, "queries")
+    assert len(queries.x) == bench.state.episode.n_query
+    bench.distances._on_click(queries, SimpleNamespace(point_inds=[6], xs=[], ys=[]), None)
+    assert bench.state.query_index == 6
+
+
+def test_swap_in_the_support_view_updates_every_other_view(bench):
+    s, view = bench.state, bench.support
+    old_map = [tuple(t.x) for t in bench.distances.map.data if t.name == "prototypes"][0]
+    view.select(0)
+    cls = s.episode.classes[s.episode.support_labels[0]]
+    view.pool_class.value = cls
+    target = view.pool_list.options[1][1]
+    view.pool_list.value = target
+    view.swap_button.click()
+    assert view.error_area.value == ""
+    assert s.episode.support_ids[0] == target and s.episode.seed is None
+    assert "edited" in view.header.value
+    np.testing.assert_allclose(np.asarray(_trace(bench.distances.map, "previous prototypes").x), old_map)
+    assert not np.allclose(np.asarray(_trace(bench.distances.map, "prototypes").x), old_map)
+    # the query gallery and heatmap follow the new episode
+    assert s.result.episode_id == s.episode.episode_id
+    assert len(bench.queries.buttons) == s.episode.n_query
+
+
+def test_adding_a_mislabelled_image_is_marked(bench):
+    s, view = bench.state, bench.support
+    view.pool_class.value = s.episode.classes[0]
+    sid = view.pool_list.value
+    view.as_class.value = s.episode.classes[1]
+    view.add_button.click()
+    assert s.episode.support_ids[-1] == sid and s.episode.support_labels[-1] == 1
+    row = view.classes_box.children[1]
+    tips = [card.children[0].value for card in row.children[1].children]
+    assert any("MISLABELLED" in t for t in tips)
+
+
+def test_errors_appear_inline_and_the_view_keeps_working(bench):
+    view = bench.support
+    view.swap_button.click()  # nothing selected
+    assert "select a support image first" in view.error_area.value
+    bench.state.n_shot = 1
+    view.resample_button.click()
+    view.select(0)
+    view.remove_button.click()
+    assert "only this support image" in view.error_area.value
+    view.resample_button.click()  # still works, and the error is cleared
+    assert view.error_area.value == ""
+
+
+def test_confirm_query_button(bench):
+    s = bench.state
+    s.select_query(1)
+    qid = s.episode.query_ids[1]
+    bench.support.confirm_button.click()
+    assert s.episode.support_ids[-1] == qid
+    assert qid not in s.episode.query_ids
+
+
+def test_resample_button_and_seed(bench):
+    s, view = bench.state, bench.support
+    view.seed.value = 11
+    view.seed_button.click()
+    assert s.seed == 11 and f"seed 11" in view.header.value
+    view.resample_button.click()
+    assert s.seed == 12
+
+
+def test_query_gallery_filters(bench):
+    s, g = bench.state, bench.queries
+    g.show.value = "wrong"
+    assert all(not s.result.correct[i] for i in g.visible_indices())
+    g.show.value = "all"
+    g.true_class.value = s.episode.classes[1]
+    assert all(s.result.true[i] == 1 for i in g.visible_indices())
+    g.sort.value = "margin"
+    margins = [s.result.margin[i] for i in g.visible_indices()]
+    assert margins == sorted(margins)
+    assert "n=" in g.summary.value and "95% CI" in g.summary.value
+
+
+def test_heatmap_controls(bench):
+    s, h = bench.state, bench.heatmaps
+    h.methods.value = ("saliency", "gradcam")
+    assert s.methods == ["saliency", "gradcam"]
+    assert sum(t.name == "attribution" for t in h.figure.data) == 2
+    h.opacity.value = 0.2
+    assert all(t.opacity == 0.2 for t in h.figure.data if t.name == "attribution")
+    h.signed.value = False
+    assert all(t.zmin == 0 for t in h.figure.data if t.name == "attribution")
+    h.colormap.value = "Viridis"
+    h.target.value = s.episode.classes[0]
+    h.contrast.value = "runner_up"
+    amap = s.attribution("saliency")
+    assert amap.targets == (0,) and amap.contrasts is not None and amap.contrasts[0] != 0
+    assert "rather than" in h.figure.layout.annotations[0].text
+    assert len(h.influence_box.children) > 0
+    # the lesion mask outline is drawn for the synthetic set
+    assert any(t.name == "lesion mask" for t in h.figure.data) == bool(s.query_mask().any())
+
+
+def test_integrated_gradients_steps_parameter(bench):
+    s, h = bench.state, bench.heatmaps
+    if "integrated_gradients" not in h.methods.options:
+        pytest.skip("no integrated gradients in this build")
+    h.methods.value = ("integrated_gradients",)
+    h.param.value = 8
+    assert s.params["integrated_gradients"]["n_steps"] == 8
+    assert s.attribution("integrated_gradients").params.get("n_steps") == 8
+
+
+def test_a_failing_method_is_shown_inline_and_others_still_draw(bench, monkeypatch):
+    s, h = bench.state, bench.heatmaps
+    real = backend.explain
+
+    def flaky(model, x, method, **kw):
+        if method == "gradcam":
+            raise RuntimeError("layer not found")
+        return real(model, x, method, **kw)
+
+    monkeypatch.setattr(backend, "explain", flaky)
+    h.methods.value = ("saliency", "gradcam")
+    assert "gradcam: RuntimeError: layer not found" in h.error_area.value
+    assert sum(t.name == "attribution" for t in h.figure.data) == 1
+
+
+def test_failure_explorer_cells_open_cases(bench):
+    s, f = bench.state, bench.failures
+    f.episodes.value = 8
+    f.run_button.click()
+    assert f.error_area.value == "" and s.predictions is not None
+    z = np.asarray(bench.failures.figure.data[0].z, dtype=float)
+    np.testing.assert_allclose(z.sum(1), 1.0)
+    assert "n=" in f.summary.value and "95% CI" in f.summary.value
+    wrong = s.predictions[~s.predictions.correct]
+    t, p = wrong.iloc[0].true_class, wrong.iloc[0].pred_class
+    f._on_click(None, SimpleNamespace(xs=[p], ys=[t], point_inds=[]), None)
+    cases = f.case_table()
+    assert (cases.true_class == t).all() and (cases.pred_class == p).all()
+    assert cases.margin.is_monotonic_decreasing
+    f.cases.value = f.cases.options[0][1]
+    f.open_button.click()
+    ep, qi = f.cases.value
+    assert s.episode.query_ids[s.query_index] == cases.iloc[0].sample_id
+    assert len(f.nearest.children) == 5
+    assert s.episode.index == ep
+
+
+def test_subgroup_dashboard(bench):
+    s, d = bench.state, bench.subgroups
+    d.by.value = ("site",)
+    d.min_n.value = 5
+    d.run_button.click()
+    assert d.error_area.value == ""
+    table = d.table
+    assert set(table["site"]) == {"A", "B"}
+    assert (table["error_ci_low"] <= table["error_rate"]).all() and (table["error_rate"] <= table["error_ci_high"]).all()
+    bar = d.figure.data[0]
+    assert list(bar.x) == table["group"].tolist()
+    assert "95% CI" in d.table_html.value
+    d._on_click(bar, SimpleNamespace(point_inds=[1], xs=[], ys=[]), None)
+    cases = d.cases_of(1)
+    assert (~cases.correct).all() and (cases.site == table.iloc[1]["site"]).all()
+    assert s.focus == {"site": table.iloc[1]["site"]}
+    if d.cases.options:
+        d.cases.value = d.cases.options[0][1]
+        d.open_button.click()
+        assert s.episode.query_ids[s.query_index] == cases.iloc[0].sample_id
+
+
+def test_export_and_reopen(bench, tmp_path, synthetic_images):
+    s, e = bench.state, bench.export
+    s.select_query(3)
+    e.folder.value = str(tmp_path / "out")
+    e.export_button.click()
+    assert e.error_area.value == ""
+    for name in ("state.json", "projection.html", "distances.html", "heatmaps.html"):
+        assert (tmp_path / "out" / name).exists()
+    assert "plotly" in (tmp_path / "out" / "heatmaps.html").read_text()[:20000].lower()
+    episode = s.episode
+    s.resample()
+    assert s.episode != episode
+    e.state_file.value = str(tmp_path / "out" / "state.json")
+    e.reopen_button.click()
+    assert e.error_area.value == ""
+    assert s.episode == episode and s.query_index == 3
+
+
+def test_reopen_a_bad_file_is_inline(bench, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    bench.export.state_file.value = str(bad)
+    bench.export.reopen_button.click()
+    assert "cannot read the workbench state file" in bench.export.error_area.value
+
+
+def test_picker_loads_with_progress(state, monkeypatch, synthetic_images):
+    from fsl_xai.testing import tiny_model
+
+    monkeypatch.setattr(backend, "load_images", lambda name, split="test", progress=False: synthetic_images)
+    monkeypatch.setattr(backend, "load_model", lambda *a, **k: (tiny_model(channels=1, size=32, width=8, seed=3),
+                                                               backend.ModelInfo("synthetic", "protonet", True)))
+    picker = DatasetModelPicker(state)
+    picker.dataset.value = "synthetic"
+    picker.n_shot.value = 2
+    picker.load_button.click()
+    assert picker.error_area.value == ""
+    assert picker.progress.bar_style == "success"
+    assert state.episode.n_shot == 2
+    assert "fingerprint" in picker.info.value and "95% CI" in picker.info.value
+
+
+def test_views_work_alone(state):
+    for cls in (SupportSetView, QueryGallery, HeatmapViewer, DistanceView, FailureExplorer, SubgroupDashboard,
+                ExportView):
+        view = cls(state)
+        assert view.children
+    state.resample()

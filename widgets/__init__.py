@@ -1,0 +1,28 @@
+"""Interactive views of the fsl-xai workbench (ipywidgets + plotly FigureWidget), all thin shells over
+one :class:`WorkbenchState`.
+
+Typical use in a notebook::
+
+    from widgets import WorkbenchState, Workbench
+    state = WorkbenchState().load("pbc-blood-64")
+    Workbench(state)
+"""
+
+from .state import EpisodeResult, Projection, WorkbenchState
+
+__all__ = ["DatasetModelPicker", "DicomImportView", "DistanceView", "EpisodeResult", "ExportView", "FailureExplorer", "HeatmapViewer",
+           "Projection", "QueryGallery", "SubgroupDashboard", "SupportSetView", "Workbench", "WorkbenchState",
+           "export_state"]
+
+
+def __getattr__(name: str):
+    # views import ipywidgets and plotly; load them only when asked so the state stays light
+    import importlib
+
+    modules = {"DatasetModelPicker": "dataset_model", "DistanceView": "distances", "ExportView": "export",
+               "export_state": "export", "FailureExplorer": "failures", "HeatmapViewer": "heatmap",
+               "QueryGallery": "queries", "SubgroupDashboard": "subgroups", "SupportSetView": "support_set",
+               "Workbench": "workbench", "DicomImportView": "dicom_import"}
+    if name in modules:
+        return getattr(importlib.import_module(f".{modules[name]}", __name__), name)
+    raise AttributeError(name)

@@ -1,0 +1,170 @@
+"""DICOM import view: a folder or uploaded files, window/level with presets, preview, the de-identified
+metadata table, labels, and adding the images to the support set or the queries.
+
+Only de-identified data is shown: images are listed by their pseudonymous sample id, and the metadata
+table is the one ``fsl_xai.data.dicom`` produced (no names, ids, birth dates or UIDs)."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+from pathlib import Path
+
+import ipywidgets as w
+import numpy as np
+
+from fsl_xai.data.imageset import ImageSet
+
+from ._base import View
+from .figures import png_bytes
+from .state import apply_images
+
+AUTO, RANGE, CUSTOM = "from the file's tags", "full value range", "custom (sliders)"
+
+
+class DicomImportView(View):
+    title = "DICOM import"
+
+    def __init__(self, state, **kwargs):
+        super().__init__(state, **kwargs)
+        from fsl_xai.data import dicom
+
+        self._dicom = dicom
+        self.folder = w.Text(description="folder", placeholder="a folder of DICOM files",
+                             layout=w.Layout(width="420px"), style={"description_width": "45px"})
+        self.upload = w.FileUpload(accept=".dcm,application/dicom,*", multiple=True, description="upload files")
+        self.import_button = w.Button(description="import", icon="upload", button_style="primary")
+        self.import_button.on_click(self.guard(lambda _: self.import_files()))
+        self.window = w.Dropdown(options=[AUTO, RANGE] + sorted(dicom.WINDOW_PRESETS) + [CUSTOM], value=AUTO,
+                                 description="window", layout=w.Layout(width="260px"), style={"description_width": "50px"})
+        self.centre = w.FloatSlider(value=40, min=-1500, max=3000, step=10, description="centre",
+                                    layout=w.Layout(width="320px"), style={"description_width": "45px"})
+        self.width = w.FloatSlider(value=400, min=1, max=5000, step=10, description="width",
+                                   layout=w.Layout(width="320px"), style={"description_width": "45px"})
+        for widget in (self.window, self.centre, self.width):
+            widget.observe(self.guard(lambda _: self.preview()), names="value")
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="200px", visibility="hidden"))
+        self.items = w.Select(rows=6, layout=w.Layout(width="300px"))
+        self.items.observe(self.guard(lambda _: self.preview()), names="value")
+        self.image = w.Image(format="png", layout=w.Layout(width="160px", height="160px"))
+        self.meta = w.HTML()
+        self.bad = w.HTML()
+        self.label = w.Dropdown(description="label", layout=w.Layout(width="260px"), style={"description_width": "40px"})
+        self.add_support_button = w.Button(description="add to support", icon="plus")
+        self.add_query_button = w.Button(description="add as query", icon="question")
+        self.add_support_button.on_click(self.guard(lambda _: self.add(as_query=False)))
+        self.add_query_button.on_click(self.guard(lambda _: self.add(as_query=True)))
+        self.result = w.HTML()
+        self.imported = None
+        self._root: Path | None = None
+        self._tmp: Path | None = None
+        self.children = [
+            w.HTML("<b>DICOM import</b> (de-identified before display: pseudonymous ids, no identifying tags)"),
+            w.HBox([self.folder, self.upload, self.import_button, self.progress]),
+            w.HBox([self.window, self.centre, self.width]), self.error_area,
+            w.HBox([self.items, self.image, self.meta]), self.bad,
+            w.HBox([self.label, self.add_support_button, self.add_query_button]), self.result]
+        state.observe(self._on_episode, names=["episode"])
+        self._on_episode()
+
+    def _on_episode(self, change=None) -> None:
+        s = self.state
+        if s.images is not None:
+            self.label.options = list(s.images.class_names)
+
+    def _window_arg(self):
+        v = self.window.value
+        if v == AUTO:
+            return "auto"
+        if v == RANGE:
+            return None
+        if v == CUSTOM:
+            return (float(self.centre.value), float(self.width.value))
+        return v
+
+    def _target_shape(self) -> tuple[int, int]:
+        model = self.state.model
+        if model is None:
+            return 64, 1
+        size = getattr(model.backbone, "image_size", (64, 64))
+        return int(size[0]), int(getattr(model.backbone, "in_channels", 1))
+
+    def import_files(self, root: str | Path | None = None) -> None:
+        """Import the folder (or the uploaded files); bad files are listed with their reason."""
+        if root is None and self.upload.value:
+            self._tmp = Path(tempfile.mkdtemp(prefix="fsl-xai-dicom-"))
+            for item in self.upload.value:
+                # uploaded names are replaced by numbers: a file name may carry a patient's name
+                (self._tmp / f"upload-{len(list(self._tmp.iterdir())):04d}.dcm").write_bytes(bytes(item["content"]))
+            root = self._tmp
+        root = Path(root or self.folder.value)
+        if not str(root) or not root.is_dir():
+            raise ValueError(f"{root} is not a folder; type the folder that holds the DICOM files or upload files")
+        size, channels = self._target_shape()
+        self.progress.layout.visibility = "visible"
+        self.progress.value = 0
+        result = self._dicom.import_dicom_folder(root, size=size, channels=channels, window=self._window_arg(),
+                                                 progress=False)
+        self.progress.max = max(1, result.n_files)
+        self.progress.value = result.n_files
+        self.imported, self._root = result, root
+        ids = result.images.sample_ids.tolist() if len(result.images) else []
+        self.items.options = ids
+        self.items.value = ids[0] if ids else None
+        bad = "".join(f"<li><code>{html.escape(str(f))}</code>: {html.escape(str(r))}</li>" for f, r in result.bad_files)
+        self.bad.value = (f"{len(ids)} image(s) imported from {result.n_files} file(s)"
+                          + (f"; {len(result.bad_files)} not imported:<ul>{bad}</ul>" if result.bad_files else ""))
+
+    def preview(self) -> None:
+        """Show the selected image with the current window, and its de-identified metadata."""
+        self.centre.layout.visibility = self.width.layout.visibility = (
+            "visible" if self.window.value == CUSTOM else "hidden")
+        if self.imported is None or not self.items.value:
+            return
+        i = self.items.options.index(self.items.value)
+        size, channels = self._target_shape()
+        img = self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
+                                     size=size, channels=channels)
+        self.image.value = png_bytes(img.pixels, 160)
+        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in img.metadata.items())
+        win = "" if img.window is None else f"window centre {img.window[0]:.0f}, width {img.window[1]:.0f} ({img.window_source})"
+        self.meta.value = f"<div style='font-size:85%'>{win}<table>{rows}</table></div>"
+
+    def _selected_set(self) -> ImageSet:
+        """The selected image as an ImageSet labelled with the chosen class (windowed as shown)."""
+        i = self.items.options.index(self.items.value)
+        size, channels = self._target_shape()
+        img = self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
+                                     size=size, channels=channels)
+        base = self.state.images
+        meta = self.imported.images.metadata.iloc[[i]].reset_index(drop=True)
+        meta["sample_id"] = "dicom:" + meta["sample_id"].astype(str)
+        label = base.class_index(self.label.value)
+        return ImageSet(img.pixels[None].astype(np.float32), np.array([label]), base.class_names, meta, "dicom")
+
+    def add(self, as_query: bool) -> None:
+        """Add the selected image to the support set (as the chosen class) or to the queries."""
+        if self.imported is None or not self.items.value:
+            raise ValueError("import DICOM files and select one first")
+        s = self.state
+        if self.label.value not in s.episode.classes:
+            raise ValueError(f"class {self.label.value!r} is not in this episode ({list(s.episode.classes)}); "
+                             "choose one of its classes")
+        one = self._selected_set()
+        sid = one.sample_ids[0]
+        if sid not in set(s.images.sample_ids):
+            apply_images(s, one)
+        if as_query:
+            s.add_query(sid, self.label.value)
+        else:
+            s.add_support(sid, self.label.value)
+        if not s.error:
+            self.result.value = f"added <code>{html.escape(sid)}</code> as {'query' if as_query else 'support'} " \
+                                f"image of {html.escape(self.label.value)}"
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        super().close()

@@ -1,0 +1,67 @@
+"""View 5: the selected query's distance to every prototype, and a 2D map of support embeddings,
+prototypes and queries; a click on a query selects it; prototypes move when the support set is edited."""
+
+from __future__ import annotations
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ._base import FigureSlot, View
+from .figures import distance_figure, projection_figure
+
+
+class DistanceView(View):
+    title = "Prototype distances"
+
+    def __init__(self, state, **kwargs):
+        super().__init__(state, **kwargs)
+        self.bars_slot = FigureSlot(css_class="fsl-distance-bars")
+        self.map_slot = FigureSlot(css_class="fsl-projection")
+        self.projection = w.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne")], value=state.projection,
+                                          style={"button_width": "60px"}, tooltip="how the embeddings are drawn in 2D")
+        self.projection.observe(self.guard(self._on_projection), names="value")
+        self.children = [w.HBox([w.HTML("<b>prototype distances</b>&nbsp;"), self.projection]), self.error_area,
+                         self.bars_slot, self.map_slot]
+        # a new episode result and a new selection both redraw (one redraw per change)
+        state.observe(self.guard(lambda _: self._on_selection()), names=["result", "query_index"])
+        self.redraw_map()
+        self.redraw_bars()
+
+    def _on_selection(self) -> None:
+        # a resample changes both the result and the query: draw once per (result, query)
+        last_result, last_query = getattr(self, "_drawn_for", (None, -2))
+        if self.state.result is not last_result or self.state.query_index != last_query:
+            self._drawn_for = (self.state.result, self.state.query_index)
+            self.redraw_map()
+            self.redraw_bars()
+
+    @property
+    def bars(self) -> go.FigureWidget:
+        return self.bars_slot.figure
+
+    @property
+    def map(self) -> go.FigureWidget:
+        return self.map_slot.figure
+
+    def _on_projection(self, change) -> None:
+        if change["new"] != self.state.projection:
+            self.state.set_projection(change["new"])
+
+    def redraw_bars(self) -> None:
+        s = self.state
+        if s.result is None or s.query_index < 0:
+            return
+        r, qi = s.result, s.query_index
+        self.bars_slot.show(distance_figure(s.episode.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi])))
+
+    def redraw_map(self) -> None:
+        s = self.state
+        if s.result is None:
+            return
+        self.map_slot.show(projection_figure(s.result, s.episode.support_ids, s.episode.query_ids, s.query_index))
+        queries = next(t for t in self.map.data if t.name == "queries")
+        queries.on_click(self._on_click)
+
+    def _on_click(self, trace, points, selector) -> None:
+        if points.point_inds:
+            self.guard(self.state.select_query)(int(points.point_inds[0]))

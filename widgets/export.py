@@ -1,0 +1,110 @@
+"""View 8: export the current state (episode JSON, model fingerprint, method and parameters, selected
+query) and the figures (standalone HTML; PNG when a static renderer is installed) for a report; a saved
+state re-opens to the same view."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ._base import View
+from .figures import distance_figure, heatmap_figure, projection_figure
+
+
+def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:
+    """The figures of the current view, rebuilt from the state (pure: no widgets involved)."""
+    r, ep, qi = state.result, state.episode, state.query_index
+    figs = {"projection": projection_figure(r, ep.support_ids, ep.query_ids, qi)}
+    if qi >= 0:
+        figs["distances"] = distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]))
+        maps, titles = [], []
+        for m in (methods or state.methods):
+            maps.append(state.attribution(m).normalized[0])
+            titles.append(m)
+        figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask())
+    if state.predictions is not None:
+        from .figures import confusion_figure
+
+        figs["confusion"] = confusion_figure(state.predictions)
+    return figs
+
+
+def png_available() -> bool:
+    """Whether plotly can write PNG here (needs the kaleido package and a Chrome)."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_state(state, folder: str | Path, png: bool | None = None) -> list[Path]:
+    """Write ``state.json`` and one standalone HTML (and PNG, if possible) per figure into ``folder``.
+
+    Returns:
+        The written paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [state.save(folder / "state.json")]
+    png = png_available() if png is None else png
+    for name, fig in state_figures(state).items():
+        path = folder / f"{name}.html"
+        # plotly.js is embedded so the file opens offline, e.g. attached to a report
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        written.append(path)
+        if png:
+            fig.write_image(folder / f"{name}.png", scale=2)
+            written.append(folder / f"{name}.png")
+    (folder / "README.txt").write_text(
+        "fsl-xai workbench export\n"
+        f"dataset: {state.dataset_name}\nmodel: {state.model_name} (fingerprint {state.fingerprint})\n"
+        f"episode: {state.episode.episode_id}\nselected query: {state.query_index}\n"
+        f"methods: {', '.join(state.methods)} params: {json.dumps(state.params)}\n"
+        "re-open: WorkbenchState().restore('state.json') or the workbench's Export > re-open\n")
+    written.append(folder / "README.txt")
+    return written
+
+
+class ExportView(View):
+    title = "Export"
+
+    def __init__(self, state, folder: str = "artifacts/workbench_export", **kwargs):
+        super().__init__(state, **kwargs)
+        self.folder = w.Text(value=folder, description="folder", layout=w.Layout(width="420px"),
+                             style={"description_width": "45px"})
+        self.export_button = w.Button(description="export state + figures", icon="save", button_style="primary")
+        self.export_button.on_click(self.guard(lambda _: self.export()))
+        self.state_file = w.Text(value=str(Path(folder) / "state.json"), description="state file",
+                                 layout=w.Layout(width="420px"), style={"description_width": "60px"})
+        self.upload = w.FileUpload(accept=".json", multiple=False, description="upload state")
+        self.reopen_button = w.Button(description="re-open", icon="folder-open")
+        self.reopen_button.on_click(self.guard(lambda _: self.reopen()))
+        self.result = w.HTML()
+        note = ("" if png_available() else
+                "<span style='color:#666'>PNG export needs the optional kaleido package; HTML is written.</span>")
+        self.children = [w.HTML("<b>export</b> " + note), w.HBox([self.folder, self.export_button]),
+                         w.HBox([self.state_file, self.upload, self.reopen_button]), self.error_area, self.result]
+
+    def export(self) -> list[Path]:
+        paths = export_state(self.state, self.folder.value)
+        self.result.value = "written:<br>" + "<br>".join(f"<code>{html.escape(str(p))}</code>" for p in paths)
+        self.state_file.value = str(paths[0])
+        return paths
+
+    def reopen(self) -> None:
+        """Restore from the uploaded file if any, else from the state-file path."""
+        if self.upload.value:
+            item = self.upload.value[0]
+            try:
+                data = json.loads(bytes(item["content"]).decode())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{item['name']} is not a JSON state file ({exc}); upload a state.json from Export") from exc
+            self.state.restore(data)
+        else:
+            self.state.restore(self.state_file.value)
+        self.result.value = f"re-opened episode <code>{self.state.episode.episode_id}</code>, query {self.state.query_index}"

@@ -1,0 +1,121 @@
+"""View 6: the failure explorer: a confusion matrix over many episodes whose cells open their cases,
+sorted by margin; a case opens in the heatmap viewer together with its nearest support images."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+import plotly.graph_objects as go
+import pandas as pd
+
+from ._base import FigureSlot, View, image_card, thumbnail, tooltip_of
+from .figures import confusion_figure, rate_text
+
+
+class FailureExplorer(View):
+    title = "Failure explorer"
+
+    def __init__(self, state, episodes: int = 600, **kwargs):
+        super().__init__(state, **kwargs)
+        self.episodes = w.BoundedIntText(value=episodes, min=1, max=10000, description="episodes",
+                                         layout=w.Layout(width="170px"), style={"description_width": "60px"})
+        self.run_button = w.Button(description="evaluate", icon="play", button_style="primary",
+                                   tooltip="score this many episodes with the current model (embeddings computed once)")
+        self.run_button.on_click(self.guard(lambda _: self.run()))
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="200px"))
+        self.summary = w.HTML()
+        self.slot = FigureSlot(css_class="fsl-confusion")
+        self.true_class = w.Dropdown(description="true", layout=w.Layout(width="220px"), style={"description_width": "35px"})
+        self.pred_class = w.Dropdown(description="predicted", layout=w.Layout(width="240px"),
+                                     style={"description_width": "60px"})
+        for widget in (self.true_class, self.pred_class):
+            widget.observe(self.guard(lambda _: self._fill_cases()), names="value")
+        self.cases = w.Select(rows=8, layout=w.Layout(width="560px"))
+        self.open_button = w.Button(description="open in heatmap viewer", icon="search")
+        self.open_button.on_click(self.guard(lambda _: self.open_selected()))
+        self.nearest = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self.extra_filter: dict = {}
+        self.children = [w.HTML("<b>failure explorer</b>"), w.HBox([self.episodes, self.run_button, self.progress]),
+                         self.summary, self.error_area, self.slot,
+                         w.HTML("cell: click the matrix or choose below; cases sorted by margin "
+                                "(confident mistakes first)"),
+                         w.HBox([self.true_class, self.pred_class]), self.cases, self.open_button,
+                         w.HTML("<b>nearest support images of the opened case</b>"), self.nearest]
+        state.observe(self.guard(lambda _: self._on_predictions()), names=["predictions"])
+        self._on_predictions()
+
+    @property
+    def figure(self) -> go.FigureWidget:
+        return self.slot.figure
+
+    def run(self) -> None:
+        self.progress.max = self.episodes.value
+        self.progress.value = 0
+
+        def tick(done: int, total: int) -> None:
+            if done == total or done % max(1, total // 50) == 0:
+                self.progress.value = done
+
+        self.state.evaluate_many(self.episodes.value, progress=tick)
+        self.progress.value = self.progress.max
+
+    def _on_predictions(self) -> None:
+        table = self.state.predictions
+        if table is None:
+            self.summary.value = "<i>click evaluate to score many episodes</i>"
+            return
+        names = sorted(set(table["true_class"]))
+        self.true_class.options = names
+        self.pred_class.options = sorted(set(table["pred_class"]) | set(names))
+        self.slot.show(confusion_figure(table))
+        self.figure.data[0].on_click(self._on_click)
+        self.summary.value = (f"{table['episode'].nunique()} episodes, {len(table)} queries · "
+                              + rate_text(int(table["correct"].sum()), len(table)))
+        wrong = table[~table["correct"]]
+        if len(wrong):
+            worst = wrong.groupby(["true_class", "pred_class"]).size().idxmax()
+            self.true_class.value, self.pred_class.value = worst
+        self._fill_cases()
+
+    def _on_click(self, trace, points, selector) -> None:
+        if points.xs and points.ys:
+            self.guard(self.select_cell)(points.ys[0], points.xs[0])
+
+    def select_cell(self, true_class: str, pred_class: str) -> None:
+        self.true_class.value, self.pred_class.value = true_class, pred_class
+
+    def case_table(self) -> pd.DataFrame:
+        """Cases of the chosen cell (and subgroup filter, if any), sorted by margin."""
+        table = self.state.predictions
+        if table is None or self.true_class.value is None:
+            return pd.DataFrame()
+        sel = table[(table["true_class"] == self.true_class.value) & (table["pred_class"] == self.pred_class.value)]
+        for col, val in self.extra_filter.items():
+            sel = sel[sel[col].astype(str) == str(val)]
+        wrong = self.true_class.value != self.pred_class.value
+        return sel.sort_values("margin", ascending=not wrong)
+
+    def _fill_cases(self) -> None:
+        cases = self.case_table()
+        extra = "".join(f" · {k}={v}" for k, v in self.extra_filter.items())
+        self.cases.options = [
+            (f"episode {int(r.episode)} query {int(r.query_index)} · {r.sample_id} · margin {r.margin:.3f}{extra}",
+             (int(r.episode), int(r.query_index))) for r in cases.head(300).itertuples()]
+
+    def open_selected(self) -> None:
+        if not self.cases.value:
+            raise ValueError("choose a case in the list first")
+        self.open_case(*self.cases.value)
+
+    def open_case(self, episode: int, query_index: int) -> None:
+        s = self.state
+        s.open_case(episode, query_index)
+        if s.error:
+            return
+        table = s.nearest_support(k=5)
+        self.nearest.children = [
+            image_card(thumbnail(s, row["sample_id"]), tooltip_of(s, row["sample_id"], f"class {row['class']}"),
+                       w.HTML(f"<span style='font-size:85%'>{html.escape(str(row['class']))[:10]} "
+                              f"d={row['distance']:.2f}</span>"))
+            for _, row in table.iterrows()]

@@ -1,0 +1,273 @@
+"""Pure figure builders: results in, plotly figures out (no widgets, no state).
+
+Every builder returns a ``plotly.graph_objects.Figure``; views wrap them in ``go.FigureWidget`` or
+copy their data into an existing one, and Export writes them as standalone HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from ._backend import wilson
+
+PALETTE = qualitative.Plotly + qualitative.D3
+COLORMAPS = ("RdBu_r", "Viridis", "Inferno", "Jet", "Greys")
+
+
+def class_color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def rate_text(k: int, n: int, what: str = "accuracy") -> str:
+    """'accuracy 72.0% (n=25, 95% CI 52.4-85.7%)' with a Wilson interval."""
+    if n == 0:
+        return f"{what}: no labelled cases (n=0)"
+    lo, hi = wilson(k, n)
+    return f"{what} {100 * k / n:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+
+
+# ---------------------------------------------------------------------------------------- images
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[None]
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    return (np.clip(img[:3].transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
+    """PNG of a (C, H, W) image, optionally upscaled (nearest) to ``size`` pixels wide."""
+    from PIL import Image
+
+    pil = Image.fromarray(to_rgb(image))
+    if size and pil.width != size:
+        pil = pil.resize((size, int(round(size * pil.height / pil.width))), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(image: np.ndarray, size: int | None = None) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image, size)).decode()
+
+
+# ---------------------------------------------------------------------------------------- heatmaps
+def overlay_colorscale(name: str, signed: bool, steps: int = 11) -> list[list]:
+    """A plotly colour scale whose opacity grows with |attribution|, so weak attribution leaves the
+    image visible instead of washing it out (0 is transparent; signed: both ends opaque)."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    ts = np.linspace(0, 1, steps)
+    colors = sample_colorscale(name, list(ts))
+    scale = []
+    for t, c in zip(ts, colors):
+        r, g, b = (int(round(v)) for v in unlabel_rgb(c)) if c.startswith("rgb") else (0, 0, 0)
+        alpha = abs(2 * t - 1) if signed else t
+        scale.append([float(t), f"rgba({r},{g},{b},{alpha:.2f})"])
+    return scale
+
+
+
+def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str], opacity: float = 0.5,
+                   colorscale: str = "RdBu_r", signed: bool = True, mask: np.ndarray | None = None,
+                   height: int = 300) -> go.Figure:
+    """The query image with each attribution map overlaid, side by side.
+
+    Args:
+        image: (C, H, W) in [0, 1].
+        maps: one (H, W) normalized map in [-1, 1] per method.
+        titles: one title per map (method name and quality badges).
+        opacity: of the overlay, 0..1.
+        signed: show signed values (red for, blue against) or their absolute value.
+        mask: optional (H, W) bool lesion mask drawn as an outline.
+    """
+    k = max(1, len(maps))
+    fig = make_subplots(1, k, subplot_titles=list(titles) or [""], horizontal_spacing=0.04)
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    for i, m in enumerate(maps):
+        m = np.asarray(m, dtype=np.float32)
+        z = m if signed else np.abs(m)
+        fig.add_trace(go.Image(z=rgb, hoverinfo="skip", name="image"), 1, i + 1)
+        fig.add_trace(go.Heatmap(z=z, zmin=-1 if signed else 0, zmax=1, colorscale=overlay_colorscale(colorscale, signed),
+                                 opacity=opacity,
+                                 showscale=(i == k - 1), name="attribution",
+                                 hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>",
+                                 colorbar=dict(len=0.8, thickness=10)), 1, i + 1)
+        if mask is not None and np.asarray(mask).any():
+            fig.add_trace(go.Contour(z=np.asarray(mask, dtype=np.float32), showscale=False, name="lesion mask",
+                                     contours=dict(start=0.5, end=0.5, size=1, coloring="none"),
+                                     line=dict(color="lime", width=2), hoverinfo="skip"), 1, i + 1)
+        fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], row=1, col=i + 1)
+        fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
+    # fixed widths: the views sit in half-width columns, and plotly's default width (700 px) overflows them
+    lines = max((str(t).count("<br>") for t in titles), default=0)
+    fig.update_layout(height=height + 14 * lines, width=40 + 215 * k, margin=dict(l=5, r=5, t=30 + 14 * lines, b=5),
+                      showlegend=False)
+    for ann in fig.layout.annotations:
+        ann.font = dict(size=11)
+    return fig
+
+
+def _finite(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def badge_text(badges: dict) -> str:
+    """A short label for a map's quality badges ('' when none)."""
+    parts = []
+    rnd = badges.get("randomization")
+    passed = rnd.get("passed") if isinstance(rnd, dict) else rnd
+    if _finite(passed):
+        rho = rnd.get("spearman") if isinstance(rnd, dict) else None
+        parts.append(("randomisation ✔ passed" if bool(passed) else "randomisation ✘ FAILED")
+                     + (f" (ρ={rho:.2f})" if _finite(rho) else ""))
+    d, ref = badges.get("deletion_auc"), badges.get("random_deletion_auc")
+    if _finite(d):
+        parts.append(f"deletion AUC {float(d):.2f}" + (f" (random {float(ref):.2f})" if _finite(ref) else ""))
+    e, hit = badges.get("energy_inside"), badges.get("pointing_hit")
+    if _finite(e):
+        parts.append(f"in mask {100 * float(e):.0f}%" + (" · pointing ✔" if hit else " · pointing ✘" if _finite(hit) else ""))
+    return " · ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- distances
+def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
+                    height: int = 260) -> go.Figure:
+    """Bars of one query's distance to every prototype (shortest = predicted)."""
+    colors = [class_color(i) for i in range(len(classes))]
+    line = ["black" if i == pred else "rgba(0,0,0,0)" for i in range(len(classes))]
+    labels = [f"{c}{' (true)' if i == true else ''}" for i, c in enumerate(classes)]
+    fig = go.Figure(go.Bar(x=labels, y=np.asarray(distances, dtype=float), marker=dict(color=colors, line=dict(color=line, width=3)),
+                           text=[f"{d:.2f}" for d in distances], textposition="outside", name="distance",
+                           hovertemplate="%{x}: distance %{y:.3f}<extra></extra>"))
+    fig.update_layout(height=height, width=460, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
+                      title=dict(text=f"distance to each prototype (predicted: {classes[pred]})", font=dict(size=13)),
+                      yaxis_title="distance (-logit)")
+    return fig
+
+
+def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[str], selected: int = -1,
+                      height: int = 380) -> go.Figure:
+    """2D map of support embeddings (dots), prototypes (stars, with where they were before the last
+    edit) and queries (circles: filled = correct, open = wrong); the selected query is ringed.
+
+    Trace names: 'support: <class>', 'prototypes', 'previous prototypes', 'queries', 'selected'.
+    The 'queries' trace holds every query in episode order, so a click's point index is the query index.
+    """
+    fig = go.Figure()
+    classes = result.classes
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(result.support_labels == c)
+        fig.add_trace(go.Scatter(x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
+                                 marker=dict(color=class_color(c), size=8, opacity=0.7), name=f"support: {name}",
+                                 text=[support_ids[i] for i in idx], hovertemplate="support %{text}<extra></extra>"))
+    if result.prev_proto_xy is not None:
+        moved = np.linalg.norm(result.prev_proto_xy - result.proto_xy, axis=1) > 1e-9
+        xs, ys = [], []
+        for c in np.flatnonzero(moved):
+            xs += [result.prev_proto_xy[c, 0], result.proto_xy[c, 0], None]
+            ys += [result.prev_proto_xy[c, 1], result.proto_xy[c, 1], None]
+        fig.add_trace(go.Scatter(x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
+                                 marker=dict(symbol="star", size=14, color=[class_color(c) for c in range(len(classes))],
+                                             opacity=0.3), name="previous prototypes", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"), name="prototype moved",
+                                 hoverinfo="skip"))
+    correct = result.correct
+    qcol = [class_color(t) if t >= 0 else "grey" for t in result.true]
+    fig.add_trace(go.Scatter(
+        x=result.query_xy[:, 0], y=result.query_xy[:, 1], mode="markers", name="queries",
+        marker=dict(size=11, color=qcol, symbol=["circle" if c else "circle-open" for c in correct],
+                    line=dict(width=2, color=qcol)),
+        customdata=np.arange(len(query_ids)),
+        text=[f"query #{i}: {query_ids[i]}<br>true {classes[t] if t >= 0 else '?'}, predicted {classes[p]}"
+              for i, (t, p) in enumerate(zip(result.true, result.pred))],
+        hovertemplate="%{text}<extra>click to select</extra>"))
+    fig.add_trace(go.Scatter(x=result.proto_xy[:, 0], y=result.proto_xy[:, 1], mode="markers+text",
+                             marker=dict(symbol="star", size=20, color=[class_color(c) for c in range(len(classes))],
+                                         line=dict(width=1.5, color="black")),
+                             text=list(classes), textposition="top center", name="prototypes",
+                             hovertemplate="prototype of %{text}<extra></extra>"))
+    sel = [selected] if 0 <= selected < len(query_ids) else []
+    fig.add_trace(go.Scatter(x=result.query_xy[sel, 0], y=result.query_xy[sel, 1], mode="markers", name="selected",
+                             marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
+                             hoverinfo="skip"))
+    fig.update_layout(height=height, width=460, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.02, x=0),
+                      title=dict(text=f"embedding map ({'PCA' if result.projection == 'pca' else 't-SNE'}; "
+                                      "stars: prototypes, click a query)", font=dict(size=13)),
+                      xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- many episodes
+def confusion_counts(predictions: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(class names, counts[true, predicted]) over the per-query table."""
+    names = sorted(set(predictions["true_class"]) | set(predictions["pred_class"]))
+    index = {c: i for i, c in enumerate(names)}
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(counts, (predictions["true_class"].map(index).to_numpy(), predictions["pred_class"].map(index).to_numpy()), 1)
+    return names, counts
+
+
+def confusion_figure(predictions: pd.DataFrame, height: int = 420) -> go.Figure:
+    """Row-normalised confusion matrix; each cell shows its rate, n and 95% CI; click a cell for its cases."""
+    names, counts = confusion_counts(predictions)
+    totals = counts.sum(1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    text, hover = [], []
+    for i in range(len(names)):
+        trow, hrow = [], []
+        for j in range(len(names)):
+            lo, hi = wilson(int(counts[i, j]), int(totals[i, 0]))
+            trow.append(f"{100 * rates[i, j]:.0f}%<br>{counts[i, j]}/{totals[i, 0]}")
+            hrow.append(f"true {names[i]}, predicted {names[j]}: {counts[i, j]} of {totals[i, 0]} "
+                        f"({100 * rates[i, j]:.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
+        text.append(trow)
+        hover.append(hrow)
+    k = int(predictions["correct"].sum())
+    fig = go.Figure(go.Heatmap(z=rates, x=names, y=names, text=text, texttemplate="%{text}", customdata=hover,
+                               hovertemplate="%{customdata}<extra>click for the cases</extra>",
+                               colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="rate")))
+    n_ep = predictions["episode"].nunique() if "episode" in predictions else 0
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=f"confusion over {n_ep} episodes — {rate_text(k, len(predictions))}",
+                                 font=dict(size=13)),
+                      xaxis=dict(title="predicted"), yaxis=dict(title="true", autorange="reversed"))
+    return fig
+
+
+def subgroup_figure(table: pd.DataFrame, by: Sequence[str], disparity: dict | None = None,
+                    height: int = 340) -> go.Figure:
+    """Error rate per subgroup with 95% CI error bars. Grey: too small to judge; red: the worst group
+    of a flagged disparity. Bar order is the table's row order (a click's point index is the row)."""
+    labels = (table["group"].astype(str).tolist() if "group" in table.columns
+              else [", ".join(str(row[b]) for b in by) for _, row in table.iterrows()])
+    rate = table["error_rate"].to_numpy(dtype=float)
+    small = table["too_small"].astype(bool).to_numpy() if "too_small" in table.columns else np.zeros(len(table), bool)
+    worst = disparity.get("worst_group") if disparity and disparity.get("flagged") else None
+    colors = ["#999999" if s else ("#d62728" if lab == worst else "#1f77b4") for lab, s in zip(labels, small)]
+    text = [f"n={n}" + (" (too small)" if s else "") + (" ⚑ disparity" if lab == worst else "")
+            for n, s, lab in zip(table["n"], small, labels)]
+    method = str(table["ci_method"].iloc[0]) if "ci_method" in table.columns and len(table) else ""
+    fig = go.Figure(go.Bar(
+        x=labels, y=rate, marker_color=colors, name="error rate", text=text, textposition="outside",
+        error_y=dict(type="data", symmetric=False, array=table["error_ci_high"].to_numpy(dtype=float) - rate,
+                     arrayminus=rate - table["error_ci_low"].to_numpy(dtype=float)),
+        hovertemplate="%{x}: error %{y:.1%}<extra>click for the failure cases</extra>"))
+    fig.update_layout(height=height, margin=dict(l=40, r=10, t=40, b=80),
+                      yaxis=dict(title="error rate", tickformat=".0%", rangemode="tozero"),
+                      title=dict(text=f"error rate by {' × '.join(by)} (95% CI{', ' + method if method else ''})",
+                                 font=dict(size=13)))
+    return fig

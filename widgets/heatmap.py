@@ -1,0 +1,257 @@
+"""View 4: the selected query with attribution maps of 1-4 methods side by side, their quality badges,
+and a strip of the support images ranked by their influence on this decision."""
+
+from __future__ import annotations
+
+import html
+import time
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from . import _backend as backend
+from ._base import FigureSlot, View, image_card, thumbnail, tooltip_of
+from .figures import COLORMAPS, badge_text, heatmap_figure
+
+MAX_METHODS = 4
+# the main parameter of each method family, as (param name, label, min, max, default)
+MAIN_PARAMS = {
+    "integrated_gradients": ("n_steps", "IG steps", 4, 200, 20),
+    "gradient_shap": ("n_samples", "samples", 2, 100, 20),
+    "smoothgrad": ("nt_samples", "noise samples", 2, 100, 16),
+    "feature_ablation": ("n_segments", "segments", 4, 256, 64),
+}
+
+
+class HeatmapViewer(View):
+    title = "Heatmaps"
+
+    def __init__(self, state, methods: list[str] | None = None, badges: bool = True, **kwargs):
+        super().__init__(state, **kwargs)
+        available = backend.list_methods()
+        self.methods = w.SelectMultiple(options=available, rows=min(6, len(available)), description="methods",
+                                        value=tuple(m for m in (methods or state.methods) if m in available)[:MAX_METHODS]
+                                        or (available[0],), layout=w.Layout(width="280px"),
+                                        style={"description_width": "55px"})
+        self.target = w.Dropdown(description="explain", layout=w.Layout(width="230px"), style={"description_width": "50px"})
+        self.contrast = w.Dropdown(description="rather than", layout=w.Layout(width="230px"),
+                                   style={"description_width": "75px"})
+        self.opacity = w.FloatSlider(value=0.8, min=0, max=1, step=0.05, description="opacity",
+                                     layout=w.Layout(width="260px"), style={"description_width": "50px"})
+        self.colormap = w.Dropdown(options=COLORMAPS, value="RdBu_r", description="colours",
+                                   layout=w.Layout(width="200px"), style={"description_width": "50px"})
+        self.signed = w.ToggleButtons(options=[("signed", True), ("absolute", False)], value=True,
+                                      style={"button_width": "70px"})
+        self.param = w.BoundedIntText(description="steps", value=32, min=1, max=200, layout=w.Layout(width="150px"),
+                                      style={"description_width": "70px"})
+        self.show_badges = w.Checkbox(value=badges, description="quality badges", indent=False)
+        self.slot = FigureSlot(css_class="fsl-heatmap-figure")
+        self.badge_html = w.HTML()
+        self.badge_html.add_class("fsl-heatmap-caption")
+        self.influence_box = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self.timing = w.HTML()
+        self.last_maps: dict[str, object] = {}
+        self._busy = False
+        self.methods.observe(self.guard(self._on_methods), names="value")
+        for widget in (self.target, self.contrast):
+            widget.observe(self.guard(self._on_target), names="value")
+        self.param.observe(self.guard(self._on_param), names="value")
+        for widget in (self.opacity, self.colormap, self.signed):
+            widget.observe(self.guard(lambda _: self._draw()), names="value")
+        self.show_badges.observe(self.guard(lambda _: self.refresh()), names="value")
+        controls = w.VBox([w.HBox([self.methods, w.VBox([self.target, self.contrast, self.param])]),
+                           w.HBox([self.opacity, self.colormap, self.signed, self.show_badges])])
+        self.children = [w.HTML("<b>heatmaps</b> (red: pushes towards the explained class; blue: against; "
+                                "green outline: lesion mask where known)"),
+                         controls, self.error_area, self.slot, self.badge_html,
+                         w.HTML("<b>support images ranked by influence on this decision</b> "
+                                "(how much the margin drops without each one)"),
+                         self.influence_box, self.timing]
+        state.observe(self._on_episode, names=["episode"])
+        state.observe(self.guard(lambda _: self._on_selection()), names=["query_index", "result"])
+        state.observe(self._sync_from_state, names=["methods", "target", "contrast"])
+        self._on_episode()
+        # the first maps are drawn at once; their quality badges follow the first interaction
+        self.guard(self.refresh)(with_badges=False)
+
+    @property
+    def figure(self) -> go.FigureWidget:
+        """The heatmap figure currently shown."""
+        return self.slot.figure
+
+    # ------------------------------------------------------------------ state <-> controls
+    def _on_episode(self, change=None) -> None:
+        ep = self.state.episode
+        if ep is None:
+            return
+        targets = [("predicted class", "predicted"), ("true class", "true")] + [(c, c) for c in ep.classes]
+        contrasts = [("(nothing)", "none"), ("runner-up class", "runner_up")] + [(c, c) for c in ep.classes]
+        self._busy = True
+        try:
+            self.target.options, self.contrast.options = targets, contrasts
+            self._sync_from_state()
+        finally:
+            self._busy = False
+
+    def _sync_from_state(self, change=None) -> None:
+        s = self.state
+        values = [v for _, v in self.target.options]
+        tgt = s.target if not isinstance(s.target, int) else s.episode.classes[s.target]
+        if tgt in values:
+            self.target.value = tgt
+        con = "none" if s.contrast is None else (s.contrast if not isinstance(s.contrast, int)
+                                                 else s.episode.classes[s.contrast])
+        if con in [v for _, v in self.contrast.options]:
+            self.contrast.value = con
+        wanted = tuple(m for m in s.methods if m in self.methods.options)[:MAX_METHODS]
+        if wanted and wanted != self.methods.value:
+            self.methods.value = wanted
+        self._update_param_box()
+
+    def _on_methods(self, change) -> None:
+        chosen = list(self.methods.value)
+        if len(chosen) > MAX_METHODS:
+            self.show_error(f"at most {MAX_METHODS} methods side by side; showing the first {MAX_METHODS}")
+            chosen = chosen[:MAX_METHODS]
+        if chosen and chosen != list(self.state.methods):
+            self.state.methods = chosen
+            self._update_param_box()
+            self.refresh()
+
+    def _on_target(self, change) -> None:
+        if self._busy:
+            return
+        con = None if self.contrast.value in (None, "none") else self.contrast.value
+        if self.target.value != self.state.target or con != self.state.contrast:
+            with self.state.hold_trait_notifications():
+                self.state.target = self.target.value
+                self.state.contrast = con
+            self.refresh()
+
+    def _param_method(self) -> str | None:
+        return next((m for m in self.state.methods if m in MAIN_PARAMS), None)
+
+    def _update_param_box(self) -> None:
+        m = self._param_method()
+        if m is None:
+            self.param.layout.visibility = "hidden"
+            return
+        name, label, lo, hi, default = MAIN_PARAMS[m]
+        self.param.layout.visibility = "visible"
+        self.param.description = label
+        self.param.min, self.param.max = lo, hi
+        self._busy = True
+        self.param.value = int(self.state.params.get(m, {}).get(name, default))
+        self._busy = False
+
+    def _on_param(self, change) -> None:
+        m = self._param_method()
+        if m is None or self._busy:
+            return
+        name = MAIN_PARAMS[m][0]
+        params = dict(self.state.params)
+        params[m] = dict(params.get(m, {}), **{name: int(self.param.value)})
+        self.state.params = params
+        self.refresh()
+
+    # ------------------------------------------------------------------ compute and draw
+    def _on_selection(self) -> None:
+        # a resample changes both the result and the query: draw once per (result, query)
+        last_result, last_query = getattr(self, "_drawn_for", (None, -2))
+        if self.state.result is not last_result or self.state.query_index != last_query:
+            self._drawn_for = (self.state.result, self.state.query_index)
+            self.refresh()
+
+    def refresh(self, with_badges: bool = True) -> None:
+        """Compute (or fetch from the cache) the maps of the selected query and redraw; then, if the
+        badges are on, compute them and redraw the titles (the map is on screen meanwhile)."""
+        s = self.state
+        if s.result is None or s.query_index < 0:
+            return
+        t0 = time.perf_counter()
+        self.last_maps, errors = {}, []
+        for m in s.methods[:MAX_METHODS]:
+            try:
+                self.last_maps[m] = s.attribution(m)
+            except Exception as exc:  # noqa: BLE001 - one failing method must not hide the others
+                errors.append(f"{m}: {type(exc).__name__}: {exc}")
+        if errors:
+            self.show_error("; ".join(errors))
+        else:
+            self.clear_error()
+        self._badges = {}
+        self._draw()
+        elapsed = time.perf_counter() - t0
+        self._draw_influence()
+        if with_badges and self.show_badges.value and self.last_maps:
+            for m in self.last_maps:
+                try:
+                    self._badges[m] = s.badges(m)
+                except Exception as exc:  # noqa: BLE001
+                    self._badges[m] = {"error": f"{type(exc).__name__}: {exc}"}
+            self._update_titles()
+        self.timing.value = f"<span style='color:#888;font-size:90%'>maps ready in {1000 * elapsed:.0f} ms</span>"
+
+    def _titles(self) -> list[str]:
+        s = self.state
+        ep, r, qi = s.episode, s.result, s.query_index
+        titles = []
+        for m, amap in self.last_maps.items():
+            tgt = getattr(amap, "targets", ()) or ()
+            con = getattr(amap, "contrasts", None)
+            what = ep.classes[tgt[0]] if tgt else ""
+            if con:
+                what += f" rather than {ep.classes[con[0]]}"
+            badge = badge_text(getattr(self, "_badges", {}).get(m, {}))
+            # one badge per line: side-by-side maps are narrow
+            titles.append(f"{m} — why {what}" + ("<br>" + badge.replace(" · ", "<br>") if badge else ""))
+        return titles
+
+    def _update_titles(self) -> None:
+        """Put the badges into the shown figure's titles in place (the map itself is unchanged)."""
+        titles = self._titles()
+        if self.figure is None:
+            return
+        with self.figure.batch_update():
+            for ann, text in zip(self.figure.layout.annotations, titles):
+                ann.text = text
+        self._caption()
+
+    def _draw(self) -> None:
+        s = self.state
+        if s.result is None or s.query_index < 0:
+            return
+        maps = [amap.normalized[0] for amap in self.last_maps.values()]
+        fig = heatmap_figure(s.query_image(), maps, self._titles(), opacity=self.opacity.value,
+                             colorscale=self.colormap.value, signed=self.signed.value, mask=s.query_mask())
+        self.slot.show(fig)
+        self._caption()
+
+    def _caption(self) -> None:
+        s = self.state
+        rows = []
+        for m, b in getattr(self, "_badges", {}).items():
+            if "error" in b:
+                rows.append(f"<span style='color:#a00'>{html.escape(m)}: quality check failed ({html.escape(b['error'])})</span>")
+        ep, r, qi = s.episode, s.result, s.query_index
+        true = ep.classes[r.true[qi]] if r.true[qi] >= 0 else "unknown"
+        head = (f"query #{qi} <code>{html.escape(ep.query_ids[qi])}</code>: true <b>{html.escape(true)}</b>, "
+                f"predicted <b>{html.escape(ep.classes[r.pred[qi]])}</b> (margin {r.margin[qi]:.3f})")
+        self.badge_html.value = "<br>".join([head] + rows)
+
+    def _draw_influence(self, k: int = 8) -> None:
+        s = self.state
+        table = s.influence().head(k)
+        cards = []
+        for _, row in table.iterrows():
+            label = w.HTML(f"<span style='font-size:85%'>{row['influence']:+.3f}</span>")
+            cards.append(image_card(thumbnail(s, row["sample_id"]),
+                                    tooltip_of(s, row["sample_id"], f"class {row['class']}, influence {row['influence']:+.4f}"),
+                                    label, border="#2ca02c" if row["influence"] > 0 else "#d62728"))
+        self.influence_box.children = cards
+
+
+def _blank():
+    import numpy as np
+
+    return np.zeros((1, 8, 8), dtype=np.float32)

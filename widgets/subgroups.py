@@ -1,0 +1,149 @@
+"""View 7: the subgroup dashboard: error rate per subgroup with 95% CI error bars and disparity flags,
+from the many-episode predictions table; a subgroup opens its failure cases."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import _backend as backend
+from ._base import FigureSlot, View
+from .figures import subgroup_figure
+
+_SKIP = {"sample_id", "episode", "episode_id", "query_index", "true_label", "pred_label", "correct", "margin",
+         "true_margin", "pred_class", "filenames", "filename", "image_id", "lesion_id", "split", "path"}
+
+
+class SubgroupDashboard(View):
+    title = "Subgroups"
+
+    def __init__(self, state, failures=None, episodes: int = 600, **kwargs):
+        super().__init__(state, **kwargs)
+        self.failures = failures
+        self.episodes = episodes
+        self.by = w.SelectMultiple(rows=4, description="by", layout=w.Layout(width="260px"),
+                                   style={"description_width": "25px"})
+        self.min_n = w.BoundedIntText(value=30, min=1, max=10000, description="min n", layout=w.Layout(width="140px"),
+                                      style={"description_width": "40px"})
+        self.run_button = w.Button(description="compute", icon="bar-chart", button_style="primary",
+                                   tooltip="error rates per subgroup (evaluates the episodes first if needed)")
+        self.run_button.on_click(self.guard(lambda _: self.compute()))
+        self.slot = FigureSlot(css_class="fsl-subgroup-bars")
+        self.table_html = w.HTML()
+        self.flag_html = w.HTML()
+        self.group = w.Dropdown(description="subgroup", layout=w.Layout(width="320px"), style={"description_width": "60px"})
+        self.cases = w.Select(rows=6, layout=w.Layout(width="560px"))
+        self.open_button = w.Button(description="open case", icon="search")
+        self.open_button.on_click(self.guard(lambda _: self.open_selected()))
+        self.group.observe(self.guard(lambda _: self._fill_cases()), names="value")
+        self.table: pd.DataFrame | None = None
+        self.children = [w.HTML("<b>subgroup dashboard</b> (error rates over the failure explorer's episodes)"),
+                         w.HBox([self.by, w.VBox([self.min_n, self.run_button])]), self.error_area, self.flag_html,
+                         self.slot, self.table_html, w.HTML("<b>failure cases of a subgroup</b>"),
+                         self.group, self.cases, self.open_button]
+        state.observe(self.guard(lambda _: self._on_predictions()), names=["predictions", "images"])
+        self._on_predictions()
+
+    @property
+    def figure(self) -> go.FigureWidget:
+        return self.slot.figure
+
+    def _columns(self) -> list[str]:
+        s = self.state
+        if s.images is None:
+            return []
+        meta = s.images.metadata
+        return [c for c in meta.columns if c not in _SKIP and (meta[c].nunique() <= 30 or c == "age")
+                and meta[c].nunique() > 1] + ["true_class"]
+
+    def _on_predictions(self) -> None:
+        cols = self._columns()
+        if tuple(self.by.options) != tuple(cols):
+            keep = tuple(c for c in self.by.value if c in cols)
+            self.by.options = cols
+            self.by.value = keep or tuple(cols[:1])
+
+    def compute(self) -> pd.DataFrame:
+        """Compute the table (and the disparity) for the chosen columns, evaluating episodes if needed."""
+        s = self.state
+        by = list(self.by.value)
+        if not by:
+            raise ValueError("choose at least one column to group by")
+        predictions = s.predictions if s.predictions is not None else s.evaluate_many(self.episodes)
+        missing = [c for c in by if c not in predictions.columns]
+        if missing:
+            raise ValueError(f"the predictions table has no column(s) {missing}")
+        table = backend.subgroup_table(predictions, by, min_n=self.min_n.value)
+        if "group" in table.columns:
+            table = table[table["group"] != "all"].reset_index(drop=True)
+        disp = backend.disparity(predictions, by, min_n=self.min_n.value)
+        self.table, self.disparity, self.by_used = table, disp, by
+        self.slot.show(subgroup_figure(table, by, disp))
+        self.figure.data[0].on_click(self._on_click)
+        self.table_html.value = self._table_html(table)
+        self.flag_html.value = self._flag_html(disp)
+        self.group.options = [(str(g), i) for i, g in enumerate(table["group"])]
+        return table
+
+    def _table_html(self, table: pd.DataFrame) -> str:
+        rows = []
+        for _, r in table.iterrows():
+            rows.append(f"<tr><td>{html.escape(str(r['group']))}</td><td>{int(r['n'])}</td>"
+                        f"<td>{100 * r['error_rate']:.1f}%</td><td>{100 * r['error_ci_low']:.1f}-"
+                        f"{100 * r['error_ci_high']:.1f}%</td><td>{html.escape(str(r.get('note', '')))}</td></tr>")
+        method = html.escape(str(table["ci_method"].iloc[0])) if len(table) and "ci_method" in table else ""
+        return ("<table style='font-size:90%'><tr><th>group</th><th>n</th><th>error</th><th>95% CI</th><th>note</th></tr>"
+                + "".join(rows) + f"</table><span style='color:#666'>interval: {method}</span>")
+
+    @staticmethod
+    def _flag_html(disp: dict | None) -> str:
+        if not disp or disp.get("worst_group") is None:
+            note = (disp or {}).get("note", "")
+            return f"<i>no disparity computed{': ' + html.escape(note) if note else ''}</i>"
+        style = "color:#a00;font-weight:bold" if disp["flagged"] else "color:#333"
+        flag = "⚑ flagged: " if disp["flagged"] else "not flagged: "
+        return (f"<span style='{style}'>{flag}{html.escape(str(disp['worst_group']))} vs "
+                f"{html.escape(str(disp['best_group']))}: error gap {100 * disp['gap']:+.1f} points "
+                f"(95% CI {100 * disp['gap_ci_low']:.1f} to {100 * disp['gap_ci_high']:.1f}; "
+                f"n={disp['worst_n']} vs {disp['best_n']}, {html.escape(str(disp['ci_method']))})</span>")
+
+    def _on_click(self, trace, points, selector) -> None:
+        if points.point_inds:
+            self.group.value = int(points.point_inds[0])
+
+    def cases_of(self, row: int) -> pd.DataFrame:
+        """The wrong predictions of subgroup ``row`` of the table, most confident first."""
+        preds = self.state.predictions
+        r = self.table.iloc[row]
+        mask = ~preds["correct"].astype(bool).to_numpy()
+        for col in self.by_used:
+            try:
+                from fsl_xai.metrics import bin_column
+
+                values = bin_column(preds[col], name=col).astype(str).to_numpy()
+            except ImportError:
+                values = preds[col].astype(str).to_numpy()
+            mask &= values == str(r[col])
+        return preds[mask].sort_values("margin", ascending=False)
+
+    def _fill_cases(self) -> None:
+        if self.table is None or self.group.value is None:
+            return
+        cases = self.cases_of(self.group.value)
+        self.cases.options = [(f"episode {int(c.episode)} query {int(c.query_index)} · {c.sample_id} · true "
+                               f"{c.true_class}, predicted {c.pred_class} · margin {c.margin:.3f}",
+                               (int(c.episode), int(c.query_index))) for c in cases.head(300).itertuples()]
+        r = self.table.iloc[self.group.value]
+        self.state.focus = {col: str(r[col]) for col in self.by_used}
+
+    def open_selected(self) -> None:
+        if not self.cases.value:
+            raise ValueError("choose a case first")
+        if self.failures is not None:
+            self.failures.open_case(*self.cases.value)
+        else:
+            self.state.open_case(*self.cases.value)

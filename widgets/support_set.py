@@ -1,0 +1,192 @@
+"""View 2: the support set by class; resample, swap, remove or add images from the pool, or add the
+current query as a confirmed case. Every edit goes through the state, so every other view follows."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+
+from ._base import View, image_card, thumbnail, tooltip_of
+from .figures import class_color
+
+ANY = "(any)"
+# metadata columns that make no sense as pool filters
+_SKIP_COLUMNS = {"sample_id", "filenames", "filename", "image_id", "lesion_id", "split", "path"}
+
+
+class SupportSetView(View):
+    title = "Support set"
+
+    def __init__(self, state, **kwargs):
+        super().__init__(state, **kwargs)
+        self.selected_position: int | None = None
+        self.header = w.HTML()
+        self.header.add_class("fsl-support-header")
+        self.seed = w.IntText(value=state.seed, description="seed", layout=w.Layout(width="130px"),
+                              style={"description_width": "35px"})
+        self.resample_button = w.Button(description="resample", icon="random", tooltip="draw a new episode (next seed)")
+        self.resample_button.on_click(self.guard(lambda _: self.state.resample()))
+        self.seed_button = w.Button(description="use seed", tooltip="draw the episode of this seed",
+                                    layout=w.Layout(width="90px"))
+        self.seed_button.on_click(self.guard(lambda _: self.state.resample(self.seed.value)))
+        self.confirm_button = w.Button(description="add current query as confirmed case", icon="plus-circle",
+                                       tooltip="move the selected query into the support set of its true class "
+                                               "(incremental prototype update)", layout=w.Layout(width="290px"))
+        self.confirm_button.on_click(self.guard(lambda _: self.state.confirm_query()))
+        self.classes_box = w.VBox()
+        # pool
+        self.pool_class = w.Dropdown(description="class", layout=w.Layout(width="220px"), style={"description_width": "40px"})
+        self.pool_column = w.Dropdown(description="filter", layout=w.Layout(width="200px"), style={"description_width": "40px"})
+        self.pool_value = w.Dropdown(description="=", layout=w.Layout(width="180px"), style={"description_width": "15px"})
+        self.pool_list = w.Select(rows=6, layout=w.Layout(width="420px"))
+        self.pool_preview = w.Image(format="png", layout=w.Layout(width="96px", height="96px"))
+        self.as_class = w.Dropdown(description="as class", layout=w.Layout(width="220px"), style={"description_width": "55px"})
+        self.swap_button = w.Button(description="swap with selected", icon="exchange",
+                                    tooltip="replace the selected support image with this pool image")
+        self.add_button = w.Button(description="add to support", icon="plus")
+        self.remove_button = w.Button(description="remove selected", icon="trash")
+        self.swap_button.on_click(self.guard(lambda _: self.swap()))
+        self.add_button.on_click(self.guard(lambda _: self.add()))
+        self.remove_button.on_click(self.guard(lambda _: self.remove()))
+        self.selection_label = w.HTML("<i>no support image selected</i>")
+        for widget in (self.pool_class, self.pool_value):
+            widget.observe(self.guard(lambda _: self._fill_pool()), names="value")
+        self.pool_column.observe(self.guard(lambda _: self._fill_values()), names="value")
+        self.pool_list.observe(self.guard(self._on_pool_pick), names="value")
+        pool = w.VBox([
+            w.HTML("<b>pool</b> (images not in this episode)"),
+            w.HBox([self.pool_class, self.pool_column, self.pool_value]),
+            w.HBox([self.pool_list, self.pool_preview]),
+            w.HBox([self.as_class, self.add_button, self.swap_button, self.remove_button]),
+            self.selection_label,
+        ], layout=w.Layout(border="1px solid #ddd", padding="4px", margin="4px 0"))
+        self.children = [w.HBox([self.header]), w.HBox([self.resample_button, self.seed, self.seed_button,
+                                                        self.confirm_button]),
+                         self.classes_box, self.error_area, pool]
+        state.observe(self._on_episode, names=["episode"])
+        state.observe(self._on_images, names=["images"])
+        self._on_images()
+        self._on_episode()
+
+    # ------------------------------------------------------------------ actions
+    def select(self, position: int | None) -> None:
+        """Select support image ``position`` (the target of swap and remove)."""
+        self.selected_position = position
+        if position is None:
+            self.selection_label.value = "<i>no support image selected</i>"
+        else:
+            ep = self.state.episode
+            self.selection_label.value = (f"selected support image #{position}: <b>{html.escape(ep.support_ids[position])}</b>"
+                                          f" ({html.escape(ep.classes[ep.support_labels[position]])})")
+        self._render_cards()
+
+    def swap(self) -> None:
+        if self.selected_position is None:
+            raise ValueError("select a support image first (its 'select' button), then pick a pool image")
+        if not self.pool_list.value:
+            raise ValueError("pick a pool image to swap in")
+        self.state.swap_support(self.selected_position, self.pool_list.value)
+        if not self.state.error:
+            self.select(None)
+
+    def add(self) -> None:
+        if not self.pool_list.value:
+            raise ValueError("pick a pool image to add")
+        self.state.add_support(self.pool_list.value, self.as_class.value)
+
+    def remove(self) -> None:
+        if self.selected_position is None:
+            raise ValueError("select a support image first (its 'select' button)")
+        self.state.remove_support(self.selected_position)
+        if not self.state.error:
+            self.select(None)
+
+    # ------------------------------------------------------------------ rendering
+    def _on_images(self, change=None) -> None:
+        s = self.state
+        if s.images is None:
+            return
+        cols = [c for c in s.images.metadata.columns if c not in _SKIP_COLUMNS
+                and 1 < s.images.metadata[c].nunique() <= 30]
+        self.pool_column.options = [ANY] + cols
+        self.pool_column.value = ANY
+
+    def _on_episode(self, change=None) -> None:
+        s = self.state
+        if s.episode is None:
+            return
+        ep = s.episode
+        self.seed.value = s.seed
+        origin = f"seed {ep.seed}, episode {ep.index}" if ep.seed is not None else "edited"
+        self.header.value = (f"<b>support set</b> · {ep.n_way}-way, {len(ep.support_ids)} images "
+                             f"(min {ep.n_shot} per class) · {origin} · episode <code>{ep.episode_id}</code>")
+        options = [ANY] + list(ep.classes)
+        if tuple(self.pool_class.options) != tuple(options):
+            self.pool_class.options = options
+            self.pool_class.value = ANY
+        self.as_class.options = list(ep.classes)
+        if self.selected_position is not None and self.selected_position >= len(ep.support_ids):
+            self.selected_position = None
+        self._render_cards()
+        self._fill_pool()
+
+    def _render_cards(self) -> None:
+        s, ep = self.state, self.state.episode
+        rows = []
+        for c, name in enumerate(ep.classes):
+            cards = []
+            for pos, (sid, lab) in enumerate(zip(ep.support_ids, ep.support_labels)):
+                if lab != c:
+                    continue
+                chosen = pos == self.selected_position
+                button = w.Button(description="selected" if chosen else "select", layout=w.Layout(width="70px", height="24px"),
+                                  button_style="warning" if chosen else "", tooltip=f"support #{pos}: {sid}")
+                button.on_click(self.guard(lambda _, p=pos: self.select(None if p == self.selected_position else p)))
+                true = s.images.class_names[s.images.labels[s.images.indices_of([sid])[0]]]
+                note = "" if true == name else f"MISLABELLED: really {true}"
+                cards.append(image_card(thumbnail(s, sid), tooltip_of(s, sid, note), button,
+                                        border="#d62728" if note else ("#ff7f0e" if chosen else "#ddd")))
+            label = w.HTML(f"<div style='width:110px;color:{class_color(c)};font-weight:bold'>{html.escape(name)}"
+                           f"<br><span style='color:#666;font-weight:normal'>{len(cards)} image(s)</span></div>")
+            rows.append(w.HBox([label, w.HBox(cards, layout=w.Layout(flex_flow="row wrap"))]))
+        self.classes_box.children = rows
+
+    def _fill_values(self) -> None:
+        col = self.pool_column.value
+        if col in (None, ANY):
+            self.pool_value.options = [ANY]
+        else:
+            values = sorted(self.state.images.metadata[col].astype(str).unique())
+            self.pool_value.options = [ANY] + values
+        self.pool_value.value = ANY
+        self._fill_pool()
+
+    def pool_table(self):
+        """The pool as filtered in this view (class, metadata column = value)."""
+        s = self.state
+        filters = {}
+        if self.pool_column.value not in (None, ANY) and self.pool_value.value not in (None, ANY):
+            filters[self.pool_column.value] = self.pool_value.value
+        cls = None if self.pool_class.value in (None, ANY) else self.pool_class.value
+        return s.pool(cls, **filters)
+
+    def _fill_pool(self) -> None:
+        if self.state.episode is None:
+            return
+        table = self.pool_table()
+        cols = [c for c in table.columns if c not in _SKIP_COLUMNS and c != "class"][:3]
+        options = []
+        for _, row in table.head(500).iterrows():
+            meta = ", ".join(f"{c}={row[c]}" for c in cols)
+            options.append((f"{row['sample_id']} · {row['class']}" + (f" · {meta}" if meta else ""), row["sample_id"]))
+        self.pool_list.options = options
+        self.pool_list.value = options[0][1] if options else None
+
+    def _on_pool_pick(self, change=None) -> None:
+        sid = self.pool_list.value
+        if sid:
+            self.pool_preview.value = thumbnail(self.state, sid, 96)
+            cls = self.state.images.class_names[self.state.images.labels[self.state.images.indices_of([sid])[0]]]
+            if cls in self.as_class.options:
+                self.as_class.value = cls
