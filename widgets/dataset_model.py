@@ -70,7 +70,8 @@ class DatasetModelPicker(View):
                  f"(fingerprint <code>{s.fingerprint}</code>)"]
         trained = getattr(info, "trained", True)
         if trained is False:
-            parts.append("<span style='color:#a00'>untrained model (the training module is not available)</span>")
+            note = getattr(info, "note", "") or "not trained"
+            parts.append(f"<span style='color:#a00'>untrained model ({html.escape(note)})</span>")
         metrics = getattr(info, "val_metrics", None) or {}
         acc, ci = metrics.get("best_val_accuracy"), metrics.get("best_val_ci95")
         if acc is not None and ci:
@@ -82,6 +83,4 @@ class DatasetModelPicker(View):
                          + ", ".join(html.escape(c) for c in s.episode_classes))
         if s.result is not None:
             parts.append("this episode: " + rate_text(int(s.result.correct[s.result.true >= 0].sum()), s.result.n))
-        for note in backend.backend_notes():
-            parts.append(f"<span style='color:#666'>note: {html.escape(note)}</span>")
         self.info.value = "<br>".join(parts)

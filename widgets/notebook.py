@@ -14,29 +14,21 @@ def smoke() -> bool:
 
 
 def open_state(*preferred: str, n_way: int = 5, n_shot: int = 5, n_query: int = 5, seed: int = 0,
-               smoke_mode: bool | None = None, all_classes: bool = False) -> WorkbenchState:
+               all_classes: bool = False) -> WorkbenchState:
     """A loaded WorkbenchState on the first of ``preferred`` present here (else the built-in synthetic set).
 
-    Normally the dataset's cached default model is used (trained on first use, with a progress bar).
-    In smoke mode a tiny seeded model is used instead, so CI never trains.
+    The dataset's cached default model is used (trained on first use, with a progress bar).
 
     Args:
         preferred: dataset names in order of preference.
         n_way, n_shot, n_query, seed: the first episode.
         all_classes: draw episodes from every class, not only the classes the model was not trained on.
     """
-    smoke_mode = smoke() if smoke_mode is None else smoke_mode
     name = backend.pick_dataset(*preferred)
     state = WorkbenchState(n_way=n_way, n_shot=n_shot, n_query=n_query, seed=seed)
-    if smoke_mode:
-        from fsl_xai.testing import tiny_model
-
-        images = backend.load_images(name, "test")
-        model = tiny_model(channels=images.n_channels, size=images.image_size[0], width=16)
-        state.load(name, images=images, model=model,
-                   model_info=backend.ModelInfo(name, "protonet", trained=False, note="smoke test: tiny untrained model"))
-    else:
-        state.load(name, progress=True)
+    # smoke mode shrinks episode counts in the notebooks, never the model: CI trains (once, cached)
+    # the same default model a user gets, so what the notebooks show is a trained model's behaviour
+    state.load(name, progress=True)
     if all_classes:
         state.episode_classes = list(state.images.class_names)
         state.n_way = min(n_way, state.images.n_classes)

@@ -1,6 +1,6 @@
 """Reliance analysis of trust-study answers, per condition, each number with n and a 95% CI.
 
-Proportions use the Wilson score interval (scipy.stats.binomtest(...).proportion_ci), means a
+Proportions use the Wilson score interval (fsl_xai.metrics.intervals), means a
 t interval. Both treat answers as independent; the ``interval`` column says which was used.
 
 Definitions (only on items where the model's advice was shown, i.e. the condition has the
@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import FslXaiError
+from ..metrics.intervals import wilson_interval
 
 
 class AnalysisError(FslXaiError, ValueError):
@@ -28,10 +29,7 @@ class AnalysisError(FslXaiError, ValueError):
 
 def wilson(k: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval of k successes in n trials ((nan, nan) when n == 0)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return (float(ci.low), float(ci.high))
+    return wilson_interval(int(k), int(n))
 
 
 def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
