@@ -26,7 +26,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 PYTEST_ARGS ?=
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help venv browser test lab bench clean distclean
+.PHONY: help venv browser models test lab bench clean distclean
 
 help:
 	@echo "make lab    set up .venv and start JupyterLab on notebooks/"
@@ -56,7 +56,12 @@ browser:
 # `# NBVAL_CHECK_OUTPUT` must also reproduce their stored output (plotly outputs carry random ids).
 NBVAL_ARGS := --nbval-lax --nbval-current-env --nbval-kernel-startup-timeout=120
 
-test: venv browser
+# The default models the notebooks and the browser tests open, trained once into the cache (the
+# same models a user gets from `make lab`), so no test waits on a training.
+models: venv
+	$(BIN)/fsl-xai prepare
+
+test: venv browser models
 	$(BIN)/python -m pytest tests $(if $(NOTEBOOKS),$(NOTEBOOKS) $(NBVAL_ARGS)) $(PYTEST_ARGS)
 
 lab: venv

@@ -75,8 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("lab", help="start JupyterLab on the notebooks folder, with the default model ready")
-    p.add_argument("--dataset", default="pbc-blood", help="dataset whose default model to prepare")
+    p = sub.add_parser("prepare", help="train and cache the default models the notebooks use (once)")
+    p.add_argument("datasets", nargs="*", help=f"datasets (default: those of the notebooks that are present: "
+                                               f"{', '.join(NOTEBOOK_DATASETS)})")
+    p.add_argument("--model", default="protonet")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("lab", help="start JupyterLab on the notebooks folder, with the default models ready")
+    p.add_argument("--dataset", action="append", help="dataset whose default model to prepare (repeatable; "
+                                                      "default: those of the notebooks that are present)")
     p.add_argument("--model", default="protonet")
     p.add_argument("--notebooks", help="notebook folder (default: ./notebooks, else the repository's)")
     p.add_argument("--port", type=int, help="port for JupyterLab")
@@ -293,16 +300,34 @@ def _notebook_dir(explicit: str | None) -> Path:
                       "the repository root or pass --notebooks FOLDER")
 
 
+#: datasets whose default models the notebooks open (the synthetic one needs no data)
+NOTEBOOK_DATASETS = ("pbc-blood-64", "ham10000-64", "mednist", "synthetic")
+
+
+def _prepare(datasets: Sequence[str] | None, model_name: str) -> None:
+    from .data.registry import list_datasets
+    from .training import default_model
+
+    if not datasets:
+        present = {i.name for i in list_datasets() if i.present or i.kind == "builtin"}
+        datasets = [d for d in NOTEBOOK_DATASETS if d in present]
+    for name in datasets:
+        _, info = default_model(name, model_name, progress=True)
+        acc = info.val_metrics.get("best_val_accuracy")
+        note = f" (validation accuracy {acc:.3f})" if acc is not None else ""
+        print(f"default {info.model} model for {name} is ready{note}", file=sys.stderr)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _prepare(args.datasets, args.model)
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     import subprocess
 
-    from .training import default_model
-
     folder = _notebook_dir(args.notebooks)
-    model, info = default_model(args.dataset, args.model, progress=True)
-    acc = info.val_metrics.get("best_val_accuracy")
-    note = f" (validation accuracy {acc:.3f})" if acc is not None else ""
-    print(f"default {info.model} model for {args.dataset} is ready{note}", file=sys.stderr)
+    _prepare(args.dataset, args.model)
     cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"]
     if args.port:
         cmd.append(f"--port={args.port}")

@@ -179,9 +179,19 @@ def test_lab_prepares_the_default_model_and_starts_jupyterlab_on_notebooks(tmp_p
     assert main(["lab", "--notebooks", str(tmp_path / "notebooks"), "--port", "8899", "--no-browser",
                  "--dry-run"]) == 0
     out = capsys.readouterr()
-    assert calls == [("pbc-blood", "protonet")]
+    from fsl_xai.cli import NOTEBOOK_DATASETS
+
+    # every notebook dataset present here (the built-in synthetic set always is), in order
+    assert [d for d, _ in calls] == [d for d in NOTEBOOK_DATASETS if (d, "protonet") in calls]
+    assert calls[-1] == ("synthetic", "protonet")
     assert "-m jupyterlab" in out.out and f"--notebook-dir={tmp_path / 'notebooks'}" in out.out
     assert "--port=8899" in out.out
+    calls.clear()
+    assert main(["lab", "--notebooks", str(tmp_path / "notebooks"), "--dataset", "pbc-blood", "--dry-run"]) == 0
+    assert calls == [("pbc-blood", "protonet")]
+    capsys.readouterr()
+    assert main(["prepare", "synthetic"]) == 0
+    assert calls[-1] == ("synthetic", "protonet") and "is ready" in capsys.readouterr().err
     assert main(["lab", "--notebooks", str(tmp_path / "missing"), "--dry-run"]) == 2
     assert "no notebooks folder" in _one_line_error(capsys)
 
