@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import time
 import traceback
 from typing import Callable
 
@@ -80,14 +81,19 @@ class FigureSlot(w.Box):
 
     Replacing a FigureWidget's traces in place (``data = []`` then ``add_traces``) is not reliably
     mirrored by plotly's front-end, so each redraw builds a fresh FigureWidget from the figure. Old
-    widgets are closed ten redraws later: closing one while the page is still creating its view makes
-    anywidget report "Failed to initialize model". ``figure`` is the widget currently shown."""
+    widgets are closed only once they are both ten redraws old and a minute old: closing one while
+    the page is still creating its view (Voila renders after the whole notebook ran, which can
+    redraw a slot many times) makes anywidget report "Failed to initialize model".
+    ``figure`` is the widget currently shown."""
+
+    #: a retired figure is closed only after this many seconds (and ten newer redraws)
+    close_after_s = 60.0
 
     def __init__(self, fig: go.Figure | None = None, css_class: str = "", **kwargs):
         super().__init__(**kwargs)
         if css_class:
             self.add_class(css_class)
-        self._retired: list[go.FigureWidget] = []
+        self._retired: list[tuple[float, go.FigureWidget]] = []
         self.figure: go.FigureWidget | None = None
         if fig is not None:
             self.show(fig)
@@ -96,10 +102,11 @@ class FigureSlot(w.Box):
         old = self.figure
         self.figure = go.FigureWidget(fig)
         self.children = [self.figure]
+        now = time.monotonic()
         if old is not None:
-            self._retired.append(old)
-        while len(self._retired) > 10:
-            self._retired.pop(0).close()
+            self._retired.append((now, old))
+        while len(self._retired) > 10 and now - self._retired[0][0] > self.close_after_s:
+            self._retired.pop(0)[1].close()
         return self.figure
 
 
