@@ -100,7 +100,7 @@ def clear_embedding_cache() -> None:
     _MEMORY_CACHE.clear()
 
 
-def embed_all(model: FewShotClassifier, images: ImageSet | np.ndarray | torch.Tensor, batch_size: int = 256,
+def embed_all(model: FewShotClassifier, images: ImageSet | np.ndarray | torch.Tensor, batch_size: int = 64,
               progress: bool = False, cache: bool = True, disk_cache: bool = False) -> torch.Tensor:
     """Embeddings (N, D) float32 of all images, computed once per (weights, images).
 
@@ -185,7 +185,10 @@ def _compute_embeddings(model: FewShotClassifier, pixels, batch_size: int, progr
                 batch = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
                 batch = batch.to(torch.float32)
                 model._check_images(batch, "images")
-                chunks.append(model.embed(batch).to(torch.float32))
+                # channels_last and batches of 64 keep the activations in cache on this CPU: measured
+                # 0.32 s against 0.83 s (NCHW, batches of 256) for 996 PBC 28 px images with Conv-4
+                batch = batch.contiguous(memory_format=torch.channels_last)
+                chunks.append(model.embed(batch).to(torch.float32).contiguous())
     finally:
         model.train(was_training)
     emb = torch.cat(chunks)
@@ -267,7 +270,7 @@ def _fitted_state(model: FewShotClassifier) -> dict:
 
 def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int, n_query: int,
              episodes: int = 600, seed: int = 0, classes: Sequence[str | int] | None = None,
-             progress: bool = True, batch_size: int = 256, disk_cache: bool = False) -> EvaluationResult:
+             progress: bool = True, batch_size: int = 64, disk_cache: bool = False) -> EvaluationResult:
     """Evaluate a few-shot model on ``episodes`` episodes drawn from ``images``.
 
     Every image is embedded once (:func:`embed_all`); each episode then fits the support set from
