@@ -8,7 +8,11 @@ Typical use in a notebook::
     Workbench(state)
 """
 
-from .state import EpisodeResult, Projection, WorkbenchState
+from ._imports import defer_rfc3987_syntax
+
+defer_rfc3987_syntax()  # before anything imports plotly's FigureWidget (see widgets/_imports.py)
+
+from .state import EpisodeResult, Projection, WorkbenchState  # noqa: E402
 
 __all__ = ["DatasetModelPicker", "DicomImportView", "DistanceView", "EpisodeResult", "ExportView", "FailureExplorer", "HeatmapViewer",
            "Projection", "QueryGallery", "SubgroupDashboard", "SupportSetView", "Workbench", "WorkbenchState",
