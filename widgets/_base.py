@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import copy
 import functools
 import html
 import time
@@ -77,28 +79,62 @@ def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
 
 
 class FigureSlot(w.Box):
-    """A place on the page for one plotly FigureWidget that is swapped for a new one on every redraw.
+    """A place on the page for one plotly FigureWidget, redrawn in place.
 
-    Replacing a FigureWidget's traces in place (``data = []`` then ``add_traces``) is not reliably
-    mirrored by plotly's front-end, so each redraw builds a fresh FigureWidget from the figure. Old
-    widgets are closed only once they are both ten redraws old and a minute old: closing one while
-    the page is still creating its view (Voila renders after the whole notebook ran, which can
-    redraw a slot many times) makes anywidget report "Failed to initialize model".
-    ``figure`` is the widget currently shown."""
+    The first ``show`` creates the FigureWidget; later calls replace its traces and layout with
+    plotly's update messages (delete and add traces, one relayout), so the page keeps one widget
+    model per slot instead of receiving plotly's whole front-end bundle (about 5 MB) on every redraw.
 
-    #: a retired figure is closed only after this many seconds (and ten newer redraws)
+    anywidget gives a model two seconds to set up in the browser; a model that misses that (several
+    figures arriving at once on a busy machine) renders but ignores every later update. A working
+    plotly front-end confirms each relayout, so when a redraw stays unconfirmed for
+    ``ack_timeout_s`` seconds while the kernel is idle, the slot swaps in a fresh FigureWidget with
+    the current figure. ``on_figure(widget)`` is called for every new widget (attach click
+    handlers there: trace objects change on each redraw).
+    """
+
+    #: seconds a front-end gets to confirm an in-place redraw before the slot rebuilds the widget
+    ack_timeout_s = 4.0
+    #: a replaced widget is closed once it is this old and ten newer widgets exist (closing one
+    #: while a page is still creating its view makes anywidget report a failed model)
     close_after_s = 60.0
 
-    def __init__(self, fig: go.Figure | None = None, css_class: str = "", **kwargs):
+    def __init__(self, fig: go.Figure | None = None, css_class: str = "",
+                 on_figure: Callable[[go.FigureWidget], None] | None = None, **kwargs):
         super().__init__(**kwargs)
         if css_class:
             self.add_class(css_class)
-        self._retired: list[tuple[float, go.FigureWidget]] = []
+        self.on_figure = on_figure
         self.figure: go.FigureWidget | None = None
+        self.rebuilds = 0  # widgets replaced because a front-end never confirmed a redraw
+        self._retired: list[tuple[float, go.FigureWidget]] = []
         if fig is not None:
             self.show(fig)
 
     def show(self, fig: go.Figure) -> go.FigureWidget:
+        fw = self.figure
+        if fw is None:
+            return self._new_widget(fig)
+        new_layout = fig.layout.to_plotly_json()
+        stale = set(fw.layout.to_plotly_json()) - set(new_layout)
+        fw.data = []  # one deleteTraces message
+        if fig.data:
+            fw.add_traces(list(fig.data))  # one addTraces message
+        with fw.batch_update():  # one relayout message
+            for key in stale:
+                fw.layout[key] = None
+            fw.layout.update(new_layout, overwrite=True)
+        # The messages reach only front-ends connected now. One that connects later (Voila shows
+        # the page after the whole notebook ran) starts from the widget's synced initial state,
+        # which plotly refreshes only when the widget itself is displayed: keep it current.
+        fw._widget_layout = copy.deepcopy(fw._layout_obj._props)
+        fw._widget_data = copy.deepcopy(fw._data)
+        self._expect_ack(fw)
+        if self.on_figure is not None:
+            self.on_figure(fw)
+        return fw
+
+    def _new_widget(self, fig: go.Figure | go.FigureWidget) -> go.FigureWidget:
         old = self.figure
         self.figure = go.FigureWidget(fig)
         self.children = [self.figure]
@@ -107,7 +143,23 @@ class FigureSlot(w.Box):
             self._retired.append((now, old))
         while len(self._retired) > 10 and now - self._retired[0][0] > self.close_after_s:
             self._retired.pop(0)[1].close()
+        if self.on_figure is not None:
+            self.on_figure(self.figure)
         return self.figure
+
+    def _expect_ack(self, fw: go.FigureWidget) -> None:
+        """In a running kernel, check later that a front-end confirmed this redraw."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # plain Python (scripts, tests): no front-end to wait for
+            return
+        loop.call_later(self.ack_timeout_s, self._check_ack, fw, fw._last_layout_edit_id)
+
+    def _check_ack(self, fw: go.FigureWidget, edit_id: int) -> None:
+        if self.figure is not fw or fw._last_layout_edit_id != edit_id or not fw._layout_edit_in_process:
+            return  # redrawn again since, or confirmed
+        self.rebuilds += 1
+        self._new_widget(go.Figure(fw))
 
 
 def image_card(png: bytes, tooltip: str, button: w.Widget, border: str = "#ddd") -> w.VBox:

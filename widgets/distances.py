@@ -16,7 +16,7 @@ class DistanceView(View):
     def __init__(self, state, **kwargs):
         super().__init__(state, **kwargs)
         self.bars_slot = FigureSlot(css_class="fsl-distance-bars")
-        self.map_slot = FigureSlot(css_class="fsl-projection")
+        self.map_slot = FigureSlot(css_class="fsl-projection", on_figure=self._wire_map)
         self.projection = w.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne")], value=state.projection,
                                           style={"button_width": "60px"}, tooltip="how the embeddings are drawn in 2D")
         self.projection.observe(self.guard(self._on_projection), names="value")
@@ -59,8 +59,11 @@ class DistanceView(View):
         if s.result is None:
             return
         self.map_slot.show(projection_figure(s.result, s.episode.support_ids, s.episode.query_ids, s.query_index))
-        queries = next(t for t in self.map.data if t.name == "queries")
-        queries.on_click(self._on_click)
+
+    def _wire_map(self, fig: go.FigureWidget) -> None:
+        queries = next((t for t in fig.data if t.name == "queries"), None)
+        if queries is not None:
+            queries.on_click(self._on_click)
 
     def _on_click(self, trace, points, selector) -> None:
         if points.point_inds:

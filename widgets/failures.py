@@ -25,7 +25,7 @@ class FailureExplorer(View):
         self.run_button.on_click(self.guard(lambda _: self.run()))
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="200px"))
         self.summary = w.HTML()
-        self.slot = FigureSlot(css_class="fsl-confusion")
+        self.slot = FigureSlot(css_class="fsl-confusion", on_figure=self._wire)
         self.true_class = w.Dropdown(description="true", layout=w.Layout(width="220px"), style={"description_width": "35px"})
         self.pred_class = w.Dropdown(description="predicted", layout=w.Layout(width="240px"),
                                      style={"description_width": "60px"})
@@ -69,7 +69,6 @@ class FailureExplorer(View):
         self.true_class.options = names
         self.pred_class.options = sorted(set(table["pred_class"]) | set(names))
         self.slot.show(confusion_figure(table))
-        self.figure.data[0].on_click(self._on_click)
         self.summary.value = (f"{table['episode'].nunique()} episodes, {len(table)} queries · "
                               + rate_text(int(table["correct"].sum()), len(table)))
         wrong = table[~table["correct"]]
@@ -77,6 +76,10 @@ class FailureExplorer(View):
             worst = wrong.groupby(["true_class", "pred_class"]).size().idxmax()
             self.true_class.value, self.pred_class.value = worst
         self._fill_cases()
+
+    def _wire(self, fig) -> None:
+        if fig.data:
+            fig.data[0].on_click(self._on_click)
 
     def _on_click(self, trace, points, selector) -> None:
         if points.xs and points.ys:

@@ -32,7 +32,7 @@ class SubgroupDashboard(View):
         self.run_button = w.Button(description="compute", icon="bar-chart", button_style="primary",
                                    tooltip="error rates per subgroup (evaluates the episodes first if needed)")
         self.run_button.on_click(self.guard(lambda _: self.compute()))
-        self.slot = FigureSlot(css_class="fsl-subgroup-bars")
+        self.slot = FigureSlot(css_class="fsl-subgroup-bars", on_figure=self._wire)
         self.table_html = w.HTML()
         self.flag_html = w.HTML()
         self.group = w.Dropdown(description="subgroup", layout=w.Layout(width="320px"), style={"description_width": "60px"})
@@ -83,7 +83,6 @@ class SubgroupDashboard(View):
         disp = backend.disparity(predictions, by, min_n=self.min_n.value)
         self.table, self.disparity, self.by_used = table, disp, by
         self.slot.show(subgroup_figure(table, by, disp))
-        self.figure.data[0].on_click(self._on_click)
         self.table_html.value = self._table_html(table)
         self.flag_html.value = self._flag_html(disp)
         self.group.options = [(str(g), i) for i, g in enumerate(table["group"])]
@@ -110,6 +109,10 @@ class SubgroupDashboard(View):
                 f"{html.escape(str(disp['best_group']))}: error gap {100 * disp['gap']:+.1f} points "
                 f"(95% CI {100 * disp['gap_ci_low']:.1f} to {100 * disp['gap_ci_high']:.1f}; "
                 f"n={disp['worst_n']} vs {disp['best_n']}, {html.escape(str(disp['ci_method']))})</span>")
+
+    def _wire(self, fig) -> None:
+        if fig.data:
+            fig.data[0].on_click(self._on_click)
 
     def _on_click(self, trace, points, selector) -> None:
         if points.point_inds:

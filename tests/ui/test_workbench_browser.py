@@ -131,8 +131,5 @@ def test_voila_app(servers, page, page_errors, tmp_path):
     _drive_workbench(page, "voila-app")
     # an app: no code on the page
     expect(page.get_by_text("open_state(")).to_have_count(0)
-    # KNOWN OPEN DEFECT (issue 4): in Voila only, anywidget reports "Failed to initialize model" for
-    # plotly FigureWidgets created during the notebook's first run; every figure still renders and
-    # responds (checked above by the heatmap and distance changes). Any other error still fails.
-    page_errors.assert_none(ignore=IGNORE + [r"^page error: \[anywidget\] Failed to initialize model\.$"])
+    page_errors.assert_none(ignore=IGNORE)
     assert all("fontawesome" in url for url in page_errors.external), page_errors.external
