@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
 from pathlib import Path
 
 import ipywidgets as w
@@ -33,13 +35,33 @@ def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figur
     return figs
 
 
+#: Chrome or Chromium executables kaleido can drive (it finds them on PATH or via BROWSER_PATH)
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
 def png_available() -> bool:
-    """Whether plotly can write PNG here (needs the kaleido package and a Chrome)."""
+    """Whether plotly can write PNG here: the kaleido package (the ``export`` extra) and a Chrome or
+    Chromium (``make browser`` installs Debian's; kaleido also honours ``BROWSER_PATH``)."""
     try:
         import kaleido  # noqa: F401
     except ImportError:
         return False
-    return True
+    if os.environ.get("BROWSER_PATH") and Path(os.environ["BROWSER_PATH"]).exists():
+        return True
+    return any(shutil.which(name) for name in _BROWSERS)
+
+
+def _write_pngs(figs: dict, folder: Path) -> list[Path]:
+    """All figures as PNG (twice the on-screen size) in one browser session."""
+    import plotly.io as pio
+
+    paths = [folder / f"{name}.png" for name in figs]
+    if hasattr(pio, "write_images"):  # plotly >= 6.1: one Chrome for all figures
+        pio.write_images(list(figs.values()), paths, scale=2)
+    else:
+        for fig, path in zip(figs.values(), paths):
+            fig.write_image(path, scale=2)
+    return paths
 
 
 def export_state(state, folder: str | Path, png: bool | None = None) -> list[Path]:
@@ -52,14 +74,18 @@ def export_state(state, folder: str | Path, png: bool | None = None) -> list[Pat
     folder.mkdir(parents=True, exist_ok=True)
     written = [state.save(folder / "state.json")]
     png = png_available() if png is None else png
-    for name, fig in state_figures(state).items():
+    figs = state_figures(state)
+    for name, fig in figs.items():
         path = folder / f"{name}.html"
         # plotly.js is embedded so the file opens offline, e.g. attached to a report
         fig.write_html(path, include_plotlyjs=True, full_html=True)
         written.append(path)
-        if png:
-            fig.write_image(folder / f"{name}.png", scale=2)
-            written.append(folder / f"{name}.png")
+    if png:
+        try:
+            written.extend(_write_pngs(figs, folder))
+        except Exception as exc:  # the state and HTML files are written already: say so
+            raise RuntimeError(f"PNG export failed ({type(exc).__name__}: {exc}); state.json and the HTML figures "
+                               f"were written to {folder}") from exc
     (folder / "README.txt").write_text(
         "fsl-xai workbench export\n"
         f"dataset: {state.dataset_name}\nmodel: {state.model_name} (fingerprint {state.fingerprint})\n"
@@ -86,7 +112,8 @@ class ExportView(View):
         self.reopen_button.on_click(self.guard(lambda _: self.reopen()))
         self.result = w.HTML()
         note = ("" if png_available() else
-                "<span style='color:#666'>PNG export needs the optional kaleido package; HTML is written.</span>")
+                "<span style='color:#666'>PNG export needs the kaleido package (pip install 'fsl-xai[export]') "
+                "and Chrome or Chromium; HTML is written.</span>")
         self.children = [w.HTML("<b>export</b> " + note), w.HBox([self.folder, self.export_button]),
                          w.HBox([self.state_file, self.upload, self.reopen_button]), self.error_area, self.result]
 

@@ -223,6 +223,14 @@ def test_export_and_reopen(bench, tmp_path, synthetic_images):
     for name in ("state.json", "projection.html", "distances.html", "heatmaps.html"):
         assert (tmp_path / "out" / name).exists()
     assert "plotly" in (tmp_path / "out" / "heatmaps.html").read_text()[:20000].lower()
+    from widgets.export import png_available
+
+    if png_available():  # kaleido and Chromium are installed by `make test` (the export extra)
+        for name in ("projection", "distances", "heatmaps"):
+            png = (tmp_path / "out" / f"{name}.png").read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    else:
+        assert "PNG export needs the kaleido package" in e.children[0].value
     episode = s.episode
     s.resample()
     assert s.episode != episode
@@ -230,6 +238,21 @@ def test_export_and_reopen(bench, tmp_path, synthetic_images):
     e.reopen_button.click()
     assert e.error_area.value == ""
     assert s.episode == episode and s.query_index == 3
+
+
+def test_a_failing_png_renderer_is_inline_and_loses_nothing(bench, tmp_path, monkeypatch):
+    import widgets.export as export
+
+    def broken(figs, folder):
+        raise OSError("no Chrome could be started")
+
+    monkeypatch.setattr(export, "png_available", lambda: True)
+    monkeypatch.setattr(export, "_write_pngs", broken)
+    bench.export.folder.value = str(tmp_path / "out")
+    bench.export.export_button.click()
+    assert "PNG export failed" in bench.export.error_area.value and "no Chrome" in bench.export.error_area.value
+    for name in ("state.json", "projection.html", "distances.html", "heatmaps.html"):
+        assert (tmp_path / "out" / name).exists()
 
 
 def test_reopen_a_bad_file_is_inline(bench, tmp_path):
