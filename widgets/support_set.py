@@ -176,10 +176,15 @@ class SupportSetView(View):
             return
         table = self.pool_table()
         cols = [c for c in table.columns if c not in _SKIP_COLUMNS and c != "class"][:3]
-        options = []
-        for _, row in table.head(500).iterrows():
-            meta = ", ".join(f"{c}={row[c]}" for c in cols)
-            options.append((f"{row['sample_id']} · {row['class']}" + (f" · {meta}" if meta else ""), row["sample_id"]))
+        head = table.head(500)
+        labels = head["sample_id"].astype(str) + " · " + head["class"].astype(str)
+        if cols:  # column-wise string building: the pool is refilled on every filter change
+            meta = [c + "=" + head[c].astype(str) for c in cols]
+            joined = meta[0]
+            for m in meta[1:]:
+                joined = joined + ", " + m
+            labels = labels + " · " + joined
+        options = list(zip(labels.tolist(), head["sample_id"].tolist()))
         self.pool_list.options = options
         self.pool_list.value = options[0][1] if options else None
 

@@ -45,11 +45,11 @@ class Workbench(w.VBox):
         tabs = [self.failures, self.subgroups]
         titles = ["failure explorer", "subgroups"]
         if dicom:
-            try:
+            import importlib.util
+
+            if importlib.util.find_spec("pydicom") is not None:  # the dicom extra is installed
                 from .dicom_import import DicomImportView
-            except ImportError:
-                DicomImportView = None
-            if DicomImportView is not None:
+
                 self.dicom = DicomImportView(state)
                 tabs.append(self.dicom)
                 titles.append("DICOM import")

@@ -43,20 +43,11 @@ from pydicom.sequence import Sequence as DicomSequence
 from ..errors import DataError
 from . import deid as _deid
 from .deid import DeidConfig
+from .dicom_presets import WINDOW_PRESETS  # CT window presets (centre, width) in HU
 from .imageset import ImageSet
 
 log = logging.getLogger(__name__)
 
-#: CT window presets (centre, width) in Hounsfield units
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (40.0, 400.0),
-    "abdomen": (50.0, 400.0),
-    "liver": (30.0, 150.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-}
 FIT_MODES = ("resize", "stretch", "crop")
 _SEX = {"M": "male", "F": "female", "O": "other"}
 _VALID_BITS = (1, 8, 16, 32, 64)

@@ -64,9 +64,9 @@ class Interval:
 def _z(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise DataError(f"confidence must lie strictly between 0 and 1, got {confidence}; use 0.95 for a 95% CI")
-    from scipy.special import ndtri  # the normal quantile; scipy.stats costs ~1 s to import
+    from statistics import NormalDist  # the normal quantile without importing scipy (~0.3-1 s)
 
-    return float(ndtri(0.5 + confidence / 2))
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def wilson_interval(successes, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
