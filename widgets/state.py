@@ -12,6 +12,8 @@ The state holds no widgets: tests and benchmarks drive it directly.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import time
 from dataclasses import dataclass
@@ -84,6 +86,24 @@ class EpisodeResult:
         return backend.wilson(int(self.correct[known].sum()), int(known.sum()))
 
 
+def _one_blas_thread():
+    """numpy's OpenBLAS on one thread for the small projection maths: its idle threads keep
+    spinning after a call and then slow torch's next forward pass ~10x on a 2-core machine
+    (a support edit right after a PCA fit measured ~110 ms instead of ~10 ms)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # scikit-learn brings it; without it, run as is
+            _BLAS = False
+        else:
+            _BLAS = ThreadpoolController()  # scanning the loaded libraries once, not per call
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
+_BLAS = None
+
+
 class Projection:
     """A 2D map of embeddings that stays fixed between support edits (PCA) or is re-run warm-started
     from the previous layout (t-SNE), so that moving prototypes are visible."""
@@ -100,7 +120,8 @@ class Projection:
         """points: (n, D) embeddings that define the map (support and queries of an episode)."""
         self.mean_ = points.mean(0)
         centred = points - self.mean_
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        with _one_blas_thread():
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
         comps = vt[:2]
         # fix the sign so that the same data always gives the same picture
         signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(1)])
@@ -111,7 +132,8 @@ class Projection:
     def transform(self, points: np.ndarray) -> np.ndarray:
         """(n, D) -> (n, 2)."""
         if self.method == "pca":
-            out = (points - self.mean_) @ self.components_.T
+            with _one_blas_thread():
+                out = (points - self.mean_) @ self.components_.T
             return out if out.shape[1] == 2 else np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
         from sklearn.manifold import TSNE
 
