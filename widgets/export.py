@@ -56,11 +56,7 @@ def _write_pngs(figs: dict, folder: Path) -> list[Path]:
     import plotly.io as pio
 
     paths = [folder / f"{name}.png" for name in figs]
-    if hasattr(pio, "write_images"):  # plotly >= 6.1: one Chrome for all figures
-        pio.write_images(list(figs.values()), paths, scale=2)
-    else:
-        for fig, path in zip(figs.values(), paths):
-            fig.write_image(path, scale=2)
+    pio.write_images(list(figs.values()), paths, scale=2)  # one Chrome for all figures
     return paths
 
 

@@ -13,7 +13,6 @@ The state holds no widgets: tests and benchmarks drive it directly.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import time
 from dataclasses import dataclass
