@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import functools
 import html
 import time
@@ -12,8 +13,10 @@ import traceback
 from typing import Callable
 
 import ipywidgets as w
+from ipywidgets.widgets.widget_string import HTMLStyle
 import plotly.graph_objects as go
 
+from ._figurewidget import FigureWidget
 from .figures import png_bytes
 from .state import WorkbenchState
 
@@ -85,8 +88,9 @@ class FigureSlot(w.Box):
     plotly's update messages (delete and add traces, one relayout), so the page keeps one widget
     model per slot instead of receiving plotly's whole front-end bundle (about 5 MB) on every redraw.
 
-    anywidget gives a model two seconds to set up in the browser; a model that misses that (several
-    figures arriving at once on a busy machine) renders but ignores every later update. A working
+    The widget is ``_figurewidget.FigureWidget`` (plotly's front end loaded once per page). Should
+    a front end still drop updates (anywidget gives a model two seconds to set up in the browser,
+    and a model that misses that renders but ignores every later update), the slot recovers: a working
     plotly front-end confirms each relayout, so when a redraw stays unconfirmed for
     ``ack_timeout_s`` seconds while the kernel is idle, the slot swaps in a fresh FigureWidget with
     the current figure. ``on_figure(widget)`` is called for every new widget (attach click
@@ -136,7 +140,7 @@ class FigureSlot(w.Box):
 
     def _new_widget(self, fig: go.Figure | go.FigureWidget) -> go.FigureWidget:
         old = self.figure
-        self.figure = go.FigureWidget(fig)
+        self.figure = FigureWidget(fig)
         self.children = [self.figure]
         now = time.monotonic()
         if old is not None:
@@ -162,14 +166,79 @@ class FigureSlot(w.Box):
         self._new_widget(go.Figure(fw))
 
 
-def image_card(png: bytes, tooltip: str, button: w.Widget, border: str = "#ddd") -> w.VBox:
-    """A thumbnail with its sample id and metadata on hover, above a button or label.
+_SHARED: dict[tuple, w.Widget] = {}
 
-    The image is an <img> in an HTML widget: its ``title`` gives the hover text (ipywidgets 8's Image view
-    fails to render when given a tooltip, and an <img> needs no extra binary message)."""
-    src = "data:image/png;base64," + base64.b64encode(png).decode()
-    img = w.HTML(f"<img src='{src}' title='{html.escape(tooltip, quote=True)}' width='{THUMB}' height='{THUMB}' "
-                 "style='image-rendering:pixelated;display:block'>")
-    img.add_class("fsl-thumb")
-    return w.VBox([img, button], layout=w.Layout(border=f"2px solid {border}", padding="2px", margin="2px",
-                                                 align_items="center", width=f"{THUMB + 16}px"))
+
+def shared(cls: type[w.Widget], **traits) -> w.Widget:
+    """One Layout or style widget per distinct set of values, shared by every widget that uses it.
+
+    Each ipywidgets widget otherwise brings its own layout and style models: a gallery card (box,
+    image, button) took eight widget models where it now takes three, and a page creates all of them
+    before it shows anything."""
+    key = (cls, tuple(sorted(traits.items())))
+    widget = _SHARED.get(key)
+    if widget is None or widget.comm is None:  # never made, or closed since
+        widget = _SHARED[key] = cls(**traits)
+    return widget
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """What one gallery card shows: a thumbnail with hover text, a caption, a border colour."""
+
+    png: bytes
+    tooltip: str
+    caption: str
+    border: str = "#ddd"
+    button_style: str = ""  # for button captions
+    button_tooltip: str = ""
+    payload: object = None  # handed to the row's on_pick when the card's button is clicked
+
+
+class CardRow(w.HBox):
+    """A wrapping row of thumbnail cards, each a thumbnail above a button (``on_pick`` given) or a label.
+
+    ``show(cards)`` reuses the card widgets already on the page and changes only what differs, so a
+    new episode sends a few values instead of opening dozens of widget models. The image is an <img>
+    in an HTML widget: its ``title`` gives the hover text (ipywidgets 8's Image view fails to render
+    when given a tooltip, and an <img> needs no extra binary message)."""
+
+    def __init__(self, on_pick: Callable[[object], None] | None = None, button_width: str = "74px", **kwargs):
+        super().__init__(layout=shared(w.Layout, flex_flow="row wrap"), **kwargs)
+        self.on_pick = on_pick
+        self.button_width = button_width
+        self._pool: list[w.VBox] = []
+        self._payloads: list[object] = []
+
+    @property
+    def footers(self) -> list[w.Widget]:
+        """The button (or label) of each card shown, in order."""
+        return [card.children[1] for card in self.children]
+
+    def _new_card(self, k: int) -> w.VBox:
+        img = w.HTML(layout=shared(w.Layout), style=shared(HTMLStyle))
+        img.add_class("fsl-thumb")
+        if self.on_pick is not None:
+            footer = w.Button(layout=shared(w.Layout, width=self.button_width, height="24px"),
+                              style=shared(w.ButtonStyle))
+            footer.on_click(lambda _: self.on_pick(self._payloads[k]))
+        else:
+            footer = w.HTML(layout=shared(w.Layout), style=shared(HTMLStyle))
+        return w.VBox([img, footer])
+
+    def show(self, cards: list[Card]) -> None:
+        while len(self._pool) < len(cards):
+            self._pool.append(self._new_card(len(self._pool)))
+        self._payloads = [c.payload for c in cards]
+        for box, c in zip(self._pool, cards):
+            img, footer = box.children
+            src = "data:image/png;base64," + base64.b64encode(c.png).decode()
+            img.value = (f"<img src='{src}' title='{html.escape(c.tooltip, quote=True)}' width='{THUMB}' "
+                         f"height='{THUMB}' style='image-rendering:pixelated;display:block'>")
+            if isinstance(footer, w.Button):
+                footer.description, footer.button_style, footer.tooltip = c.caption, c.button_style, c.button_tooltip
+            else:
+                footer.value = c.caption
+            box.layout = shared(w.Layout, border=f"2px solid {c.border}", padding="2px", margin="2px",
+                                align_items="center", width=f"{THUMB + 16}px")
+        self.children = self._pool[:len(cards)]

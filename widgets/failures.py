@@ -9,7 +9,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 import pandas as pd
 
-from ._base import FigureSlot, View, image_card, thumbnail, tooltip_of
+from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import confusion_figure, rate_text
 
 
@@ -34,7 +34,7 @@ class FailureExplorer(View):
         self.cases = w.Select(rows=8, layout=w.Layout(width="560px"))
         self.open_button = w.Button(description="open in heatmap viewer", icon="search")
         self.open_button.on_click(self.guard(lambda _: self.open_selected()))
-        self.nearest = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self.nearest = CardRow()
         self.extra_filter: dict = {}
         self.children = [w.HTML("<b>failure explorer</b>"), w.HBox([self.episodes, self.run_button, self.progress]),
                          self.summary, self.error_area, self.slot,
@@ -117,8 +117,7 @@ class FailureExplorer(View):
         if s.error:
             return
         table = s.nearest_support(k=5)
-        self.nearest.children = [
-            image_card(thumbnail(s, row["sample_id"]), tooltip_of(s, row["sample_id"], f"class {row['class']}"),
-                       w.HTML(f"<span style='font-size:85%'>{html.escape(str(row['class']))[:10]} "
-                              f"d={row['distance']:.2f}</span>"))
-            for _, row in table.iterrows()]
+        self.nearest.show([
+            Card(thumbnail(s, row["sample_id"]), tooltip_of(s, row["sample_id"], f"class {row['class']}"),
+                 f"<span style='font-size:85%'>{html.escape(str(row['class']))[:10]} d={row['distance']:.2f}</span>")
+            for _, row in table.iterrows()])

@@ -10,7 +10,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from . import _backend as backend
-from ._base import FigureSlot, View, image_card, thumbnail, tooltip_of
+from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import COLORMAPS, badge_text, heatmap_figure
 
 MAX_METHODS = 4
@@ -48,7 +48,7 @@ class HeatmapViewer(View):
         self.slot = FigureSlot(css_class="fsl-heatmap-figure")
         self.badge_html = w.HTML()
         self.badge_html.add_class("fsl-heatmap-caption")
-        self.influence_box = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self.influence_box = CardRow()
         self.timing = w.HTML()
         self.last_maps: dict[str, object] = {}
         self._busy = False
@@ -242,13 +242,12 @@ class HeatmapViewer(View):
     def _draw_influence(self, k: int = 8) -> None:
         s = self.state
         table = s.influence().head(k)
-        cards = []
-        for _, row in table.iterrows():
-            label = w.HTML(f"<span style='font-size:85%'>{row['influence']:+.3f}</span>")
-            cards.append(image_card(thumbnail(s, row["sample_id"]),
-                                    tooltip_of(s, row["sample_id"], f"class {row['class']}, influence {row['influence']:+.4f}"),
-                                    label, border="#2ca02c" if row["influence"] > 0 else "#d62728"))
-        self.influence_box.children = cards
+        self.influence_box.show([
+            Card(thumbnail(s, row["sample_id"]),
+                 tooltip_of(s, row["sample_id"], f"class {row['class']}, influence {row['influence']:+.4f}"),
+                 f"<span style='font-size:85%'>{row['influence']:+.3f}</span>",
+                 border="#2ca02c" if row["influence"] > 0 else "#d62728")
+            for _, row in table.iterrows()])
 
 
 def _blank():

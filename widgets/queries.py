@@ -3,11 +3,10 @@ selects the query that the heatmap and distance views show."""
 
 from __future__ import annotations
 
-import html
 
 import ipywidgets as w
 
-from ._base import View, image_card, thumbnail, tooltip_of
+from ._base import Card, CardRow, View, thumbnail, tooltip_of
 from .figures import rate_text
 
 ANY = "(any)"
@@ -28,9 +27,11 @@ class QueryGallery(View):
                                style={"description_width": "35px"})
         for widget in (self.show, self.true_class, self.sort):
             widget.observe(self.guard(lambda _: self._render()), names="value")
-        self.cards = w.HBox(layout=w.Layout(flex_flow="row wrap"))
-        self.buttons: dict[int, w.Button] = {}
-        self.children = [self.summary, w.HBox([self.show, self.true_class, self.sort]), self.cards, self.error_area]
+        self.cards = CardRow(on_pick=self.guard(self.select))
+        self.empty = w.HTML("<i>no query matches these filters</i>", layout=w.Layout(display="none"))
+        self.buttons: dict[int, w.Button] = {}  # query index -> its button, for the cards shown
+        self.children = [self.summary, w.HBox([self.show, self.true_class, self.sort]), self.cards, self.empty,
+                         self.error_area]
         state.observe(self._on_result, names=["result"])
         state.observe(self._on_select, names=["query_index"])
         self._on_result()
@@ -72,34 +73,26 @@ class QueryGallery(View):
         s, r, ep = self.state, self.state.result, self.state.episode
         if r is None:
             return
-        cards, self.buttons = [], {}
-        for i in self.visible_indices():
+        cards = []
+        shown = self.visible_indices()
+        for i in shown:
             ok = bool(r.correct[i])
             known = r.true[i] >= 0
             true = ep.classes[r.true[i]] if known else "?"
             pred = ep.classes[r.pred[i]]
-            label = f"#{i} {('✓' if ok else '✗') if known else '?'} {pred[:10]}"
-            button = w.Button(description=label, layout=w.Layout(width="74px", height="24px"),
+            note = f"true {true}, predicted {pred}, margin {r.margin[i]:.3f}"
+            cards.append(Card(thumbnail(s, ep.query_ids[i]), tooltip_of(s, ep.query_ids[i], note),
+                              caption=f"#{i} {('✓' if ok else '✗') if known else '?'} {pred[:10]}",
+                              border="#1f77b4" if i == s.query_index else ("#2ca02c" if ok else "#d62728"),
                               button_style="info" if i == s.query_index else self._style(i),
-                              tooltip=f"query #{i}: true {true}, predicted {pred}, margin {r.margin[i]:.3f}")
-            button.on_click(self.guard(lambda _, q=i: self.select(q)))
-            self.buttons[i] = button
-            tip = tooltip_of(s, ep.query_ids[i], f"true {true}, predicted {pred}, margin {r.margin[i]:.3f}")
-            cards.append(image_card(thumbnail(s, ep.query_ids[i]), tip, button,
-                                    border="#1f77b4" if i == s.query_index else ("#2ca02c" if ok else "#d62728")))
-        if not cards:
-            cards = [w.HTML("<i>no query matches these filters</i>")]
-        self.cards.children = cards
+                              button_tooltip=f"query #{i}: {note}", payload=i))
+        self.cards.show(cards)
+        self.buttons = dict(zip(shown, self.cards.footers))
+        self.empty.layout.display = "none" if cards else ""
 
     def _on_select(self, change=None) -> None:
-        if self.state.result is None:
-            return
-        r = self.state.result
-        for i, button in self.buttons.items():
-            button.button_style = "info" if i == self.state.query_index else self._style(i)
-            card = self.cards.children[list(self.buttons).index(i)]
-            card.layout.border = "2px solid " + ("#1f77b4" if i == self.state.query_index
-                                                  else ("#2ca02c" if r.correct[i] else "#d62728"))
+        if self.state.result is not None:
+            self._render()  # only the borders and button styles that changed are sent
 
     def _style(self, i: int) -> str:
         r = self.state.result

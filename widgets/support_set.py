@@ -6,8 +6,9 @@ from __future__ import annotations
 import html
 
 import ipywidgets as w
+import numpy as np
 
-from ._base import View, image_card, thumbnail, tooltip_of
+from ._base import Card, CardRow, View, thumbnail, tooltip_of
 from .figures import class_color
 
 ANY = "(any)"
@@ -35,6 +36,7 @@ class SupportSetView(View):
                                                "(incremental prototype update)", layout=w.Layout(width="290px"))
         self.confirm_button.on_click(self.guard(lambda _: self.state.confirm_query()))
         self.classes_box = w.VBox()
+        self._class_rows: list[w.HBox] = []
         # pool
         self.pool_class = w.Dropdown(description="class", layout=w.Layout(width="220px"), style={"description_width": "40px"})
         self.pool_column = w.Dropdown(description="filter", layout=w.Layout(width="200px"), style={"description_width": "40px"})
@@ -133,24 +135,26 @@ class SupportSetView(View):
 
     def _render_cards(self) -> None:
         s, ep = self.state, self.state.episode
-        rows = []
+        pick = self.guard(lambda p: self.select(None if p == self.selected_position else p))
+        while len(self._class_rows) < ep.n_way:  # an HBox(label, cards) per class, kept across episodes
+            self._class_rows.append(w.HBox([w.HTML(), CardRow(on_pick=pick, button_width="70px")]))
+        true_names = np.asarray(s.images.class_names)[s.images.labels[s.images.indices_of(list(ep.support_ids))]]
         for c, name in enumerate(ep.classes):
             cards = []
             for pos, (sid, lab) in enumerate(zip(ep.support_ids, ep.support_labels)):
                 if lab != c:
                     continue
                 chosen = pos == self.selected_position
-                button = w.Button(description="selected" if chosen else "select", layout=w.Layout(width="70px", height="24px"),
-                                  button_style="warning" if chosen else "", tooltip=f"support #{pos}: {sid}")
-                button.on_click(self.guard(lambda _, p=pos: self.select(None if p == self.selected_position else p)))
-                true = s.images.class_names[s.images.labels[s.images.indices_of([sid])[0]]]
-                note = "" if true == name else f"MISLABELLED: really {true}"
-                cards.append(image_card(thumbnail(s, sid), tooltip_of(s, sid, note), button,
-                                        border="#d62728" if note else ("#ff7f0e" if chosen else "#ddd")))
-            label = w.HTML(f"<div style='width:110px;color:{class_color(c)};font-weight:bold'>{html.escape(name)}"
+                note = "" if true_names[pos] == name else f"MISLABELLED: really {true_names[pos]}"
+                cards.append(Card(thumbnail(s, sid), tooltip_of(s, sid, note), "selected" if chosen else "select",
+                                  border="#d62728" if note else ("#ff7f0e" if chosen else "#ddd"),
+                                  button_style="warning" if chosen else "", button_tooltip=f"support #{pos}: {sid}",
+                                  payload=pos))
+            label, row = self._class_rows[c].children
+            label.value = (f"<div style='width:110px;color:{class_color(c)};font-weight:bold'>{html.escape(name)}"
                            f"<br><span style='color:#666;font-weight:normal'>{len(cards)} image(s)</span></div>")
-            rows.append(w.HBox([label, w.HBox(cards, layout=w.Layout(flex_flow="row wrap"))]))
-        self.classes_box.children = rows
+            row.show(cards)
+        self.classes_box.children = self._class_rows[:ep.n_way]
 
     def _fill_values(self) -> None:
         col = self.pool_column.value

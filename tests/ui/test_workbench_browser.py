@@ -131,11 +131,6 @@ def test_voila_app(servers, page, page_errors, tmp_path):
     _drive_workbench(page, "voila-app")
     # an app: no code on the page
     expect(page.get_by_text("open_state(")).to_have_count(0)
-    # anywidget gives each widget model two seconds to set up in the page; a Voila page creates all
-    # of the app's ~800 widget models at once after the notebook ran, and on a loaded 2-core
-    # machine a plotly figure can miss that limit. anywidget then logs this message and ignores
-    # updates to that model; FigureSlot notices the unconfirmed redraw and swaps in a fresh figure,
-    # and the heatmap and distance changes checked above prove the page kept working. Only this
-    # exact message is tolerated; any other error fails the test.
-    page_errors.assert_none(ignore=IGNORE + [r"^page error: \[anywidget\] Failed to initialize model\.$"])
-    assert all("fontawesome" in url for url in page_errors.external), page_errors.external
+    # no widget model may fail to set up: widgets/_figurewidget.py keeps plotly's front end out of
+    # anywidget's two-second setup limit (tests/ui/test_figure_widgets_page.py shows why)
+    page_errors.assert_none(ignore=IGNORE)
