@@ -8,9 +8,11 @@ Typical use in a notebook::
     Workbench(state)
 """
 
-from ._imports import defer_rfc3987_syntax
+from fsl_xai._deferred import defer
 
-defer_rfc3987_syntax()  # before anything imports plotly's FigureWidget (see widgets/_imports.py)
+# before anything imports plotly's FigureWidget: jsonschema would compile rfc3987_syntax's grammars
+# (about 2 s of every kernel start) for a format checker the workbench never calls
+defer("rfc3987_syntax", functions=("is_valid_syntax",))
 
 from .state import EpisodeResult, Projection, WorkbenchState  # noqa: E402
 

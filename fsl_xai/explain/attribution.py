@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._deferred import defer_captum_visualization
 from ..errors import EpisodeError, ModelError
+
+defer_captum_visualization()  # Captum is imported on first use; keep matplotlib out of that import
 
 # --------------------------------------------------------------------------------------------
 # result
