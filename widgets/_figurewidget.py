@@ -1,16 +1,18 @@
-"""plotly's FigureWidget with its front-end code evaluated once per page instead of once per figure.
+"""plotly's FigureWidget with its front-end code sent and evaluated once per page, not once per figure.
 
-plotly ships its widget front end as one ~5 MB ES module (``_esm``), and anywidget imports that module
-separately for every figure model: on the 2-core test machines each import takes about 1.5 s of the
-page's main thread (measured in headless Chromium). anywidget also gives each model two seconds to
-initialize; a model that misses that ignores every later update from the kernel. A page that opens
-three figures at once (the workbench does) therefore loses figures on a busy machine.
+plotly ships its widget front end as one ~5 MB ES module (``_esm``). Every figure widget sends that
+module to the page, and anywidget imports it separately for each figure model: on the 2-core test
+machines each import takes about 1.5 s of the page's main thread (measured in headless Chromium).
+anywidget also gives each model two seconds to initialize; a model that misses that ignores every
+later update from the kernel. A page that opens three figures at once (the workbench does)
+therefore lost figures on a busy machine, after receiving 15 MB of the same code.
 
-Here ``_esm`` is a small loader instead. It keeps plotly's module in a page-wide promise, starts
-loading it when the first view needs it, and initializes each model's plotly state only then, so a
-model's own setup never waits for plotly. Updates that arrive before plotly is ready are not lost:
-the figure's full state (``_widget_data``, ``_widget_layout``) is what the late view draws, and
-plotly's first render confirms the latest edit id to the kernel.
+Here ``_esm`` is a small loader instead, and the module's source travels once per kernel, in one
+plain widget model (``PlotlyModule``) that every figure names by id. The loader keeps plotly's
+module in a page-wide promise, starts loading it when the first view needs it, and initializes each
+model's plotly state only then, so a model's own setup never waits for plotly. Updates that arrive
+before plotly is ready are not lost: the figure's full state (``_widget_data``, ``_widget_layout``)
+is what the late view draws, and plotly's first render confirms the latest edit id to the kernel.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import ipywidgets
 import plotly
 import plotly.graph_objects as go
 import traitlets
@@ -28,14 +31,35 @@ _BUNDLE = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
 _LOADER = """
 const KEY = Symbol.for("fsl-xai/plotly-widget/{key}");
 
+async function moduleSource(model) {
+  // the holder's model can arrive after a figure's (a page restoring the kernel's widgets): retry
+  const id = model.get("_plotly_module");
+  const deadline = Date.now() + 60000;
+  for (let wait = 50; ; wait = Math.min(2 * wait, 1000)) {
+    try {
+      const holder = await model.widget_manager.get_model(id);
+      if (holder) return holder.get("source");
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+    }
+    if (Date.now() > deadline) throw new Error(`plotly's module holder ${id} never arrived`);
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+}
+
 function plotlyModule(model) {
   let loading = globalThis[KEY];
   if (!loading) {
-    const url = URL.createObjectURL(new Blob([model.get("_plotly_bundle")], { type: "text/javascript" }));
-    loading = import(url);
+    loading = moduleSource(model).then(async (source) => {
+      const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+      try {
+        return await import(url);
+      } finally {
+        URL.revokeObjectURL(url);
+      }
+    });
     globalThis[KEY] = loading;
-    loading.then(() => URL.revokeObjectURL(url), (error) => {
-      URL.revokeObjectURL(url);
+    loading.catch((error) => {
       if (globalThis[KEY] === loading) delete globalThis[KEY];  // let the next view try again
       console.error("[fsl-xai] plotly's widget module failed to load", error);
     });
@@ -74,12 +98,29 @@ def _bundle_text() -> str:
     return _BUNDLE.read_text(encoding="utf-8")
 
 
+class PlotlyModule(ipywidgets.Widget):
+    """A plain widget model (no view) holding the source of plotly's widget front end."""
+
+    source = traitlets.Unicode().tag(sync=True)
+
+
+_module: PlotlyModule | None = None
+
+
+def plotly_module() -> PlotlyModule:
+    """The kernel's one ``PlotlyModule`` (made again if it was closed, e.g. by ``Widget.close_all``)."""
+    global _module
+    if _module is None or _module.comm is None:
+        _module = PlotlyModule(source=_bundle_text())
+    return _module
+
+
 class FigureWidget(go.FigureWidget):
-    """A ``plotly.graph_objects.FigureWidget`` whose front-end module is loaded once per page."""
+    """A ``plotly.graph_objects.FigureWidget`` whose front-end module comes once per page."""
 
     _esm = _LOADER.replace("{key}", plotly.__version__)
-    _plotly_bundle = traitlets.Unicode().tag(sync=True)
+    _plotly_module = traitlets.Unicode().tag(sync=True)  # model id of the PlotlyModule
 
-    @traitlets.default("_plotly_bundle")
-    def _default_plotly_bundle(self) -> str:  # part of the state the widget opens with
-        return _bundle_text()
+    @traitlets.default("_plotly_module")
+    def _default_plotly_module(self) -> str:  # part of the state the widget opens with
+        return plotly_module().model_id

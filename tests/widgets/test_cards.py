@@ -12,7 +12,7 @@ from ipywidgets.widgets.widget_string import HTMLStyle
 from PIL import Image
 
 from widgets._base import Card, CardRow, shared
-from widgets._figurewidget import _BUNDLE, FigureWidget
+from widgets._figurewidget import _BUNDLE, FigureWidget, plotly_module
 
 
 def _png(value: int) -> bytes:
@@ -72,10 +72,17 @@ def test_card_row_without_on_pick_shows_labels():
     assert isinstance(label, w.HTML) and label.value == "<b>+0.12</b>"
 
 
-def test_figure_widget_sends_a_small_loader_and_plotly_module_as_data():
-    fig = FigureWidget(go.Figure(go.Bar(y=[1, 2])))
-    state = fig.get_state()
-    assert len(state["_esm"]) < 5_000 and "_plotly_bundle" in state["_esm"]
-    assert state["_plotly_bundle"] == _BUNDLE.read_text(encoding="utf-8")
-    assert isinstance(fig, go.FigureWidget)
-    assert list(go.Figure(fig).data[0].y) == [1, 2]
+def test_figure_widgets_send_a_small_loader_and_share_one_copy_of_plotlys_module():
+    first, second = (FigureWidget(go.Figure(go.Bar(y=[1, 2]))) for _ in range(2))
+    holder = plotly_module()
+    for fig in (first, second):
+        state = fig.get_state()
+        assert len(state["_esm"]) < 5_000 and "_plotly_module" in state["_esm"]
+        assert state["_plotly_module"] == holder.model_id
+        assert sum(len(v) for v in state.values() if isinstance(v, str)) < 10_000  # no 5 MB module per figure
+    assert holder.get_state()["source"] == _BUNDLE.read_text(encoding="utf-8")
+    assert isinstance(first, go.FigureWidget) and list(go.Figure(first).data[0].y) == [1, 2]
+    old_id = holder.model_id
+    holder.close()  # e.g. Widget.close_all(): the next figure brings a new holder
+    third = FigureWidget()
+    assert third._plotly_module == plotly_module().model_id != old_id
