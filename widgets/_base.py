@@ -13,8 +13,8 @@ import traceback
 from typing import Callable
 
 import ipywidgets as w
-from ipywidgets.widgets.widget_string import HTMLStyle
 import plotly.graph_objects as go
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 from ._figurewidget import FigureWidget
 from .figures import png_bytes

@@ -3,7 +3,6 @@ selects the query that the heatmap and distance views show."""
 
 from __future__ import annotations
 
-
 import ipywidgets as w
 
 from ._base import Card, CardRow, View, thumbnail, tooltip_of

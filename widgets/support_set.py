@@ -135,8 +135,8 @@ class SupportSetView(View):
 
     def _render_cards(self) -> None:
         s, ep = self.state, self.state.episode
-        pick = self.guard(lambda p: self.select(None if p == self.selected_position else p))
         while len(self._class_rows) < ep.n_way:  # an HBox(label, cards) per class, kept across episodes
+            pick = self.guard(lambda p: self.select(None if p == self.selected_position else p))
             self._class_rows.append(w.HBox([w.HTML(), CardRow(on_pick=pick, button_width="70px")]))
         true_names = np.asarray(s.images.class_names)[s.images.labels[s.images.indices_of(list(ep.support_ids))]]
         for c, name in enumerate(ep.classes):

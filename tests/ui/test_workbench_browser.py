@@ -134,3 +134,4 @@ def test_voila_app(servers, page, page_errors, tmp_path):
     # no widget model may fail to set up: widgets/_figurewidget.py keeps plotly's front end out of
     # anywidget's two-second setup limit (tests/ui/test_figure_widgets_page.py shows why)
     page_errors.assert_none(ignore=IGNORE)
+    assert all("fontawesome" in url for url in page_errors.external), page_errors.external
