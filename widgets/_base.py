@@ -86,7 +86,7 @@ class FigureSlot(w.Box):
 
     The first ``show`` creates the FigureWidget; later calls replace its traces and layout with
     plotly's update messages (delete and add traces, one relayout), so the page keeps one widget
-    model per slot instead of receiving plotly's whole front-end bundle (about 5 MB) on every redraw.
+    model per slot instead of opening a new figure model (and view) on every redraw.
 
     The widget is ``_figurewidget.FigureWidget`` (plotly's front end loaded once per page). Should
     a front end still drop updates (anywidget gives a model two seconds to set up in the browser,
