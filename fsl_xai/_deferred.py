@@ -15,7 +15,6 @@ take with ``from name import f`` while being imported themselves.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import sys
@@ -87,7 +86,6 @@ def defer(name: str, functions: tuple[str, ...] = ()) -> bool:
     return True
 
 
-@functools.cache
 def defer_captum_visualization() -> bool:
     """Keep matplotlib out of ``import captum.attr`` until a Captum visualisation helper is used."""
     return defer("captum.attr._utils.visualization", functions=("draw_mask_border", "draw_mask_legend"))

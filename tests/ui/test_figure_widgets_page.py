@@ -2,7 +2,7 @@
 
 plotly's own FigureWidget imports its ~5 MB front-end module once per figure (about 1.5 s each on
 these machines), and anywidget drops every update to a model that took more than two seconds to
-set up. With eight figures arriving together that loses figures every time; the project's
+set up. With eight figures arriving together that lost figures in both tries here; the project's
 FigureWidget (widgets/_figurewidget.py) loads the module once per page. The kernel then updates all
 figures in place and the page must show each new title.
 """
