@@ -94,8 +94,7 @@ def logit_difference(ours, PeerProtoNet, images, episodes: int, seed: int) -> tu
     with torch.no_grad():
         for i in range(episodes):
             _, s, sl, q, _ = sampler.sample_indices(i)
-            ours.fit_support_embeddings(emb[s], torch.from_numpy(sl))
-            mine = ours.logits_from_embeddings(emb[q])
+            mine = ours.fit_embeddings(emb[s], torch.from_numpy(sl)).logits_from_embeddings(emb[q])
             peer.process_support_set(data[s], torch.from_numpy(sl))
             theirs = peer(data[q])
             worst = max(worst, float((mine.neg().clamp_min(0).sqrt() - theirs.neg()).abs().max()))

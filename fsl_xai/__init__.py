@@ -24,6 +24,7 @@ _EXPORTS = {
     "FslXaiError": "fsl_xai.errors",
     "ModelError": "fsl_xai.errors",
     "FewShotClassifier": "fsl_xai.models",
+    "FittedEpisode": "fsl_xai.models",
     "PrototypicalNetwork": "fsl_xai.models",
     "list_backbones": "fsl_xai.models",
     "list_models": "fsl_xai.models",

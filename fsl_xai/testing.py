@@ -8,7 +8,7 @@ model in milliseconds and get the same result every time::
     images, episode = make_episode(n_way=3, n_shot=2, n_query=4, seed=0)
     model = tiny_model(channels=images.n_channels, size=images.image_size[0])
     s_img, s_lab, q_img, q_lab = episode.tensors(images)
-    logits = model.fit_support(s_img, s_lab)(q_img)
+    logits = model.fit(s_img, s_lab)(q_img)
 
 These images are for unit tests of mechanics (shapes, bookkeeping, errors). Features that are
 about real data are tested on the real shared data sets.

@@ -5,7 +5,7 @@ class ``n_shot`` support images and ``n_query`` *in-population* queries from the
 (disjoint), and ``n_query`` *cross-population* queries from the query subgroup. Both query sets
 are scored against the same prototypes, so the in-minus-cross accuracy gap is a paired
 comparison within each episode; its CI is a cluster bootstrap over episodes
-(:func:`fsl_xai.metrics.intervals.cluster_bootstrap`). Both image sets are embedded once.
+(:func:`fsl_xai.intervals.cluster_bootstrap`). Both image sets are embedded once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from ..data.imageset import ImageSet
 from ..errors import EpisodeError
-from .intervals import Interval, cluster_bootstrap, proportion_interval
+from ..intervals import Interval, cluster_bootstrap, proportion_interval
 
 Where = Mapping[str, object] | Callable[[pd.DataFrame], pd.Series] | None
 
@@ -147,7 +147,7 @@ def cross_population(
     """Support set from one subgroup, queries from another; in- vs cross-population accuracy.
 
     Args:
-        model: a few-shot model (``embed``, ``fit_support_embeddings``, ``logits_from_embeddings``).
+        model: a few-shot model (``embed``, ``fit_embeddings``).
         images: the image set the support (and, by default, the queries) come from.
         support_where / query_where: the subgroups, as ``{"site": "A"}`` (a value or a list of
             values per column) or a callable ``metadata -> bool mask``.
@@ -221,12 +221,12 @@ def cross_population(
                                    f"support set in episode {i}; lower n_query")
             crq.append(qpool[rng.choice(len(qpool), n_query, replace=False)])
         sup = np.concatenate(sup)
-        model.fit_support_embeddings(emb_s[torch.as_tensor(sup)], torch.as_tensor(np.repeat(np.arange(n_way), n_shot)))
+        fitted = model.fit_embeddings(emb_s[torch.as_tensor(sup)], torch.as_tensor(np.repeat(np.arange(n_way), n_shot)))
         q_labels = np.repeat(np.arange(n_way), n_query)
         for p, (population, idx, emb, ids) in enumerate((("in", np.concatenate(inq), emb_s, s_ids),
                                                          ("cross", np.concatenate(crq), emb_q, q_ids))):
             with torch.no_grad():
-                logits = model.logits_from_embeddings(emb[torch.as_tensor(idx)]).double().numpy()
+                logits = fitted.logits_from_embeddings(emb[torch.as_tensor(idx)]).double().numpy()
             payload = json.dumps([[images.class_names[c] for c in chosen], s_ids[sup].tolist(), ids[idx].tolist()])
             parts[population].append((i, hashlib.sha1(payload.encode()).hexdigest()[:12], chosen, idx, q_labels, logits))
             correct = logits.argmax(1) == q_labels
@@ -242,10 +242,12 @@ def cross_population(
     acc_in = proportion_interval(acc[:, 0], cnt[:, 0], n_boot=n_boot, seed=seed, confidence=confidence)
     acc_cross = proportion_interval(acc[:, 1], cnt[:, 1], n_boot=n_boot, seed=seed, confidence=confidence)
 
-    def gap_stat(idx):
-        return acc[idx, 0].sum(-1) / cnt[idx, 0].sum(-1) - acc[idx, 1].sum(-1) / cnt[idx, 1].sum(-1)
+    def gap_stat(sums: np.ndarray) -> np.ndarray:
+        # sums of (correct in, queries in, correct cross, queries cross) over episodes
+        return sums[..., 0] / sums[..., 1] - sums[..., 2] / sums[..., 3]
 
-    gap = cluster_bootstrap(gap_stat, episodes, n_boot=n_boot, seed=seed, confidence=confidence)
+    per_episode_counts = np.stack([acc[:, 0], cnt[:, 0], acc[:, 1], cnt[:, 1]], axis=1)
+    gap = cluster_bootstrap(per_episode_counts, gap_stat, n_boot=n_boot, seed=seed, confidence=confidence)
     flagged = bool(np.isfinite(gap.low) and (gap.low > 0 or gap.high < 0))
     per_episode = pd.DataFrame({"episode": np.arange(episodes), "acc_in": acc[:, 0] / cnt[:, 0],
                                 "acc_cross": acc[:, 1] / cnt[:, 1]})

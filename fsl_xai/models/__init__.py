@@ -10,6 +10,7 @@ from ..errors import ModelError
 from .backbones import BACKBONES, list_backbones, make_backbone
 from .base import FewShotClassifier
 from .finetune import FineTuneClassifier
+from .fitted import FittedEpisode
 from .matching import MatchingNetwork
 from .protonet import PrototypicalNetwork
 from .simpleshot import SimpleShot
@@ -39,6 +40,6 @@ def make_model(name: str, backbone: nn.Module, **kwargs) -> FewShotClassifier:
         raise ModelError(f"bad options for model {name!r}: {exc}") from exc
 
 
-__all__ = ["BACKBONES", "MODELS", "FewShotClassifier", "FineTuneClassifier", "MatchingNetwork",
+__all__ = ["BACKBONES", "MODELS", "FewShotClassifier", "FineTuneClassifier", "FittedEpisode", "MatchingNetwork",
            "PrototypicalNetwork", "SimpleShot", "TransductivePrototypes", "list_backbones",
            "list_models", "make_backbone", "make_model"]

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .base import FewShotClassifier
+from .fitted import FittedEpisode
 
 
 class FineTuneClassifier(FewShotClassifier):
@@ -21,12 +22,12 @@ class FineTuneClassifier(FewShotClassifier):
     embeddings (full batch, or shuffled mini-batches of ``batch_size`` drawn with ``seed``), so
     the same support set always gives the same head.
 
-    ``prototypes_`` keeps the class means (for display); the trained head is ``head_weight_``
-    (n_way, D) and ``head_bias_`` (n_way,). Logits are not distances; ``distances`` returns minus
-    the logits like every model. The head is trained on detached support embeddings, so
-    ``episode_logits`` is differentiable with respect to the query pixels only (the model is not
-    meant for meta-training). ``add_to_class`` re-trains the head from the stored support
-    embeddings plus the new one (no re-embedding).
+    A fitted episode's ``prototypes_`` keeps the class means (for display); the trained head is in
+    its ``extras_``: ``head_weight`` (n_way, D) and ``head_bias`` (n_way,). Logits are not
+    distances; ``distances`` returns minus the logits like every model. The head is trained on
+    detached support embeddings, so ``episode_logits`` is differentiable with respect to the query
+    pixels only (the model is not meant for meta-training). ``add_to_class`` re-trains the head
+    from the stored support embeddings plus the new one (no re-embedding).
 
     Args:
         backbone: the (pre-trained) feature extractor.
@@ -57,8 +58,6 @@ class FineTuneClassifier(FewShotClassifier):
         self.cosine_scale = float(cosine_scale)
         self.batch_size = batch_size
         self.seed = int(seed)
-        self.head_weight_: torch.Tensor | None = None
-        self.head_bias_: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ the head
     def head_logits(self, query_embeddings: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -140,15 +139,16 @@ class FineTuneClassifier(FewShotClassifier):
         return torch.from_numpy(weight).to(dtype), torch.from_numpy(bias).to(dtype)
 
     # ------------------------------------------------------------------ fitting and scoring
-    def fit_support_embeddings(self, support_embeddings: torch.Tensor, support_labels: torch.Tensor) -> "FineTuneClassifier":
-        super().fit_support_embeddings(support_embeddings, support_labels)
-        self.head_weight_, self.head_bias_ = self.train_head(self.support_embeddings_, self.support_labels_,
-                                                             self.prototypes_)
-        return self
+    def uses_class_means(self) -> bool:
+        return False
 
-    def logits_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
-        self._require_fitted()
-        return self.head_logits(query_embeddings, self.head_weight_, self.head_bias_)
+    def episode_extras(self, support_embeddings: torch.Tensor, support_labels: torch.Tensor,
+                       prototypes: torch.Tensor) -> dict[str, torch.Tensor]:
+        weight, bias = self.train_head(support_embeddings, support_labels, prototypes)
+        return {"head_weight": weight, "head_bias": bias}
+
+    def logits_from_fitted(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head_logits(query_embeddings, fitted.extras_["head_weight"], fitted.extras_["head_bias"])
 
     def logits_from_support(self, query_embeddings: torch.Tensor, support_embeddings: torch.Tensor,
                             support_labels: torch.Tensor) -> torch.Tensor:
@@ -156,14 +156,11 @@ class FineTuneClassifier(FewShotClassifier):
         weight, bias = self.train_head(support_embeddings, support_labels, prototypes)
         return self.head_logits(query_embeddings, weight, bias)
 
-    def add_to_class(self, embedding: torch.Tensor, label: int) -> "FineTuneClassifier":
-        """Add one case and re-train the head from the stored support embeddings plus this one."""
-        self._require_fitted()
-        if not 0 <= label < len(self.prototypes_):
-            raise ModelError(f"label {label} is not a class of this episode (0..{len(self.prototypes_) - 1})")
-        emb = torch.cat([self.support_embeddings_, embedding.detach().reshape(1, -1)])
-        labels = torch.cat([self.support_labels_, torch.tensor([int(label)])])
-        return self.fit_support_embeddings(emb, labels)
+    def add_to_fitted(self, fitted: FittedEpisode, embedding: torch.Tensor, label: int) -> FittedEpisode:
+        """Re-train the head from the stored support embeddings plus this one."""
+        emb = torch.cat([fitted.support_embeddings_, embedding.reshape(1, -1)])
+        labels = torch.cat([fitted.support_labels_, torch.tensor([label])])
+        return self.fit_embeddings(emb, labels)
 
     def config(self) -> dict:
         return {"model": self.name, "head": self.head, "steps": self.steps, "lr": self.lr,

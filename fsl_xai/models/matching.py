@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .base import FewShotClassifier
+from .fitted import FittedEpisode
 
 
 class MatchingNetwork(FewShotClassifier):
@@ -19,9 +20,9 @@ class MatchingNetwork(FewShotClassifier):
 
     The full-context embeddings (bidirectional LSTM over the support, attention LSTM over the
     query) of the paper are left out, as in most re-implementations; the embedding is the
-    backbone's. ``prototypes_`` holds the class means of the support embeddings for display and
-    the incremental update, but scores always use the individual support embeddings, so
-    ``add_to_class`` simply adds one attention target.
+    backbone's. A fitted episode's ``prototypes_`` holds the class means of the support embeddings
+    for display, but scores always use the individual support embeddings, so ``add_to_class``
+    simply adds one attention target.
 
     Args:
         backbone: the feature extractor.
@@ -50,10 +51,12 @@ class MatchingNetwork(FewShotClassifier):
                             support_labels: torch.Tensor) -> torch.Tensor:
         return self.attention_logits(query_embeddings, support_embeddings, support_labels)
 
-    def logits_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
-        self._require_fitted()
-        return self.attention_logits(query_embeddings, self.support_embeddings_, self.support_labels_,
-                                     n_way=len(self.prototypes_))
+    def logits_from_fitted(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.attention_logits(query_embeddings, fitted.support_embeddings_, fitted.support_labels_,
+                                     n_way=fitted.n_way)
+
+    def uses_class_means(self) -> bool:
+        return False
 
     def config(self) -> dict:
         return {"model": self.name, "temperature": self.temperature}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,9 +9,6 @@ from torch import nn
 
 from ..errors import ModelError
 from .base import FewShotClassifier
-
-if TYPE_CHECKING:
-    from ..data.imageset import ImageSet
 
 
 class SimpleShot(FewShotClassifier):
@@ -48,26 +43,21 @@ class SimpleShot(FewShotClassifier):
     def has_base_mean(self) -> bool:
         return self.base_mean_.numel() > 0
 
-    def fit_base(self, base: torch.Tensor | np.ndarray | "ImageSet", batch_size: int = 256) -> "SimpleShot":
+    def fit_base(self, base_embeddings: torch.Tensor | np.ndarray) -> SimpleShot:
         """Set the centring vector to the mean embedding of the base classes.
 
         Args:
-            base: base-class embeddings (n_base, D), or base images (n_base, C, H, W) / an
-                ImageSet, which are embedded here (eval mode, no_grad, see ``evaluation.embed_all``).
-            batch_size: images per forward pass when images are given.
+            base_embeddings: (n_base, D) embeddings of the images the backbone was trained on, for
+                example ``embed_all(model, base_images)``.
 
-        Call it after (pre-)training, before fitting support sets; it clears any fitted support.
+        Call it after (pre-)training, before fitting support sets: fitted episodes made earlier keep
+        the prototypes they were fitted with.
         """
-        from ..data.imageset import ImageSet
-
-        if isinstance(base, ImageSet) or getattr(base, "ndim", None) == 4:
-            from ..evaluation import embed_all
-
-            base = embed_all(self, base, batch_size=batch_size)
-        emb = torch.as_tensor(np.asarray(base) if not isinstance(base, torch.Tensor) else base).detach().to(torch.float32)
+        emb = torch.as_tensor(np.asarray(base_embeddings) if not isinstance(base_embeddings, torch.Tensor)
+                              else base_embeddings).detach().to(torch.float32)
         if emb.ndim != 2 or len(emb) == 0:
-            raise ModelError(f"fit_base needs base-class embeddings (n_base, D) or images (n_base, C, H, W), "
-                             f"got shape {tuple(emb.shape)}; pass the base (training) images or embed_all(model, images)")
+            raise ModelError(f"fit_base needs base-class embeddings (n_base, D), got shape {tuple(emb.shape)}; "
+                             "embed the base (training) images first: fit_base(embed_all(model, images))")
         out_dim = getattr(self.backbone, "out_dim", None)
         if out_dim is not None and emb.shape[1] != out_dim:
             raise ModelError(f"base embeddings have {emb.shape[1]} features but the backbone gives {out_dim}; "
@@ -75,7 +65,6 @@ class SimpleShot(FewShotClassifier):
         if not torch.isfinite(emb).all():
             raise ModelError("base embeddings contain NaN or infinite values; check the base images and weights")
         self.base_mean_ = emb.mean(0)
-        self.prototypes_ = self.support_embeddings_ = self.support_labels_ = self.class_counts_ = None
         return self
 
     def transform(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -89,23 +78,14 @@ class SimpleShot(FewShotClassifier):
             embeddings = F.normalize(embeddings, dim=-1)
         return embeddings
 
-    def compute_prototypes(self, support_embeddings: torch.Tensor, support_labels: torch.Tensor) -> torch.Tensor:
-        return super().compute_prototypes(self.transform(support_embeddings), support_labels)
+    def prototype_space(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.transform(embeddings)
 
     def score(self, query_embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         return super().score(self.transform(query_embeddings), prototypes)
 
-    def add_to_class(self, embedding: torch.Tensor, label: int) -> "SimpleShot":
-        """Add one case: the raw embedding joins the support set and the prototype (a mean of
-        transformed embeddings) moves to (n * p + t(e)) / (n + 1)."""
-        self._require_fitted()
-        protos = self.prototypes_
-        super().add_to_class(embedding, label)
-        n = self.class_counts_[label].to(protos.dtype) - 1
-        t = self.transform(embedding.detach().reshape(1, -1))[0]
-        self.prototypes_ = protos.clone()
-        self.prototypes_[label] = (protos[label] * n + t) / (n + 1)
-        return self
+    def uses_class_means(self) -> bool:
+        return False  # prototypes are means of transformed embeddings
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the base mean's size is only known once set: take the stored one's shape before copying

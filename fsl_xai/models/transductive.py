@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .fitted import FittedEpisode
 from .protonet import PrototypicalNetwork
 
 
 class TransductivePrototypes(PrototypicalNetwork):
     """ProtoNet whose prototypes are refined with the unlabelled queries scored together.
 
-    Starting from the support means ``p_c`` (``prototypes_``), each of ``iterations`` rounds
+    Starting from the support means ``p_c`` (a fitted episode's ``prototypes_``), each of ``iterations`` rounds
     softly assigns every query to the classes, ``m_qc = softmax_c(logit_qc / temperature)``, and
     moves the prototypes to the weighted mean of support and queries::
 
@@ -22,13 +23,12 @@ class TransductivePrototypes(PrototypicalNetwork):
     with ``w = query_weight``. Logits are then scored against the refined prototypes with the
     ProtoNet distance (squared Euclidean or cosine).
 
-    Queries passed together change each other's prototypes: ``forward(batch)`` refines with
-    exactly the batch given, so a query's logits depend on the other queries in that call. For
-    attribution this means the perturbed or interpolated inputs an explainer passes would take
-    part in the refinement. To explain a query against the prototypes refined with its episode,
-    call :meth:`fit_queries` first: the refined prototypes are then frozen in
-    ``refined_prototypes_`` and used for every later call until the next ``fit_support``,
-    ``add_to_class`` or :meth:`clear_queries`.
+    Queries passed together change each other's prototypes: a fitted episode's ``forward(batch)``
+    refines with exactly the batch given, so a query's logits depend on the other queries in that
+    call. For attribution this means the perturbed or interpolated inputs an explainer passes would
+    take part in the refinement. To explain a query against the prototypes refined with its
+    episode, use ``fitted.with_queries(episode_query_images)``: a new fitted episode whose refined
+    prototypes (``extras_["refined_prototypes"]``) are frozen and used for every call.
 
     Args:
         backbone: the feature extractor.
@@ -50,7 +50,6 @@ class TransductivePrototypes(PrototypicalNetwork):
         self.iterations = int(iterations)
         self.temperature = float(temperature)
         self.query_weight = float(query_weight)
-        self.refined_prototypes_: torch.Tensor | None = None
 
     def refine(self, prototypes: torch.Tensor, class_counts: torch.Tensor,
                query_embeddings: torch.Tensor) -> torch.Tensor:
@@ -64,11 +63,17 @@ class TransductivePrototypes(PrototypicalNetwork):
             refined = (sums + weights.T @ query_embeddings) / (counts + weights.sum(0)[:, None])
         return refined
 
-    def logits_from_embeddings(self, query_embeddings: torch.Tensor) -> torch.Tensor:
-        self._require_fitted()
-        if self.refined_prototypes_ is not None:
-            return self.score(query_embeddings, self.refined_prototypes_)
-        return self.score(query_embeddings, self.refine(self.prototypes_, self.class_counts_, query_embeddings))
+    def refines_with_queries(self) -> bool:
+        return self.iterations > 0
+
+    def uses_class_means(self) -> bool:
+        return False
+
+    def logits_from_fitted(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> torch.Tensor:
+        frozen = fitted.extras_.get("refined_prototypes")
+        if frozen is not None:
+            return self.score(query_embeddings, frozen)
+        return self.score(query_embeddings, self.refine(fitted.prototypes_, fitted.class_counts_, query_embeddings))
 
     def logits_from_support(self, query_embeddings: torch.Tensor, support_embeddings: torch.Tensor,
                             support_labels: torch.Tensor) -> torch.Tensor:
@@ -76,35 +81,13 @@ class TransductivePrototypes(PrototypicalNetwork):
         counts = torch.bincount(support_labels, minlength=len(prototypes))
         return self.score(query_embeddings, self.refine(prototypes, counts, query_embeddings))
 
-    # ------------------------------------------------------------------ frozen refinement
-    def fit_query_embeddings(self, query_embeddings: torch.Tensor) -> "TransductivePrototypes":
-        """Refine with these query embeddings (n_query, D) and freeze the result."""
-        self._require_fitted()
+    def freeze_queries(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> FittedEpisode:
+        """A fitted episode whose prototypes are refined with these query embeddings (n_query, D)
+        and then frozen (``extras_["refined_prototypes"]``)."""
         with torch.no_grad():
-            self.refined_prototypes_ = self.refine(self.prototypes_, self.class_counts_,
-                                                   query_embeddings.detach()).detach()
-        return self
-
-    def fit_queries(self, query_images: torch.Tensor) -> "TransductivePrototypes":
-        """Refine with these query images (n_query, C, H, W) and freeze the result (for attribution)."""
-        self._require_fitted()
-        self._check_images(query_images, "query_images")
-        with torch.no_grad():
-            return self.fit_query_embeddings(self.embed(query_images))
-
-    def clear_queries(self) -> "TransductivePrototypes":
-        """Go back to refining with each batch given."""
-        self.refined_prototypes_ = None
-        return self
-
-    def fit_support_embeddings(self, support_embeddings: torch.Tensor, support_labels: torch.Tensor) -> "TransductivePrototypes":
-        self.refined_prototypes_ = None
-        return super().fit_support_embeddings(support_embeddings, support_labels)
-
-    def add_to_class(self, embedding: torch.Tensor, label: int) -> "TransductivePrototypes":
-        super().add_to_class(embedding, label)
-        self.refined_prototypes_ = None
-        return self
+            refined = self.refine(fitted.prototypes_, fitted.class_counts_, query_embeddings).detach()
+        return FittedEpisode(self, fitted.support_embeddings_, fitted.support_labels_, fitted.prototypes_,
+                             {**fitted.extras_, "refined_prototypes": refined})
 
     def config(self) -> dict:
         return super().config() | {"model": self.name, "iterations": self.iterations,

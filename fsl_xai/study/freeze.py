@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import EpisodeError
 from .design import StudyDesign, load_design
-from .store import ResponseStore
+from .store import ResponseStore, StudyStoreError
 
 STORE_NAME = "study.sqlite"
 
@@ -125,13 +125,13 @@ def freeze_study(study_file: str | Path, out_dir: str | Path, progress: bool = T
         images = images.convert(channels=model.backbone.in_channels, size=tuple(model.backbone.image_size))
     episode = _episode_and_cases(design, images)
     s_img, s_lab, q_img, q_lab = episode.tensors(images)
-    model.fit_support(s_img, s_lab)
+    fitted = model.fit(s_img, s_lab).with_queries(q_img)
     with torch.no_grad():
-        logits = model(q_img)
+        logits = fitted(q_img)
     probs = torch.softmax(logits, dim=1)
     pred = logits.argmax(1)
     panels = {p for c in design.conditions for p in c.show}
-    maps = explain(model, q_img, method=design.method, target="predicted", episode_id=episode.episode_id) \
+    maps = explain(fitted, q_img, method=design.method, target="predicted", episode_id=episode.episode_id) \
         if {"heatmap", "badges"} & panels else None
     provenance_common = {
         "model_fingerprint": model.fingerprint(), "model_config": model.config(),
@@ -160,7 +160,7 @@ def freeze_study(study_file: str | Path, out_dir: str | Path, progress: bool = T
             extra["nearest_support"] = [{"sample_id": str(row["sample_id"]), "class": str(row["class"]),
                                          "image_png": _png_b64(support_np[int(row["support_index"])])}
                                         for _, row in near.iterrows()]
-        if "badges" in panels:
+        if "badges" in panels and maps is not None:  # maps are computed whenever badges are shown
             from ..explain.quality import badges
 
             b = badges(model, q_img[i], design.method, s_img, s_lab, attribution=maps.maps[i:i + 1])
@@ -192,9 +192,12 @@ def add_raters(db: str | Path, n: int, role: str = "rater") -> list[tuple[str, s
     from .design import parse_design
 
     with ResponseStore(db) as store:
-        design = parse_design(json.loads(store.meta("design")))
-        cases = json.loads(store.meta("case_ids"))
-        existing = store._conn.execute("SELECT COUNT(*) FROM raters").fetchone()[0]
+        design_json, cases_json = store.meta("design"), store.meta("case_ids")
+        if design_json is None or cases_json is None:
+            raise StudyStoreError(f"{db} holds no frozen study design; run `fsl-xai study freeze` on it first")
+        design = parse_design(json.loads(design_json))
+        cases = json.loads(cases_json)
+        existing = store.n_raters()
         out = []
         for r in range(existing, existing + n):
             items = [f"{c}|{k}" for c, k in design.assign(cases, r)]

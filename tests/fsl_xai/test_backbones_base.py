@@ -80,19 +80,24 @@ def episode():
 def test_prototypes_are_class_means(episode) -> None:
     s, sl, q, _ = episode
     model = tiny_model()
-    model.fit_support(s, sl)
+    before = model.fingerprint()
+    fitted = model.fit(s, sl)
     with torch.no_grad():
         emb = model.embed(s)
     expected = torch.stack([emb[sl == k].mean(0) for k in range(3)])
-    torch.testing.assert_close(model.prototypes_, expected)
-    torch.testing.assert_close(model.support_embeddings_, emb)
-    assert model.support_labels_.tolist() == sl.tolist()
-    assert model.class_counts_.tolist() == [3, 3, 3]
+    torch.testing.assert_close(fitted.prototypes_, expected)
+    torch.testing.assert_close(fitted.support_embeddings_, emb)
+    assert fitted.support_labels_.tolist() == sl.tolist()
+    assert fitted.class_counts_.tolist() == [3, 3, 3]
+    assert fitted.n_way == 3 and fitted.model is model and fitted.backbone is model.backbone
+    # fitting returns a value: the model keeps no support state and its weights are untouched
+    assert not any(k.endswith("_") for k in vars(model) if not k.startswith("_"))
+    assert model.fingerprint() == before == fitted.fingerprint()
 
 
 def test_logits_are_minus_squared_distance(episode) -> None:
     s, sl, q, ql = episode
-    model = tiny_model().fit_support(s, sl)
+    model = tiny_model().fit(s, sl)
     with torch.no_grad():
         logits = model(q)
         qe = model.embed(q)
@@ -109,26 +114,26 @@ def test_logits_are_minus_squared_distance(episode) -> None:
 def test_logits_on_hand_made_embeddings() -> None:
     model = tiny_model()
     support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
-    model.fit_support_embeddings(support, torch.tensor([0, 0, 1]))
-    torch.testing.assert_close(model.prototypes_, torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
-    logits = model.logits_from_embeddings(torch.tensor([[1.0, 1.0], [3.0, 4.0]]))
+    fitted = model.fit_embeddings(support, torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(fitted.prototypes_, torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    logits = fitted.logits_from_embeddings(torch.tensor([[1.0, 1.0], [3.0, 4.0]]))
     # (1,1): to (1,0) 1, to (0,4) 1+9=10; (3,4): to (1,0) 4+16=20, to (0,4) 9
     torch.testing.assert_close(logits, torch.tensor([[-1.0, -10.0], [-20.0, -9.0]]))
 
 
 def test_cosine_option(episode) -> None:
     s, sl, q, _ = episode
-    model = tiny_model(distance="cosine", cosine_scale=5.0).fit_support(s, sl)
+    model = tiny_model(distance="cosine", cosine_scale=5.0).fit(s, sl)
     with torch.no_grad():
         logits = model(q)
         qe = model.embed(q)
     expected = 5.0 * F.cosine_similarity(qe[:, None, :], model.prototypes_[None, :, :], dim=-1)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert logits.abs().max() <= 5.0 + 1e-5
-    assert model.config() == {"model": "protonet", "distance": "cosine", "cosine_scale": 5.0}
+    assert model.model.config() == {"model": "protonet", "distance": "cosine", "cosine_scale": 5.0}
     hand = tiny_model(distance="cosine", cosine_scale=1.0)
-    hand.fit_support_embeddings(torch.tensor([[1.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 1]))
-    torch.testing.assert_close(hand.logits_from_embeddings(torch.tensor([[2.0, 2.0]])),
+    hand_fit = hand.fit_embeddings(torch.tensor([[1.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 1]))
+    torch.testing.assert_close(hand_fit.logits_from_embeddings(torch.tensor([[2.0, 2.0]])),
                                torch.tensor([[2 ** -0.5, 2 ** -0.5]]))
 
 
@@ -136,10 +141,14 @@ def test_cosine_option(episode) -> None:
 def test_add_to_class_equals_refit(episode, distance: str) -> None:
     s, sl, q, _ = episode
     extra, extra_label = q[1:2], 0
-    incremental = tiny_model(distance=distance).fit_support(s, sl)
+    original = tiny_model(distance=distance).fit(s, sl)
+    kept = original.prototypes_.clone()
     with torch.no_grad():
-        incremental.add_to_class(incremental.embed(extra)[0], extra_label)
-    refit = tiny_model(distance=distance).fit_support(torch.cat([s, extra]), torch.cat([sl, torch.tensor([extra_label])]))
+        incremental = original.add_to_class(original.embed(extra)[0], extra_label)
+    # a new fitted episode; the original keeps its own support set
+    assert incremental is not original and torch.equal(original.prototypes_, kept)
+    assert original.class_counts_.tolist() == [3, 3, 3]
+    refit = tiny_model(distance=distance).fit(torch.cat([s, extra]), torch.cat([sl, torch.tensor([extra_label])]))
     torch.testing.assert_close(incremental.prototypes_, refit.prototypes_)
     assert incremental.class_counts_.tolist() == [4, 3, 3]
     assert incremental.support_labels_.tolist() == refit.support_labels_.tolist()
@@ -153,18 +162,17 @@ def test_add_to_class_equals_refit(episode, distance: str) -> None:
 def test_unfitted_model(episode) -> None:
     s, sl, q, _ = episode
     model = tiny_model()
-    with pytest.raises(ModelError, match=r"no support set yet; call fit_support"):
+    with pytest.raises(ModelError, match=r"no support set; call fitted = model.fit\(support_images"):
         model(q)
-    with pytest.raises(ModelError, match="no support set yet"):
-        model.add_to_class(torch.zeros(8), 0)
+    assert not hasattr(model, "add_to_class") and not hasattr(model, "fit_support")
 
 
 def test_wrong_channel_count(episode) -> None:
     s, sl, q, _ = episode
     model = tiny_model(channels=1)
     with pytest.raises(ModelError, match=r"support_images have 3 channel\(s\) but the backbone expects 1"):
-        model.fit_support(s.repeat(1, 3, 1, 1), sl)
-    model.fit_support(s, sl)
+        model.fit(s.repeat(1, 3, 1, 1), sl)
+    model = model.fit(s, sl)
     with pytest.raises(ModelError, match=r"query_images have 3 channel\(s\).*convert"):
         model(q.repeat(1, 3, 1, 1))
     with pytest.raises(ModelError, match=r"must be a tensor \(N, C, H, W\), got \(1, 28, 28\)"):
@@ -175,13 +183,13 @@ def test_bad_support_labels(episode) -> None:
     s, sl, _, _ = episode
     model = tiny_model()
     with pytest.raises(ModelError, match="9 support images but 8 support labels"):
-        model.fit_support(s, sl[:-1])
+        model.fit(s, sl[:-1])
     with pytest.raises(ModelError, match=r"classes \[1\] have no image"):
-        model.fit_support(s, torch.where(sl == 1, 2, sl))
+        model.fit(s, torch.where(sl == 1, 2, sl))
     with pytest.raises(ModelError, match="support set is empty"):
-        model.fit_support_embeddings(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ModelError):
-        model.fit_support(s, sl - 1)
+        model.fit_embeddings(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ModelError, match="must be episode labels"):
+        model.fit(s, sl - 1)
 
 
 def test_episode_logits_equal_fit_then_forward(episode) -> None:
@@ -190,7 +198,7 @@ def test_episode_logits_equal_fit_then_forward(episode) -> None:
     joint = model.episode_logits(s, sl, q)
     assert joint.requires_grad  # differentiable: used for meta-training and support attribution
     with torch.no_grad():
-        separate = model.fit_support(s, sl)(q)
+        separate = model.fit(s, sl)(q)
     torch.testing.assert_close(joint.detach(), separate, rtol=1e-4, atol=1e-4)
     joint.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.backbone.parameters())
@@ -198,7 +206,7 @@ def test_episode_logits_equal_fit_then_forward(episode) -> None:
 
 def test_forward_is_differentiable_wrt_pixels(episode) -> None:
     s, sl, q, _ = episode
-    model = tiny_model().fit_support(s, sl)
+    model = tiny_model().fit(s, sl)
     x = q[:2].clone().requires_grad_(True)
     model(x)[:, 0].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()

@@ -37,7 +37,7 @@ def build(name: str = "protonet", channels: int = 3, seed: int = 0, base=None):
     backbone = make_backbone("conv4", in_channels=channels, image_size=28, width=16)
     model = make_model(name, backbone, **MODEL_OPTIONS.get(name, {})).eval()
     if name == "simpleshot" and base is not None:
-        model.fit_base(base)
+        model.fit_base(embed_all(model, base, progress=False))
     return model
 
 
@@ -56,7 +56,7 @@ def test_cached_evaluation_equals_naive_per_episode_evaluation(pbc, name):
         episode = sampler.sample(i)
         support, support_labels, query, query_labels = episode.tensors(pbc)
         with torch.no_grad():
-            logits = naive.fit_support(support, support_labels)(query)
+            logits = naive.fit(support, support_labels)(query)
         rows = table[table.episode == i]
         assert rows.sample_id.tolist() == list(episode.query_ids)
         assert rows.true_label.tolist() == query_labels.tolist()
@@ -181,17 +181,22 @@ def test_errors_are_clear(pbc):
         embed_all(model, pbc, batch_size=0)
 
 
-def test_evaluate_restores_the_fitted_support(pbc):
+def test_evaluate_leaves_the_model_and_a_fitted_episode_unchanged(pbc):
     model = build("transductive")
     sup = torch.from_numpy(pbc.images[:4])
-    model.fit_support(sup, torch.tensor([0, 0, 1, 1]))
-    model.fit_queries(torch.from_numpy(pbc.images[4:8]))
-    before = {k: getattr(model, k) for k in ("prototypes_", "support_embeddings_", "refined_prototypes_")}
+    fitted = model.fit(sup, torch.tensor([0, 0, 1, 1])).with_queries(torch.from_numpy(pbc.images[4:8]))
+    before = {k: v.clone() for k, v in (("prototypes", fitted.prototypes_), ("support", fitted.support_embeddings_),
+                                         ("refined", fitted.extras_["refined_prototypes"]))}
+    weights = model.fingerprint()
     model.train()
     evaluate(model, pbc, 3, 1, 2, episodes=3, progress=False)
-    for k, v in before.items():
-        assert getattr(model, k) is v
+    assert torch.equal(before["prototypes"], fitted.prototypes_)
+    assert torch.equal(before["support"], fitted.support_embeddings_)
+    assert torch.equal(before["refined"], fitted.extras_["refined_prototypes"])
+    assert not [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
     assert model.training  # the mode is restored too
+    model.eval()
+    assert model.fingerprint() == weights
 
 
 def test_progress_bar(pbc, capsys):
@@ -248,13 +253,14 @@ def test_embed_all_disk_cache(pbc, cache_dir):
     torch.testing.assert_close(fixed, first)
 
 
-def test_simpleshot_fit_base_from_images_equals_from_embeddings(pbc):
+def test_simpleshot_base_mean_is_the_mean_base_embedding(pbc):
     base = pbc.subset(np.arange(300))
     a = build("simpleshot", base=base)
-    b = build("simpleshot", base=embed_all(build("simpleshot"), base))
-    torch.testing.assert_close(a.base_mean_, b.base_mean_)
-    c = build("simpleshot", base=torch.from_numpy(base.images))  # a (N, C, H, W) tensor, as training passes
-    torch.testing.assert_close(c.base_mean_, b.base_mean_)
+    torch.testing.assert_close(a.base_mean_, embed_all(build("simpleshot"), base, progress=False).mean(0))
+    b = build("simpleshot", base=torch.from_numpy(base.images))  # a (N, C, H, W) tensor, as training passes
+    torch.testing.assert_close(b.base_mean_, a.base_mean_)
+    with pytest.raises(ModelError, match=r"embeddings \(n_base, D\).*embed_all"):
+        build("simpleshot").fit_base(torch.from_numpy(base.images))
     r_centred = evaluate(a, pbc, 3, 5, 5, episodes=5, progress=False)
     r_plain = evaluate(build("simpleshot"), pbc, 3, 5, 5, episodes=5, progress=False)
     assert not np.allclose(r_centred.predictions.margin, r_plain.predictions.margin)

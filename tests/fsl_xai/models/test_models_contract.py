@@ -50,14 +50,18 @@ def case(request):
 
 def test_forward_shape_finite_and_prototypes(case):
     name, model, (support, labels, query) = case
-    model.fit_support(support, labels)
-    logits = model(query)
+    before = model.fingerprint()
+    fitted = model.fit(support, labels)
+    logits = fitted(query)
     assert logits.shape == (len(query), N_WAY)
     assert torch.isfinite(logits).all()
-    assert model.prototypes_.shape == (N_WAY, model.backbone.out_dim)
-    assert torch.equal(model.support_labels_, labels)
-    assert model.support_embeddings_.shape == (len(support), model.backbone.out_dim)
-    torch.testing.assert_close(model.distances(query), -logits)
+    assert fitted.prototypes_.shape == (N_WAY, model.backbone.out_dim)
+    assert torch.equal(fitted.support_labels_, labels)
+    assert fitted.support_embeddings_.shape == (len(support), model.backbone.out_dim)
+    torch.testing.assert_close(fitted.distances(query), -logits)
+    # fitting left the model as it was: same weights, no support state of its own
+    assert model.fingerprint() == before
+    assert not [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
     # the logits separate the queries at least somewhat: not all identical
     assert logits.std() > 0
 
@@ -67,26 +71,25 @@ def test_deterministic_rebuild(case):
     channels = support.shape[1]
     other = build(name, model.backbone.backbone_name, channels)
     assert model.fingerprint() == other.fingerprint()
-    a = model.fit_support(support, labels)(query)
-    b = other.fit_support(support, labels)(query)
+    a = model.fit(support, labels)(query)
+    b = other.fit(support, labels)(query)
     assert torch.equal(a, b)
 
 
 def test_forward_matches_episode_logits(case):
     name, model, (support, labels, query) = case
-    model.fit_support(support, labels)
     with torch.no_grad():
-        fitted = model(query)
+        fitted = model.fit(support, labels)(query)
         joint = model.episode_logits(support, labels, query)
     torch.testing.assert_close(joint, fitted, atol=1e-4, rtol=1e-4)
 
 
 def test_forward_differentiable_wrt_query_pixels(case):
     name, model, (support, labels, query) = case
-    assert model.differentiable, f"{name} should be differentiable with respect to query pixels"
-    model.fit_support(support, labels)
+    assert model.is_differentiable(), f"{name} should be differentiable with respect to query pixels"
+    fitted = model.fit(support, labels)
     pixels = query.clone().requires_grad_(True)
-    model(pixels)[:, 0].sum().backward()
+    fitted(pixels)[:, 0].sum().backward()
     assert pixels.grad is not None
     assert torch.isfinite(pixels.grad).all()
     assert pixels.grad.abs().sum() > 0
@@ -117,43 +120,47 @@ def test_state_dict_round_trip(case):
         fresh.base_mean_ = torch.zeros(0)  # a model that never saw fit_base loads one that did
     fresh.load_state_dict(model.state_dict())
     assert fresh.fingerprint() == model.fingerprint()
-    torch.testing.assert_close(fresh.fit_support(support, labels)(query), model.fit_support(support, labels)(query))
+    torch.testing.assert_close(fresh.fit(support, labels)(query), model.fit(support, labels)(query))
 
 
 def test_add_to_class_matches_refit(case):
     """The incremental update gives the same predictions as fitting the enlarged support set."""
     name, model, (support, labels, query) = case
     extra = query[:1]
-    model.fit_support(support, labels)
+    fitted = model.fit(support, labels)
     with torch.no_grad():
-        model.add_to_class(model.embed(extra)[0], 2)
-        updated = model(query)
-    assert model.class_counts_.tolist() == [N_SHOT, N_SHOT, N_SHOT + 1]
-    refit = build(name, model.backbone.backbone_name, support.shape[1])
-    refit.fit_support(torch.cat([support, extra]), torch.cat([labels, torch.tensor([2])]))
+        before = fitted(query)
+        grown = fitted.add_to_class(model.embed(extra)[0], 2)
+        updated = grown(query)
+        # the original fitted episode is unchanged
+        torch.testing.assert_close(fitted(query), before, atol=0, rtol=0)
+    assert fitted.class_counts_.tolist() == [N_SHOT] * N_WAY
+    assert grown.class_counts_.tolist() == [N_SHOT, N_SHOT, N_SHOT + 1]
+    refit = build(name, model.backbone.backbone_name, support.shape[1]).fit(
+        torch.cat([support, extra]), torch.cat([labels, torch.tensor([2])]))
     with torch.no_grad():
         torch.testing.assert_close(updated, refit(query), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(model.prototypes_, refit.prototypes_, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grown.prototypes_, refit.prototypes_, atol=1e-5, rtol=1e-5)
 
 
 def test_add_to_class_rejects_unknown_label(case):
     name, model, (support, labels, query) = case
-    model.fit_support(support, labels)
+    fitted = model.fit(support, labels)
     with torch.no_grad():
         e = model.embed(query[:1])[0]
     with pytest.raises(ModelError, match="not a class"):
-        model.add_to_class(e, N_WAY)
+        fitted.add_to_class(e, N_WAY)
 
 
 def test_unfitted_and_wrong_channels_are_clear_errors(case):
     name, model, (support, labels, query) = case
-    with pytest.raises(ModelError, match="fit_support"):
+    with pytest.raises(ModelError, match=r"model\.fit\("):
         model(query)
     wrong = torch.rand(len(support), 4 - support.shape[1] if support.shape[1] == 1 else 1, SIZE, SIZE)
     with pytest.raises(ModelError, match="channel"):
-        model.fit_support(wrong, labels)
+        model.fit(wrong, labels)
     with pytest.raises(ModelError, match="no image|without gaps"):
-        model.fit_support(support, labels * 2)
+        model.fit(support, labels * 2)
 
 
 def test_unknown_model_and_bad_option():

@@ -19,7 +19,7 @@ def test_centred_normalised_nearest_centroid():
     m = model().fit_base(torch.tensor([[0.0, 0.0], [2.0, 2.0]]))  # base mean (1, 1)
     torch.testing.assert_close(m.base_mean_, torch.tensor([1.0, 1.0]))
     # centred: (2, 0) and (0, 2); normalised: (1, 0) and (0, 1)
-    m.fit_support_embeddings(torch.tensor([[3.0, 1.0], [1.0, 3.0]]), torch.tensor([0, 1]))
+    m = m.fit_embeddings(torch.tensor([[3.0, 1.0], [1.0, 3.0]]), torch.tensor([0, 1]))
     torch.testing.assert_close(m.prototypes_, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     # query (4, 2) -> centred (3, 1) -> unit (3, 1)/sqrt(10); squared distance to a unit
     # prototype = 2 - 2 cos: cos = 3/sqrt(10) and 1/sqrt(10)
@@ -31,18 +31,18 @@ def test_centred_normalised_nearest_centroid():
 def test_prototype_is_mean_of_transformed_support():
     m = model().fit_base(torch.tensor([[1.0, 1.0]]))
     # (1, 3) -> (0, 2) -> (0, 1); (5, 1) -> (4, 0) -> (1, 0): the mean is (0.5, 0.5), not unit length
-    m.fit_support_embeddings(torch.tensor([[1.0, 3.0], [5.0, 1.0], [1.0, -1.0]]), torch.tensor([0, 0, 1]))
+    m = m.fit_embeddings(torch.tensor([[1.0, 3.0], [5.0, 1.0], [1.0, -1.0]]), torch.tensor([0, 0, 1]))
     torch.testing.assert_close(m.prototypes_, torch.tensor([[0.5, 0.5], [0.0, -1.0]]))
 
 
 def test_without_base_mean_centring_is_skipped():
     m = model()
     assert not m.has_base_mean
-    m.fit_support_embeddings(torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1]))
+    m = m.fit_embeddings(torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1]))
     torch.testing.assert_close(m.prototypes_, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     # with centring on (1, 1) the same support gives other prototypes
     c = model().fit_base(torch.tensor([[1.0, 1.0]]))
-    c.fit_support_embeddings(torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1]))
+    c = c.fit_embeddings(torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1]))
     assert not torch.allclose(c.prototypes_, m.prototypes_)
 
 
@@ -51,8 +51,8 @@ def test_centring_matters_for_the_decision():
     offset = torch.tensor([10.0, 10.0])
     support = torch.tensor([[1.0, 0.0], [0.0, 1.0]]) + offset
     query = torch.tensor([[0.8, 0.0]]) + offset
-    plain = model(center=False).fit_support_embeddings(support, torch.tensor([0, 1]))
-    centred = model().fit_base(offset[None]).fit_support_embeddings(support, torch.tensor([0, 1]))
+    plain = model(center=False).fit_embeddings(support, torch.tensor([0, 1]))
+    centred = model().fit_base(offset[None]).fit_embeddings(support, torch.tensor([0, 1]))
     assert centred.logits_from_embeddings(query).argmax().item() == 0
     gap_plain = plain.logits_from_embeddings(query).diff().abs().item()
     gap_centred = centred.logits_from_embeddings(query).diff().abs().item()
@@ -72,8 +72,8 @@ def test_base_mean_is_saved_in_state_dict():
 
 def test_add_to_class_uses_transformed_embedding():
     m = model().fit_base(torch.tensor([[1.0, 1.0]]))
-    m.fit_support_embeddings(torch.tensor([[3.0, 1.0], [1.0, 3.0]]), torch.tensor([0, 1]))
-    m.add_to_class(torch.tensor([1.0, 5.0]), 0)  # -> (0, 4) -> (0, 1)
+    m = m.fit_embeddings(torch.tensor([[3.0, 1.0], [1.0, 3.0]]), torch.tensor([0, 1]))
+    m = m.add_to_class(torch.tensor([1.0, 5.0]), 0)  # -> (0, 4) -> (0, 1)
     torch.testing.assert_close(m.prototypes_[0], torch.tensor([0.5, 0.5]))
     assert m.support_embeddings_[-1].tolist() == [1.0, 5.0]  # stored raw, as the support set
     assert m.class_counts_.tolist() == [2, 1]
@@ -86,4 +86,4 @@ def test_fit_base_errors():
         model().fit_base(torch.tensor([[float("nan"), 1.0]]))
     m = model().fit_base(torch.zeros(2, 3))
     with pytest.raises(ModelError, match="fit_base again"):
-        m.fit_support_embeddings(torch.zeros(2, 2), torch.tensor([0, 1]))
+        m = m.fit_embeddings(torch.zeros(2, 2), torch.tensor([0, 1]))

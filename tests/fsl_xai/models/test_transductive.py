@@ -15,7 +15,7 @@ LABELS = torch.tensor([0, 1])
 
 def test_one_iteration_by_hand():
     m = make_model("transductive", torch.nn.Identity(), iterations=1, temperature=10.0)
-    m.fit_support_embeddings(SUPPORT, LABELS)
+    m = m.fit_embeddings(SUPPORT, LABELS)
     logits = m.logits_from_embeddings(torch.tensor([[2.0]]))
     # squared distances 4 and 64; assignments softmax(-d / 10)
     a0, a1 = math.exp(-0.4), math.exp(-6.4)
@@ -46,38 +46,42 @@ def test_several_iterations_match_a_numpy_soft_kmeans():
     labels = np.array([0, 0, 1, 1, 2, 2])
     query = rng.normal(size=(9, 3))
     m = make_model("transductive", torch.nn.Identity(), iterations=4, temperature=2.0, query_weight=0.5)
-    m.fit_support_embeddings(torch.tensor(support, dtype=torch.float64), torch.tensor(labels))
+    m = m.fit_embeddings(torch.tensor(support, dtype=torch.float64), torch.tensor(labels))
     got = m.logits_from_embeddings(torch.tensor(query, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(got, _numpy_soft_kmeans(support, labels, query, 4, 2.0, 0.5), rtol=1e-10)
 
 
 def test_zero_iterations_is_protonet():
     q = torch.tensor([[2.0], [7.0]])
-    t = make_model("transductive", torch.nn.Identity(), iterations=0).fit_support_embeddings(SUPPORT, LABELS)
-    p = make_model("protonet", torch.nn.Identity()).fit_support_embeddings(SUPPORT, LABELS)
+    t = make_model("transductive", torch.nn.Identity(), iterations=0).fit_embeddings(SUPPORT, LABELS)
+    p = make_model("protonet", torch.nn.Identity()).fit_embeddings(SUPPORT, LABELS)
     torch.testing.assert_close(t.logits_from_embeddings(q), p.logits_from_embeddings(q))
 
 
 def test_queries_in_one_batch_change_each_other():
-    m = make_model("transductive", torch.nn.Identity(), temperature=10.0).fit_support_embeddings(SUPPORT, LABELS)
+    m = make_model("transductive", torch.nn.Identity(), temperature=10.0).fit_embeddings(SUPPORT, LABELS)
     alone = m.logits_from_embeddings(torch.tensor([[4.0]]))
     # many queries near 3 pull prototype 0 towards them, so the query at 4 gets closer to it
     together = m.logits_from_embeddings(torch.tensor([[4.0], [3.0], [3.0], [3.0]]))[:1]
     assert together[0, 0] > alone[0, 0]
 
 
-def test_fit_queries_freezes_the_refinement():
-    m = make_model("transductive", torch.nn.Identity(), temperature=10.0).fit_support_embeddings(SUPPORT, LABELS)
+def test_with_queries_freezes_the_refinement():
+    m = make_model("transductive", torch.nn.Identity(), temperature=10.0).fit_embeddings(SUPPORT, LABELS)
     batch = torch.tensor([[4.0], [3.0], [3.0], [3.0]])
     together = m.logits_from_embeddings(batch)
-    m.fit_query_embeddings(batch)
+    frozen = m.with_query_embeddings(batch)
     # now a single query is scored against the prototypes refined with the whole batch
-    torch.testing.assert_close(m.logits_from_embeddings(batch[:1]), together[:1])
-    m.clear_queries()
+    torch.testing.assert_close(frozen.logits_from_embeddings(batch[:1]), together[:1])
+    # the episode it came from still refines with whatever batch it is given
+    assert "refined_prototypes" not in m.extras_
     assert not torch.allclose(m.logits_from_embeddings(batch[:1]), together[:1])
-    m.fit_query_embeddings(batch)
-    m.fit_support_embeddings(SUPPORT, LABELS)  # a new support set drops the frozen refinement
-    assert m.refined_prototypes_ is None
+    # a grown support set drops the frozen refinement
+    grown = frozen.add_to_class(torch.tensor([3.5]), 0)
+    assert "refined_prototypes" not in grown.extras_
+    assert m.model.refines_with_queries()
+    plain = make_model("transductive", torch.nn.Identity(), iterations=0).fit_embeddings(SUPPORT, LABELS)
+    assert plain.with_query_embeddings(batch) is plain and not plain.model.refines_with_queries()
 
 
 def test_refinement_helps_on_shifted_queries():
@@ -87,8 +91,8 @@ def test_refinement_helps_on_shifted_queries():
     labels = torch.tensor([0, 0, 1, 1])
     query = torch.cat([3 + 3.5 * torch.rand(10, 1, generator=gen), 13 + 3 * torch.rand(10, 1, generator=gen)])
     truth = torch.arange(2).repeat_interleave(10)
-    proto = make_model("protonet", torch.nn.Identity()).fit_support_embeddings(support, labels)
-    trans = make_model("transductive", torch.nn.Identity(), iterations=5, temperature=5.0).fit_support_embeddings(support, labels)
+    proto = make_model("protonet", torch.nn.Identity()).fit_embeddings(support, labels)
+    trans = make_model("transductive", torch.nn.Identity(), iterations=5, temperature=5.0).fit_embeddings(support, labels)
     acc_proto = (proto.logits_from_embeddings(query).argmax(1) == truth).float().mean()
     acc_trans = (trans.logits_from_embeddings(query).argmax(1) == truth).float().mean()
     assert acc_trans > acc_proto
