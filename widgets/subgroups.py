@@ -4,15 +4,17 @@ from the many-episode predictions table; a subgroup opens its failure cases."""
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from . import _backend as backend
 from ._base import FigureSlot, View
 from .figures import subgroup_figure
+
+if TYPE_CHECKING:
+    from fsl_xai.metrics import SubgroupReport
 
 _SKIP = {"sample_id", "episode", "episode_id", "query_index", "true_label", "pred_label", "correct", "margin",
          "true_margin", "pred_class", "filenames", "filename", "image_id", "lesion_id", "split", "path"}
@@ -32,17 +34,23 @@ class SubgroupDashboard(View):
         self.run_button = w.Button(description="compute", icon="bar-chart", button_style="primary",
                                    tooltip="error rates per subgroup (evaluates the episodes first if needed)")
         self.run_button.on_click(self.guard(lambda _: self.compute()))
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="140px"))
         self.slot = FigureSlot(css_class="fsl-subgroup-bars", on_figure=self._wire)
         self.table_html = w.HTML()
         self.flag_html = w.HTML()
-        self.group = w.Dropdown(description="subgroup", layout=w.Layout(width="320px"), style={"description_width": "60px"})
+        self.group = w.Dropdown(description="subgroup", layout=w.Layout(width="320px"),
+                                style={"description_width": "60px"})
         self.cases = w.Select(rows=6, layout=w.Layout(width="560px"))
         self.open_button = w.Button(description="open case", icon="search")
         self.open_button.on_click(self.guard(lambda _: self.open_selected()))
         self.group.observe(self.guard(lambda _: self._fill_cases()), names="value")
         self.table: pd.DataFrame | None = None
+        self.report: SubgroupReport | None = None
+        self.disparity: dict[str, Any] | None = None
+        self.by_used: list[str] = []
         self.children = [w.HTML("<b>subgroup dashboard</b> (error rates over the failure explorer's episodes)"),
-                         w.HBox([self.by, w.VBox([self.min_n, self.run_button])]), self.error_area, self.flag_html,
+                         w.HBox([self.by, w.VBox([self.min_n, self.run_button, self.progress])]), self.error_area,
+                         self.flag_html,
                          self.slot, self.table_html, w.HTML("<b>failure cases of a subgroup</b>"),
                          self.group, self.cases, self.open_button]
         state.observe(self.guard(lambda _: self._on_predictions()), names=["predictions", "images"])
@@ -67,21 +75,28 @@ class SubgroupDashboard(View):
             self.by.options = cols
             self.by.value = keep or tuple(cols[:1])
 
+    def _tick(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+
     def compute(self) -> pd.DataFrame:
-        """Compute the table (and the disparity) for the chosen columns, evaluating episodes if needed."""
+        """Compute the report (and the disparity) for the chosen columns, evaluating episodes if needed;
+        returns the table shown (without the overall row)."""
+        from fsl_xai.metrics import disparity, subgroup_report
+
         s = self.state
         by = list(self.by.value)
         if not by:
             raise ValueError("choose at least one column to group by")
-        predictions = s.predictions if s.predictions is not None else s.evaluate_many(self.episodes)
+        predictions = s.predictions if s.predictions is not None else s.evaluate_many(self.episodes,
+                                                                                      progress=self._tick)
         missing = [c for c in by if c not in predictions.columns]
         if missing:
             raise ValueError(f"the predictions table has no column(s) {missing}")
-        table = backend.subgroup_table(predictions, by, min_n=self.min_n.value)
-        if "group" in table.columns:
-            table = table[table["group"] != "all"].reset_index(drop=True)
-        disp = backend.disparity(predictions, by, min_n=self.min_n.value)
-        self.table, self.disparity, self.by_used = table, disp, by
+        report = subgroup_report(predictions, by=by, min_n=self.min_n.value, per_class=False, progress=self._tick)
+        table = report.table[report.table["group"] != "all"].reset_index(drop=True)
+        disp = disparity(report)
+        self.report, self.table, self.disparity, self.by_used = report, table, disp, by
         self.slot.show(subgroup_figure(table, by, disp))
         self.table_html.value = self._table_html(table)
         self.flag_html.value = self._flag_html(disp)
@@ -95,8 +110,8 @@ class SubgroupDashboard(View):
                         f"<td>{100 * r['error_rate']:.1f}%</td><td>{100 * r['error_ci_low']:.1f}-"
                         f"{100 * r['error_ci_high']:.1f}%</td><td>{html.escape(str(r.get('note', '')))}</td></tr>")
         method = html.escape(str(table["ci_method"].iloc[0])) if len(table) and "ci_method" in table else ""
-        return ("<table style='font-size:90%'><tr><th>group</th><th>n</th><th>error</th><th>95% CI</th><th>note</th></tr>"
-                + "".join(rows) + f"</table><span style='color:#666'>interval: {method}</span>")
+        return ("<table style='font-size:90%'><tr><th>group</th><th>n</th><th>error</th><th>95% CI</th>"
+                "<th>note</th></tr>" + "".join(rows) + f"</table><span style='color:#666'>interval: {method}</span>")
 
     @staticmethod
     def _flag_html(disp: dict | None) -> str:
@@ -120,26 +135,22 @@ class SubgroupDashboard(View):
 
     def cases_of(self, row: int) -> pd.DataFrame:
         """The wrong predictions of subgroup ``row`` of the table, most confident first."""
-        preds = self.state.predictions
-        r = self.table.iloc[row]
-        mask = ~preds["correct"].astype(bool).to_numpy()
-        for col in self.by_used:
-            try:
-                from fsl_xai.metrics import bin_column
-
-                values = bin_column(preds[col], name=col).astype(str).to_numpy()
-            except ImportError:
-                values = preds[col].astype(str).to_numpy()
-            mask &= values == str(r[col])
+        if self.report is None or self.table is None:
+            raise ValueError("compute the subgroup table first")
+        preds = self.report.predictions
+        mask = self.report.rows(str(self.table.iloc[row]["group"])) & ~preds["correct"].astype(bool).to_numpy()
         return preds[mask].sort_values("margin", ascending=False)
 
     def _fill_cases(self) -> None:
         if self.table is None or self.group.value is None:
             return
         cases = self.cases_of(self.group.value)
-        self.cases.options = [(f"episode {int(c.episode)} query {int(c.query_index)} · {c.sample_id} · true "
-                               f"{c.true_class}, predicted {c.pred_class} · margin {c.margin:.3f}",
-                               (int(c.episode), int(c.query_index))) for c in cases.head(300).itertuples()]
+        head = cases.head(300)
+        self.cases.options = [
+            (f"episode {ep} query {q} · {sid} · true {true}, predicted {pred} · margin {margin:.3f}", (int(ep), int(q)))
+            for ep, q, sid, true, pred, margin in zip(
+                head["episode"].to_numpy(dtype=int), head["query_index"].to_numpy(dtype=int), head["sample_id"],
+                head["true_class"], head["pred_class"], head["margin"].to_numpy(dtype=float), strict=True)]
         r = self.table.iloc[self.group.value]
         self.state.focus = {col: str(r[col]) for col in self.by_used}
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -183,7 +183,7 @@ def cross_population(
             f"only {len(eligible)} class(es) have at least n_shot + n_query = {n_shot + n_query} images in the support "
             f"subgroup and n_query = {n_query} in the query subgroup, but n_way = {n_way} ({detail}); lower n_way, "
             "n_shot or n_query, or widen the subgroups")
-    eligible = np.asarray(eligible, dtype=np.int64)
+    usable = np.asarray(eligible, dtype=np.int64)
 
     was_training = model.training
     model.eval()
@@ -192,12 +192,12 @@ def cross_population(
         emb_q = emb_s if (qset is images and np.array_equal(s_idx, q_idx)) else _embed(model, qset.images[q_idx])
     finally:
         model.train(was_training)
-    s_pools = {c: np.flatnonzero(images.labels[s_idx] == c) for c in eligible}
-    q_pools = {c: np.flatnonzero(qset.labels[q_idx] == c) for c in eligible}
+    s_pools = {c: np.flatnonzero(images.labels[s_idx] == c) for c in usable}
+    q_pools = {c: np.flatnonzero(qset.labels[q_idx] == c) for c in usable}
     s_ids = images.sample_ids[s_idx]
     q_ids = qset.sample_ids[q_idx]
 
-    iterator = range(episodes)
+    iterator: Iterable[int] = range(episodes)
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc="cross-population episodes", unit="episode")
@@ -206,7 +206,7 @@ def cross_population(
     cnt = np.zeros((episodes, 2))
     for i in iterator:
         rng = np.random.default_rng([seed, i])
-        chosen = eligible[np.sort(rng.choice(len(eligible), n_way, replace=False))]
+        chosen = usable[np.sort(rng.choice(len(usable), n_way, replace=False))]
         sup, inq, crq = [], [], []
         for c in chosen:
             pool = s_pools[c]
@@ -220,15 +220,17 @@ def cross_population(
                 raise EpisodeError(f"class {images.class_names[c]!r} has too few query-side images outside the "
                                    f"support set in episode {i}; lower n_query")
             crq.append(qpool[rng.choice(len(qpool), n_query, replace=False)])
-        sup = np.concatenate(sup)
-        fitted = model.fit_embeddings(emb_s[torch.as_tensor(sup)], torch.as_tensor(np.repeat(np.arange(n_way), n_shot)))
+        support = np.concatenate(sup)
+        fitted = model.fit_embeddings(emb_s[torch.as_tensor(support)],
+                                      torch.as_tensor(np.repeat(np.arange(n_way), n_shot)))
         q_labels = np.repeat(np.arange(n_way), n_query)
         for p, (population, idx, emb, ids) in enumerate((("in", np.concatenate(inq), emb_s, s_ids),
                                                          ("cross", np.concatenate(crq), emb_q, q_ids))):
             with torch.no_grad():
                 logits = fitted.logits_from_embeddings(emb[torch.as_tensor(idx)]).double().numpy()
-            payload = json.dumps([[images.class_names[c] for c in chosen], s_ids[sup].tolist(), ids[idx].tolist()])
-            parts[population].append((i, hashlib.sha1(payload.encode()).hexdigest()[:12], chosen, idx, q_labels, logits))
+            payload = json.dumps([[images.class_names[c] for c in chosen], s_ids[support].tolist(), ids[idx].tolist()])
+            digest = hashlib.sha1(payload.encode()).hexdigest()[:12]
+            parts[population].append((i, digest, chosen, idx, q_labels, logits))
             correct = logits.argmax(1) == q_labels
             acc[i, p], cnt[i, p] = correct.sum(), len(idx)
 
@@ -255,4 +257,4 @@ def cross_population(
         in_population=acc_in, cross_population=acc_cross, gap=gap, flagged=flagged,
         n_in=int(cnt[:, 0].sum()), n_cross=int(cnt[:, 1].sum()), episodes=episodes, n_way=n_way, n_shot=n_shot,
         n_query=n_query, support_where=_describe(support_where), query_where=_describe(query_where),
-        classes=tuple(images.class_names[c] for c in eligible), predictions=predictions, per_episode=per_episode)
+        classes=tuple(images.class_names[c] for c in usable), predictions=predictions, per_episode=per_episode)

@@ -1,7 +1,8 @@
 """Reliance analysis of trust-study answers, per condition, each number with n and a 95% CI.
 
-Proportions use the Wilson score interval (fsl_xai.metrics.intervals), means a
-t interval. Both treat answers as independent; the ``interval`` column says which was used.
+Proportions use the Wilson score interval, means a t interval and differences of means Welch's t
+interval (all from :mod:`fsl_xai.intervals`). They treat answers as independent; the ``interval``
+column says which was used.
 
 Definitions (only on items where the model's advice was shown, i.e. the condition has the
 ``prediction`` panel):
@@ -13,37 +14,18 @@ Definitions (only on items where the model's advice was shown, i.e. the conditio
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import FslXaiError
-from ..metrics.intervals import wilson_interval
+from ..intervals import mean_difference_interval, mean_interval, wilson_interval
 
 
 class AnalysisError(FslXaiError, ValueError):
     """The answers table lacks what an analysis needs."""
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n trials ((nan, nan) when n == 0)."""
-    return wilson_interval(int(k), int(n))
-
-
-def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
-    """(mean, low, high, n) with a 95% t interval; NaNs are dropped."""
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return (float("nan"),) * 3 + (0,)
-    m = float(x.mean())
-    if n == 1:
-        return (m, float("nan"), float("nan"), 1)
-    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / np.sqrt(n))
-    return (m, m - half, m + half, n)
 
 
 def responses_table(answers: pd.DataFrame, items: pd.DataFrame, diagnosis: str = "diagnosis") -> pd.DataFrame:
@@ -75,18 +57,18 @@ def responses_table(answers: pd.DataFrame, items: pd.DataFrame, diagnosis: str =
     return out
 
 
-def _prop_row(condition: str, metric: str, mask: pd.Series) -> dict:
+def _prop_row(condition: object, metric: str, mask: pd.Series) -> dict[str, Any]:
     mask = mask.dropna().astype(bool)
     k, n = int(mask.sum()), int(len(mask))
-    low, high = wilson(k, n)
+    low, high = wilson_interval(k, n)
     return {"condition": condition, "metric": metric, "value": k / n if n else float("nan"),
             "ci_low": low, "ci_high": high, "n": n, "interval": "wilson"}
 
 
-def _mean_row(condition: str, metric: str, values) -> dict:
-    m, low, high, n = mean_ci(values)
-    return {"condition": condition, "metric": metric, "value": m, "ci_low": low, "ci_high": high, "n": n,
-            "interval": "t"}
+def _mean_row(condition: object, metric: str, values: pd.Series) -> dict[str, Any]:
+    iv = mean_interval(pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64), method="t")
+    return {"condition": condition, "metric": metric, "value": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
+            "n": iv.n, "interval": "t"}
 
 
 def reliance_summary(table: pd.DataFrame, baseline_condition: str = "no_ai") -> pd.DataFrame:
@@ -113,12 +95,9 @@ def reliance_summary(table: pd.DataFrame, baseline_condition: str = "no_ai") -> 
             if base_conf is not None and cond != baseline_condition:
                 a, b = conf.dropna().to_numpy(float), base_conf.dropna().to_numpy(float)
                 if len(a) > 1 and len(b) > 1:
-                    diff = a.mean() - b.mean()
-                    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-                    dof = se ** 4 / ((a.var(ddof=1) / len(a)) ** 2 / (len(a) - 1) + (b.var(ddof=1) / len(b)) ** 2 / (len(b) - 1)) if se > 0 else 1
-                    half = float(stats.t.ppf(0.975, dof) * se) if se > 0 else 0.0
+                    iv = mean_difference_interval(a, b)
                     rows.append({"condition": cond, "metric": f"confidence_change_vs_{baseline_condition}",
-                                 "value": float(diff), "ci_low": float(diff - half), "ci_high": float(diff + half),
+                                 "value": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
                                  "n": len(a), "interval": "welch_t"})
         if "response_ms" in g:
             rows.append(_mean_row(cond, "seconds_per_case", pd.to_numeric(g["response_ms"], errors="coerce") / 1000))
@@ -137,7 +116,7 @@ def cohen_kappa(a: Iterable, b: Iterable) -> float:
     cats = sorted(set(a) | set(b), key=str)
     idx = {c: i for i, c in enumerate(cats)}
     m = np.zeros((len(cats), len(cats)))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         m[idx[x], idx[y]] += 1
     n = m.sum()
     po = np.trace(m) / n

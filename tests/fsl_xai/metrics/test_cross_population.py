@@ -8,7 +8,7 @@ import pytest
 
 from fsl_xai.data import read_npz
 from fsl_xai.errors import EpisodeError
-from fsl_xai.metrics import cross_population, disparity, subgroup_table
+from fsl_xai.metrics import cross_population, disparity, subgroup_report, subgroup_table
 from fsl_xai.testing import make_imageset, tiny_model
 
 CONTRACT = ["episode", "episode_id", "query_index", "sample_id", "true_label", "pred_label", "true_class",
@@ -82,10 +82,10 @@ def test_synthetic_site_shift_shows_as_flagged_disparity():
     model.eval()
     ev = evaluate(model, test, 3, 5, 5, episodes=150, seed=0, progress=False)
     assert ev.accuracy > 0.45  # well above chance (1/3), so errors mean something
-    table = subgroup_table(ev.predictions, by="site", n_boot=800)
-    d = disparity(table)
+    report = subgroup_report(ev.predictions, by="site", n_boot=800)
+    d = disparity(report)
     assert d["flagged"] and d["worst_group"] == "site=B" and d["gap_ci_low"] > 0.03, d
-    rows = table.set_index("group")
+    rows = report.table.set_index("group")
     assert rows.loc["site=B", "error_rate"] > rows.loc["site=A", "error_rate"]
     # and the cross-population protocol: support from site A, queries from site B
     r = cross_population(model, test, {"site": "A"}, {"site": "B"}, n_way=3, n_shot=5, n_query=5, episodes=80,

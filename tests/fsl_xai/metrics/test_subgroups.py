@@ -5,7 +5,16 @@ import pandas as pd
 import pytest
 
 from fsl_xai.errors import DataError
-from fsl_xai.metrics import bin_column, class_probabilities, class_table, disparity, subgroup_table, wilson_interval
+from fsl_xai.metrics import (
+    SubgroupReport,
+    bin_column,
+    class_probabilities,
+    class_table,
+    disparity,
+    subgroup_report,
+    subgroup_table,
+    wilson_interval,
+)
 
 NAN = np.nan
 
@@ -135,18 +144,52 @@ def test_disparity_flags_a_real_gap_and_not_a_null_one():
         assert not null["flagged"] and null["gap_ci_low"] <= 0 <= null["gap_ci_high"]
 
 
-def test_disparity_from_table_and_small_groups_reported():
+def test_disparity_from_report_and_small_groups_reported():
     t = _clustered_predictions(1, 0.12)
     t.loc[:9, "site"] = "C"  # a tiny third site
-    tab = subgroup_table(t, by="site", n_boot=500, seed=5)
-    d_tab = disparity(tab)
+    report = subgroup_report(t, by="site", n_boot=500, seed=5)
+    tab = report.table
+    d_report = disparity(report)
     d_direct = disparity(t, by="site", n_boot=500, seed=5)
-    assert d_tab == d_direct
-    assert d_tab["too_small_groups"] == [("site=C", 10)]
+    assert d_report == d_direct
+    assert d_report["too_small_groups"] == [("site=C", 10)]
     assert tab.set_index("group").loc["site=C", "too_small"]
+    # the table is a plain frame: nothing travels hidden in attrs, and disparity says what to pass
+    assert tab.attrs == {}
+    with pytest.raises(DataError, match="SubgroupReport"):
+        disparity(tab)
+    with pytest.raises(DataError, match="grouping from the report"):
+        disparity(report, by="sex")
     # only one eligible group -> no disparity, with a note rather than an error
     one = disparity(t[t.site != "B"], by="site", n_boot=200)
     assert one["gap"] != one["gap"] and "fewer than two groups" in one["note"]
+
+
+def test_report_keeps_settings_rows_and_reports_progress():
+    t = _hand_table()
+    calls = []
+    report = subgroup_report(t, by=["sex", "age"], bins={"age": [40]}, min_n=2, n_boot=300, seed=4, ci="wilson",
+                             progress=lambda done, total: calls.append((done, total)))
+    assert isinstance(report, SubgroupReport)
+    s = report.settings
+    assert (s.by, s.bins, s.min_n, s.n_boot, s.seed, s.ci, s.ci_used, s.confidence) == \
+        (("sex", "age"), {"age": (40.0,)}, 2, 300, 4, "wilson", "wilson", 0.95)
+    assert report.by == ["sex", "age"] and report.predictions is t
+    pd.testing.assert_frame_equal(report.table, subgroup_table(t, by=["sex", "age"], bins={"age": [40]}, min_n=2,
+                                                               n_boot=300, seed=4, ci="wilson"))
+    # progress: after each group's row and each group's per-class rows
+    n_groups = len(report.table)
+    assert calls == [(i, 2 * n_groups) for i in range(1, 2 * n_groups + 1)]
+    # the rows behind each group, with the report's own bins
+    for label, n in zip(report.table["group"], report.table["n"], strict=True):
+        assert report.rows(label).sum() == n
+    young_women = report.rows("sex=F, age=<40")
+    assert t.loc[young_women, "age"].max() < 40 and (t.loc[young_women, "sex"] == "F").all()
+    assert [g.label for g in report.groups()] == list(report.table["group"][1:])
+    with pytest.raises(DataError, match="no group"):
+        report.rows("sex=X")
+    # without an episode column the report says that Wilson was used
+    assert subgroup_report(t.drop(columns="episode"), by="sex", n_boot=100).settings.ci_used == "wilson"
 
 
 def test_cluster_interval_wider_than_wilson_and_deterministic():

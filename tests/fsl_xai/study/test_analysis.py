@@ -3,14 +3,22 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from fsl_xai.study.analysis import (AnalysisError, agreement_by_condition, cohen_kappa, fleiss_kappa,
-                                    mean_ci, reliance_summary, responses_table, wilson)
+from fsl_xai.intervals import mean_interval, wilson_interval
+from fsl_xai.study.analysis import (
+    AnalysisError,
+    agreement_by_condition,
+    cohen_kappa,
+    fleiss_kappa,
+    reliance_summary,
+    responses_table,
+)
 
 
 def _answers(rows):
     out = []
-    for i, (rater, item, diag, conf, trust, ms) in enumerate(rows):
+    for rater, item, diag, conf, trust, ms in rows:
         for q, v in (("diagnosis", diag), ("confidence", conf), ("trust", trust)):
             out.append({"answer_id": len(out), "rater": rater, "item_id": item, "question": q, "value": v,
                         "response_ms": ms})
@@ -39,7 +47,10 @@ def test_reliance_metrics_match_hand_counts():
     ])
     table = responses_table(answers, ITEMS)
     s = reliance_summary(table).set_index(["condition", "metric"])
-    ai = lambda m: s.loc[("prediction", m)]
+
+    def ai(metric):
+        return s.loc[("prediction", metric)]
+
     assert ai("rater_accuracy")["value"] == pytest.approx(2 / 4)  # c1 right, c4 right
     assert ai("agreement_with_model")["value"] == pytest.approx(2 / 4)
     assert ai("appropriate_reliance")["value"] == pytest.approx(2 / 4)
@@ -55,6 +66,14 @@ def test_reliance_metrics_match_hand_counts():
     assert ("no_ai", "agreement_with_model") not in s.index  # no advice shown there
     assert set(s["interval"]) <= {"wilson", "t", "welch_t"}
     assert (s["ci_low"].dropna() <= s["value"][s["ci_low"].notna()]).all()
+    # the intervals are the shared ones: Wilson, t and Welch's t (checked against scipy)
+    lo, hi = wilson_interval(2, 4)
+    assert (ai("rater_accuracy")["ci_low"], ai("rater_accuracy")["ci_high"]) == pytest.approx((lo, hi))
+    t_ref = stats.t.interval(0.95, 3, loc=3.5, scale=stats.sem([5, 4, 3, 2]))
+    assert (ai("confidence")["ci_low"], ai("confidence")["ci_high"]) == pytest.approx(t_ref)
+    welch = stats.ttest_ind([5, 4, 3, 2], [2, 3], equal_var=False).confidence_interval(0.95)
+    assert (change["ci_low"], change["ci_high"]) == pytest.approx((welch.low, welch.high))
+    assert change["interval"] == "welch_t" and change["n"] == 4
 
 
 def test_latest_answer_wins():
@@ -64,13 +83,15 @@ def test_latest_answer_wins():
 
 
 def test_wilson_and_t_against_known_values():
-    low, high = wilson(8, 10)
+    low, high = wilson_interval(8, 10)
     # Wilson 95% for 8/10: 0.4902, 0.9433 (standard tables)
     assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
-    assert all(math.isnan(v) for v in wilson(0, 0))
-    m, lo, hi, n = mean_ci([1, 2, 3, 4, 5])
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    iv = mean_interval([1, 2, 3, 4, 5], method="t")
+    m, lo, hi, n = iv.estimate, iv.low, iv.high, iv.n
     # mean 3, sd 1.5811, t(0.975, 4) = 2.7764 -> half width 1.9632
-    assert (m, n) == (3.0, 5) and lo == pytest.approx(3 - 1.9632, abs=1e-3) and hi == pytest.approx(3 + 1.9632, abs=1e-3)
+    assert (m, n) == (3.0, 5)
+    assert lo == pytest.approx(3 - 1.9632, abs=1e-3) and hi == pytest.approx(3 + 1.9632, abs=1e-3)
 
 
 def test_kappas_against_hand_computation():
