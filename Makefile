@@ -26,11 +26,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 PYTEST_ARGS ?=
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help venv browser models test lab bench clean distclean
+.PHONY: help venv browser models lint test lab bench clean distclean
 
 help:
 	@echo "make lab    set up .venv and start JupyterLab on notebooks/"
-	@echo "make test   set up .venv and Chromium, then run every test (unit, notebooks, browser)"
+	@echo "make test   set up .venv and Chromium, then lint and run every test (unit, notebooks, browser)"
+	@echo "make lint   only ruff (fsl_xai widgets tests benchmarks) and mypy (fsl_xai widgets)"
 	@echo "make bench  run the benchmark scripts in benchmarks/ (not the _helpers)"
 	@echo "make venv   only create/update .venv"
 
@@ -61,7 +62,13 @@ NBVAL_ARGS := --nbval-lax --nbval-current-env --nbval-kernel-startup-timeout=120
 models: venv
 	$(BIN)/fsl-xai prepare
 
-test: venv browser models
+# Style and types: ruff's rules and mypy's settings are in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check fsl_xai widgets tests benchmarks
+	$(BIN)/mypy
+
+# lint comes first so that a style or type error fails the run early, before Chromium and the models.
+test: venv lint browser models
 	$(BIN)/python -m pytest tests $(if $(NOTEBOOKS),$(NOTEBOOKS) $(NBVAL_ARGS)) $(PYTEST_ARGS)
 
 lab: venv

@@ -29,9 +29,9 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout
 
 from _data import load  # noqa: E402
 
+from fsl_xai.data.registry import get_info  # noqa: E402
 from fsl_xai.evaluation import evaluate  # noqa: E402
 from fsl_xai.models import list_models  # noqa: E402
-from fsl_xai.data.registry import get_info  # noqa: E402
 from fsl_xai.training import DEFAULT_SPLITS, default_model_from_recipe, default_recipe  # noqa: E402
 
 #: label, dataset, classes (None: all), n_way, n_query
@@ -50,7 +50,8 @@ def recipe_for(name: str, train_episodes: int | None):
     recipe = default_recipe(get_info(name).name)
     if train_episodes:
         scale = train_episodes / recipe.episodes
-        recipe = dataclasses.replace(recipe, episodes=train_episodes, val_every=max(1, min(recipe.val_every, train_episodes)),
+        recipe = dataclasses.replace(recipe, episodes=train_episodes,
+                                     val_every=max(1, min(recipe.val_every, train_episodes)),
                                      pretrain_steps=max(1, round(recipe.pretrain_steps * scale)))
     return recipe
 
@@ -62,8 +63,8 @@ def run_row(dataset: str, model_name: str, episodes: int, seed: int, train_episo
     model, info = default_model_from_recipe(recipe, model_name, progress=False)
     t_train = time.perf_counter() - t0
     images = load(name, "test")
-    if images.n_channels != info.in_channels or images.image_size != tuple(info.image_size):
-        images = images.convert(channels=info.in_channels, size=tuple(info.image_size))
+    if images.n_channels != info.in_channels or images.image_size != info.image_size:
+        images = images.convert(channels=info.in_channels, size=info.image_size)
     row = {"task": label, "dataset": name, "model": model_name, "n_way": n_way, "n_query": n_query,
            "classes": list(classes) if classes else list(images.class_names), "episodes": episodes,
            "seed": seed, "trained_on": info.dataset, "train_classes": len(info.classes),
@@ -71,7 +72,8 @@ def run_row(dataset: str, model_name: str, episodes: int, seed: int, train_episo
            "load_or_train_seconds": round(t_train, 1),
            "train_budget": (f"{recipe.pretrain_steps} pre-training steps of {recipe.pretrain_batch} images"
                             if model_name in ("simpleshot", "finetune") else
-                            f"{recipe.episodes} episodes {recipe.n_way}-way {recipe.n_shot}-shot {recipe.n_query}-query"),
+                            f"{recipe.episodes} episodes {recipe.n_way}-way {recipe.n_shot}-shot "
+                            f"{recipe.n_query}-query"),
            "train_episodes_option": train_episodes}
     for shot in (1, 5):
         t0 = time.perf_counter()
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="write the markdown table here")
     p.add_argument("--fresh", action="store_true", help="recompute rows already in --jsonl")
     p.add_argument("--train-episodes", type=int,
-                   help="train with this many episodes instead of the default recipe's (pre-training steps scaled alike)")
+                   help="train with this many episodes instead of the default recipe's "
+                        "(pre-training steps scaled alike)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     models = [m for m in MODEL_ORDER if m in list_models() and (not a.model or m in a.model)]

@@ -8,7 +8,6 @@ answers are stored exactly once.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import sys

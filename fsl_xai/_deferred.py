@@ -19,8 +19,8 @@ import importlib
 import importlib.util
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class DeferredModule(types.ModuleType):

@@ -11,10 +11,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import DataError, EpisodeError, FslXaiError
+
+if TYPE_CHECKING:  # the library is imported inside each command, to keep `fsl-xai --help` quick
+    from .data import ImageSet
 
 EXIT_ERROR = 2
 
@@ -125,11 +129,13 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(max(1, n))
 
 
-def _load_images(dataset: str | None, data_file: str | None, split: str, progress: bool):
+def _load_images(dataset: str | None, data_file: str | None, split: str, progress: bool) -> ImageSet:
     if data_file is not None:
         from .data import read_npz
 
         return read_npz(data_file, split=split)
+    if dataset is None:
+        raise DataError("no images to load: give a dataset name (--dataset) or a .npz file (--data-file)")
     from .data.registry import load_dataset
 
     return load_dataset(dataset, split=split, progress=progress)
@@ -166,10 +172,19 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from .episodes import ClassSplit
-    from .models import list_backbones, list_models
     from .errors import ModelError
-    from .training import (PRETRAINED_MODELS, DEFAULT_SPLITS, build_model, fit_base_statistics, pretrain,
-                           save_checkpoint, train_episodic, CheckpointInfo, validation_accuracy)
+    from .models import list_backbones, list_models
+    from .training import (
+        DEFAULT_SPLITS,
+        PRETRAINED_MODELS,
+        CheckpointInfo,
+        build_model,
+        fit_base_statistics,
+        pretrain,
+        save_checkpoint,
+        train_episodic,
+        validation_accuracy,
+    )
 
     if args.model not in list_models():
         raise ModelError(f"unknown model {args.model!r}; choose one of {list_models()}")
@@ -239,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     model, info = load_checkpoint(args.checkpoint)
     images = _load_images(args.dataset, args.data_file, args.split, progress)
-    want_c, want_hw = info.in_channels, tuple(info.image_size)
+    want_c, want_hw = info.in_channels, info.image_size
     if images.n_channels != want_c or images.image_size != want_hw:
         if not args.convert:
             raise CheckpointError(

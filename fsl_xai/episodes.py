@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -84,9 +84,10 @@ class Episode:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Episode":
+    def from_dict(cls, data: dict) -> Episode:
         if not isinstance(data, dict):
-            raise EpisodeError(f"not an episode record (a {type(data).__name__}); expected the dict of Episode.to_dict()")
+            raise EpisodeError(
+                f"not an episode record (a {type(data).__name__}); expected the dict of Episode.to_dict()")
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         try:
             episode = cls(**fields)
@@ -97,11 +98,12 @@ class Episode:
         return episode
 
     @classmethod
-    def from_json(cls, text: str) -> "Episode":
+    def from_json(cls, text: str) -> Episode:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise EpisodeError(f"not an episode record: invalid JSON ({exc}); expected the text of Episode.to_json()") from exc
+            raise EpisodeError(
+                f"not an episode record: invalid JSON ({exc}); expected the text of Episode.to_json()") from exc
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ data
@@ -130,12 +132,12 @@ class Episode:
                 torch.from_numpy(images.images[q]), torch.tensor(self.query_labels))
 
     # ------------------------------------------------------------------ edits
-    def with_support(self, support_ids: Sequence[str], support_labels: Sequence[int]) -> "Episode":
+    def with_support(self, support_ids: Sequence[str], support_labels: Sequence[int]) -> Episode:
         """A copy with another support set (an edited episode has no sampler seed)."""
         return replace(self, support_ids=tuple(support_ids), support_labels=tuple(support_labels),
                        seed=None, index=None)
 
-    def with_queries(self, query_ids: Sequence[str], query_labels: Sequence[int]) -> "Episode":
+    def with_queries(self, query_ids: Sequence[str], query_labels: Sequence[int]) -> Episode:
         return replace(self, query_ids=tuple(query_ids), query_labels=tuple(query_labels),
                        seed=None, index=None)
 
@@ -155,11 +157,12 @@ class ClassSplit:
         for name in ("base", "val", "novel"):
             for c in getattr(self, name):
                 if c in seen:
-                    raise EpisodeError(f"class {c!r} is in both the {seen[c]} and the {name} split; splits must be disjoint")
+                    raise EpisodeError(
+                        f"class {c!r} is in both the {seen[c]} and the {name} split; splits must be disjoint")
                 seen[c] = name
 
     @classmethod
-    def random(cls, class_names: Sequence[str], n_base: int, n_val: int = 0, seed: int = 0) -> "ClassSplit":
+    def random(cls, class_names: Sequence[str], n_base: int, n_val: int = 0, seed: int = 0) -> ClassSplit:
         """A seeded random split: n_base base classes, n_val validation classes, the rest novel."""
         names = list(class_names)
         if n_base + n_val >= len(names):
@@ -202,7 +205,8 @@ class EpisodeSampler:
         ids = ([self.images.class_index(c) for c in self.classes] if self.classes is not None
                else list(range(self.images.n_classes)))
         if len(set(ids)) != len(ids):
-            raise EpisodeError(f"classes are repeated in {list(self.classes)}; give each class once")
+            # only a class list given by the caller can repeat a class
+            raise EpisodeError(f"classes are repeated in {list(self.classes or ())}; give each class once")
         if len(ids) < self.n_way:
             raise EpisodeError(
                 f"n_way = {self.n_way} but only {len(ids)} classes are available "

@@ -16,6 +16,8 @@ about real data are tested on the real shared data sets.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -132,7 +134,8 @@ def tiny_model(
         seed: seeds the weight initialisation without touching the global random state.
         model_kwargs: passed to the model (for example ``distance="cosine"``).
     """
-    kwargs = {"conv4": {"width": width}, "resnet12": {"widths": (width,) * 4}}.get(backbone, {})
+    options: dict[str, dict[str, Any]] = {"conv4": {"width": width}, "resnet12": {"widths": (width,) * 4}}
+    kwargs = options.get(backbone, {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_backbone(backbone, in_channels=channels, image_size=size, **kwargs)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def _seeded() -> None:
     seed_everything(SEED)
 
 
-def _missing_data(reason: str) -> None:
+def _missing_data(reason: str) -> NoReturn:
     """Fail when the shared data is required, else skip."""
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1, so this is an error, not a skip)", pytrace=False)

@@ -4,8 +4,16 @@ from .download import download_file, file_md5
 from .folder import read_folder
 from .imageset import ImageSet
 from .npz import read_npz
-from .registry import (DatasetInfo, datasets_table, get_info, list_datasets, load_dataset, register_dataset,
-                       resolve_path, unregister_dataset)
+from .registry import (
+    DatasetInfo,
+    datasets_table,
+    get_info,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    resolve_path,
+    unregister_dataset,
+)
 from .synthetic import CLASS_SHAPES, make_synthetic
 
 __all__ = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -115,7 +114,7 @@ def download_file(
         except http.client.IncompleteRead as exc:
             raise _offline_error(url, dest, f"the connection closed early after {received} bytes; "
                                  "try again", manual_hint) from exc
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise _offline_error(url, dest, f"no answer within {timeout:g} s", manual_hint) from exc
         except (http.client.HTTPException, ConnectionError) as exc:
             raise _offline_error(url, dest, f"transfer failed: {exc!r}", manual_hint) from exc

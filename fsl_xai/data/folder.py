@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,10 +43,10 @@ def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """One image as uint8 (H, W) / (H, W, 3), or float32 in [0, 1] for 16-bit and float images."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.load()
+    with Image.open(path) as opened:
+        opened.load()
         # honour the camera's orientation tag, as image viewers do
-        im = ImageOps.exif_transpose(im) or im
+        im: Image.Image = ImageOps.exif_transpose(opened) or opened
         mode = im.mode
         if mode in ("1", "L", "LA"):
             im = im.convert("L")
@@ -156,7 +156,7 @@ def _entries_from_manifest(root: Path, manifest, path_column: str, label_column:
             by_relative.add(relative)
             by_name.setdefault(file_name, []).append(relative)
     entries, skipped = [], []
-    for row, (rel, raw_label) in enumerate(zip(paths.tolist(), table[label_column].tolist())):
+    for row, (rel, raw_label) in enumerate(zip(paths.tolist(), table[label_column].tolist(), strict=True)):
         label = _label_text(raw_label)
         if not rel:
             skipped.append((f"<row {row + 2} of {source}>", f"manifest row {row + 2} has an empty path"))
@@ -297,8 +297,8 @@ def read_folder(
 
     shapes = Counter(a.shape[:2] for a in arrays)
     if len(shapes) > 1:
-        examples = {}
-        for a, e in zip(arrays, kept):
+        examples: dict[tuple[int, ...], str] = {}
+        for a, e in zip(arrays, kept, strict=True):
             examples.setdefault(a.shape[:2], e["rel"])
         listing = ", ".join(f"{h}x{w} ({n} images, e.g. {examples[(h, w)]})" for (h, w), n in shapes.most_common(5))
         raise DataError(f"images in {root} have different sizes: {listing}; pass size=N or size=(height, width) "
@@ -343,6 +343,4 @@ def read_folder(
     meta.insert(0, "sample_id", ids.to_numpy())
     if "path" not in meta.columns:
         meta.insert(1, "path", rel)
-    result = ImageSet(out, labels, class_names, meta, name)
-    result.skipped = list(skipped)
-    return result
+    return ImageSet(out, labels, class_names, meta, name, skipped=list(skipped))

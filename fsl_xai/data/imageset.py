@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+
+
+def _default_metadata(name: str, n_images: int) -> pd.DataFrame:
+    """The metadata table of a set that has none: only sample ids ``<name>-00000``, ``<name>-00001``, ..."""
+    return pd.DataFrame({"sample_id": [f"{name}-{i:05d}" for i in range(n_images)]})
 
 
 @dataclass(eq=False)
@@ -25,6 +30,8 @@ class ImageSet:
         name: a short name for display and provenance.
         masks: optional bool array (n_images, height, width), e.g. lesion masks for checking
             explanations; carried through subset/selection.
+        skipped: ``(path, reason)`` for each file a loader left out (e.g. ``read_folder``); set on the
+            loaded set only, not carried to subsets.
     """
 
     images: np.ndarray
@@ -33,6 +40,7 @@ class ImageSet:
     metadata: pd.DataFrame
     name: str = "images"
     masks: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -58,13 +66,13 @@ class ImageSet:
             raise DataError(f"{self.name}: labels must be integers, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
-            bad = sorted(set(labels[(labels < 0) | (labels >= len(self.class_names))].tolist()))
+            outside = sorted(set(labels[(labels < 0) | (labels >= len(self.class_names))].tolist()))
             raise DataError(
-                f"{self.name}: labels {bad[:10]} are outside the class list of {len(self.class_names)} "
+                f"{self.name}: labels {outside[:10]} are outside the class list of {len(self.class_names)} "
                 f"classes {list(self.class_names)}; fix the labels or pass the full class list"
             )
-        if self.metadata is None:
-            self.metadata = pd.DataFrame({"sample_id": [f"{self.name}-{i:05d}" for i in range(len(images))]})
+        if self.metadata is None:  # a caller with no table (the annotation says DataFrame; None is tolerated)
+            self.metadata = _default_metadata(self.name, len(images))
         metadata = self.metadata.reset_index(drop=True)
         if len(metadata) != len(images):
             raise DataError(f"{self.name}: {len(images)} images but {len(metadata)} metadata rows")
@@ -91,7 +99,7 @@ class ImageSet:
         class_names: Sequence[str],
         metadata: pd.DataFrame | None = None,
         name: str = "images",
-    ) -> "ImageSet":
+    ) -> ImageSet:
         """Build from uint8 or float arrays shaped (N, H, W), (N, H, W, C) or (N, C, H, W).
 
         uint8 images are scaled to [0, 1]; float images must already be in [0, 1].
@@ -111,7 +119,8 @@ class ImageSet:
             arr = arr.astype(np.float32)
         else:
             raise DataError(f"{name}: images must be uint8 or float, got dtype {arr.dtype}")
-        return cls(np.ascontiguousarray(arr), np.asarray(labels), tuple(class_names), metadata, name)
+        table = metadata if metadata is not None else _default_metadata(name, len(arr))
+        return cls(np.ascontiguousarray(arr), np.asarray(labels), tuple(class_names), table, name)
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -135,7 +144,7 @@ class ImageSet:
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.n_classes)
-        return {name: int(c) for name, c in zip(self.class_names, counts)}
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def class_index(self, cls: str | int) -> int:
         """The index of a class given by name or index; a clear error when unknown."""
@@ -162,7 +171,7 @@ class ImageSet:
         return self._fingerprint
 
     # ------------------------------------------------------------------ selection
-    def subset(self, indices: Iterable[int] | np.ndarray, name: str | None = None) -> "ImageSet":
+    def subset(self, indices: Iterable[int] | np.ndarray, name: str | None = None) -> ImageSet:
         """The images at these positions, keeping the class list."""
         idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
         if idx.dtype == bool:
@@ -174,7 +183,7 @@ class ImageSet:
             None if self.masks is None else self.masks[idx],
         )
 
-    def select_classes(self, classes: Sequence[str | int], name: str | None = None) -> "ImageSet":
+    def select_classes(self, classes: Sequence[str | int], name: str | None = None) -> ImageSet:
         """Only these classes, relabelled 0..k-1 in the order given."""
         ids = [self.class_index(c) for c in classes]
         if len(set(ids)) != len(ids):
@@ -188,7 +197,7 @@ class ImageSet:
         out._fingerprint = None
         return out
 
-    def where(self, condition: Callable[[pd.DataFrame], pd.Series] | None = None, **equals) -> "ImageSet":
+    def where(self, condition: Callable[[pd.DataFrame], pd.Series] | None = None, **equals) -> ImageSet:
         """Images whose metadata match: ``where(site="rosendahl")``, ``where(sex=["male", "female"])``
         or ``where(lambda m: m.age >= 60)``."""
         mask = np.ones(len(self), dtype=bool)
@@ -208,12 +217,12 @@ class ImageSet:
         lookup = pd.Index(self.metadata["sample_id"])
         idx = lookup.get_indexer([str(s) for s in sample_ids])
         if (idx < 0).any():
-            missing = [s for s, i in zip(sample_ids, idx) if i < 0]
+            missing = [s for s, i in zip(sample_ids, idx, strict=True) if i < 0]
             raise DataError(f"{self.name}: unknown sample ids {missing[:5]} ({len(missing)} missing)")
         return idx.astype(np.int64)
 
     # ------------------------------------------------------------------ conversion
-    def convert(self, channels: int | None = None, size: int | tuple[int, int] | None = None) -> "ImageSet":
+    def convert(self, channels: int | None = None, size: int | tuple[int, int] | None = None) -> ImageSet:
         """A copy with this many channels (grey <-> RGB) and/or resized (bilinear, antialiased)."""
         images = self.images
         if channels is not None and channels != images.shape[1]:
@@ -246,7 +255,7 @@ class ImageSet:
                         self.metadata.copy(), self.name, masks)
 
     @staticmethod
-    def concat(sets: Sequence["ImageSet"], name: str = "combined") -> "ImageSet":
+    def concat(sets: Sequence[ImageSet], name: str = "combined") -> ImageSet:
         """Join sets with the same image shape; classes are prefixed by each set's name."""
         shapes = {s.images.shape[1:] for s in sets}
         if len(shapes) != 1:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import difflib
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -191,7 +191,7 @@ for _name, (_what, _channels, _md5, _classes, _licence, _counts) in _MEDMNIST.it
     register_dataset(DatasetInfo(
         _name, f"official MedMNIST v2 {_name} 28x28: {_what}", tuple(_classes), _channels, 28, _licence,
         MEDMNIST_CITATION, f"medmnist_official/{_name}.npz", _MEDMNIST_RECORD.format(_name), _md5,
-        dict(zip(SPLITS, _counts)), kind="medmnist", supported=not _multi_label,
+        dict(zip(SPLITS, _counts, strict=True)), kind="medmnist", supported=not _multi_label,
         unsupported_reason=("chestmnist is multi-label (each X-ray can carry several of 14 findings); few-shot "
                             "classification here needs one class per image. Use pneumoniamnist for a single-label "
                             "chest X-ray task") if _multi_label else ""))

@@ -10,7 +10,7 @@ one class at one site: a shortcut that lies outside every lesion mask.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -3,12 +3,26 @@ and exposes ``feature_map`` (the last spatial map, for Grad-CAM and similarity m
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
+
+
+class Backbone(nn.Module):
+    """A feature extractor: images (N, C, H, W) -> embeddings (N, out_dim).
+
+    ``make_backbone`` records what it was built for: ``out_dim``, ``in_channels``, ``image_size``
+    (H, W) and ``backbone_name``; ``default_cam_layer`` names the layer Grad-CAM uses by default.
+    """
+
+    default_cam_layer = "blocks.3"
+    out_dim: int
+    in_channels: int
+    image_size: tuple[int, int]
+    backbone_name: str
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -23,7 +37,7 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
                          nn.MaxPool2d(2), nn.ReLU(inplace=False))
 
 
-class Conv4(nn.Module):
+class Conv4(Backbone):
     """The classic four-block ConvNet of few-shot learning (Vinyals et al. 2016; Snell et al. 2017).
 
     Features are the flattened last map, so a 28x28 input gives 64 features and 64x64 gives 1024.
@@ -62,7 +76,7 @@ class _ResBlock(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Backbone):
     """ResNet-12 (Oreshkin et al. 2018): four residual blocks of three 3x3 convolutions, then
     global average pooling. ``widths`` defaults to a narrower (64, 96, 128, 256) for CPU use;
     pass (64, 160, 320, 640) for the published size."""
@@ -84,14 +98,14 @@ class ResNet12(nn.Module):
         return self.pool(self.feature_map(images))
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+BACKBONES: dict[str, Callable[..., Backbone]] = {"conv4": Conv4, "resnet12": ResNet12}
 
 
 def list_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
-def make_backbone(name: str, in_channels: int = 3, image_size: int | tuple[int, int] = 28, **kwargs) -> nn.Module:
+def make_backbone(name: str, in_channels: int = 3, image_size: int | tuple[int, int] = 28, **kwargs) -> Backbone:
     """Build a registered backbone and record its ``out_dim`` for this input size.
 
     Raises:
@@ -99,7 +113,7 @@ def make_backbone(name: str, in_channels: int = 3, image_size: int | tuple[int, 
     """
     if name not in BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
-    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    hw = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if min(hw) < 16:
         raise ModelError(f"backbone {name!r} needs images of at least 16x16 pixels, got {hw}")
     net = BACKBONES[name](in_channels=in_channels, **kwargs)

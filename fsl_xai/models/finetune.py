@@ -96,17 +96,17 @@ class FineTuneClassifier(FewShotClassifier):
         bias = b0.cpu().numpy().astype(np.float64)
         m_w, v_w, m_b, v_b = (np.zeros_like(weight), np.zeros_like(weight), np.zeros_like(bias), np.zeros_like(bias))
         beta1, beta2, eps, lr, wd = 0.9, 0.999, 1e-8, self.lr, self.weight_decay
-        full = self.batch_size is None or self.batch_size >= n
+        batch = n if self.batch_size is None else min(self.batch_size, n)
         gen = torch.Generator().manual_seed(self.seed)
-        order, pos = None, n
+        order, pos = np.arange(n), n
         for step in range(1, self.steps + 1):
-            if full:
+            if batch == n:
                 xb, yb = x, onehot
             else:
-                if pos + self.batch_size > n:
+                if pos + batch > n:
                     order, pos = torch.randperm(n, generator=gen).numpy(), 0
-                idx = order[pos: pos + self.batch_size]
-                pos += self.batch_size
+                idx = order[pos: pos + batch]
+                pos += batch
                 xb, yb = x[idx], onehot[idx]
             if cosine:
                 w_norm = np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)

@@ -23,14 +23,13 @@ def export_study(store: ResponseStore, out_dir: str | Path, study_file: str | Pa
                            columns=["answer_id", "rater", "role", "item_id", "case_id", "condition", "question",
                                     "value", "response_ms", "answer_key", "submitted_at"])
     answers["value"] = answers["value"].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
-    rows = store._conn.execute("SELECT item_id, case_id, condition, shown_json, provenance_json FROM items "
-                               "ORDER BY item_id").fetchall()
     items = pd.DataFrame([
-        {"item_id": r[0], "case_id": r[1], "condition": r[2],
+        {"item_id": item["item_id"], "case_id": item["case_id"], "condition": item["condition"],
          **{f"shown_{k}": (json.dumps(v) if isinstance(v, (dict, list)) else v)
-            for k, v in json.loads(r[3]).items() if k not in ("image_png", "heatmap_png", "support_png")},
-         "provenance": r[4]}
-        for r in rows
+            for k, v in item["shown"].items() if k not in ("image_png", "heatmap_png", "support_png")},
+         # as stored: the same JSON text (sorted keys) that the store holds
+         "provenance": json.dumps(item["provenance"], sort_keys=True)}
+        for item in store.all_items()
     ])
     written: dict[str, Path] = {}
     for name, frame in (("answers", answers), ("items", items)):

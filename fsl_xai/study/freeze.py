@@ -155,7 +155,7 @@ def freeze_study(study_file: str | Path, out_dir: str | Path, progress: bool = T
             extra["heatmap_png"] = _png_b64(overlay(q_img[i].numpy(), maps.normalized[i]))
             extra["method"] = design.method
         if "prototypes" in panels:
-            near = nearest_support(model, q_img[i], k=3, support_images=s_img, sample_ids=episode.support_ids,
+            near = nearest_support(fitted, q_img[i], k=3, support_images=s_img, sample_ids=episode.support_ids,
                                    class_names=episode.classes)
             extra["nearest_support"] = [{"sample_id": str(row["sample_id"]), "class": str(row["class"]),
                                          "image_png": _png_b64(support_np[int(row["support_index"])])}
@@ -163,9 +163,12 @@ def freeze_study(study_file: str | Path, out_dir: str | Path, progress: bool = T
         if "badges" in panels and maps is not None:  # maps are computed whenever badges are shown
             from ..explain.quality import badges
 
-            b = badges(model, q_img[i], design.method, s_img, s_lab, attribution=maps.maps[i:i + 1])
-            extra["badges"] = {"randomisation check": "passed" if b["randomization"]["passed"] else "failed",
-                               "deletion area (lower is better)": round(float(b["deletion_auc"]), 3)}
+            checks = badges(fitted, q_img[i], design.method, s_img, attribution=maps.maps[i:i + 1])
+            deletion = checks["deletion"].value
+            # a flat map has no defined checks: shown as "undefined", never as passed
+            extra["badges"] = {"randomisation check": checks["randomization"].status,
+                               "deletion area (lower is better)":
+                                   "undefined" if deletion is None else round(deletion, 3)}
         for cond in design.conditions:
             shown = dict(full)
             if cond.show:

@@ -20,9 +20,10 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import FslXaiError
 
@@ -89,6 +90,11 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _item_from_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {"item_id": row["item_id"], "case_id": row["case_id"], "condition": row["condition"],
+            "shown": json.loads(row["shown_json"]), "provenance": json.loads(row["provenance_json"])}
+
+
 class ResponseStore:
     """One study's answers in one SQLite file. Open one per thread or process."""
 
@@ -133,7 +139,7 @@ class ResponseStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "ResponseStore":
+    def __enter__(self) -> ResponseStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -167,11 +173,18 @@ class ResponseStore:
         row = self._conn.execute("SELECT * FROM items WHERE item_id = ?", (item_id,)).fetchone()
         if row is None:
             raise StudyStoreError(f"unknown study item {item_id!r}")
-        return {"item_id": row["item_id"], "case_id": row["case_id"], "condition": row["condition"],
-                "shown": json.loads(row["shown_json"]), "provenance": json.loads(row["provenance_json"])}
+        return _item_from_row(row)
+
+    def all_items(self) -> list[dict[str, Any]]:
+        """Every frozen item (as ``item()`` gives it), ordered by item id (organiser/export use)."""
+        return [_item_from_row(row) for row in self._conn.execute("SELECT * FROM items ORDER BY item_id")]
 
     def n_items(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def n_raters(self) -> int:
+        """Raters registered so far, revoked ones included (rater numbers continue after them)."""
+        return self._conn.execute("SELECT COUNT(*) FROM raters").fetchone()[0]
 
     # ------------------------------------------------------------------ raters and tokens
     def add_rater(self, item_ids: list[str], role: str = "rater", pseudonym: str | None = None) -> tuple[Rater, str]:
@@ -184,6 +197,8 @@ class ResponseStore:
             cur = db.execute("INSERT INTO raters (pseudonym, token_hash, role, created_at) VALUES (?, ?, ?, ?)",
                              (name, _hash_token(token), role, time.time()))
             rater_id = cur.lastrowid
+            if rater_id is None:  # sqlite3 sets it after every INSERT; None would be a driver change
+                raise StudyStoreError("the database did not return the new rater's id; the rater was not added")
             for position, item_id in enumerate(item_ids):
                 db.execute("INSERT INTO assignments VALUES (?, ?, ?)", (rater_id, position, item_id))
         return Rater(rater_id, name, role), token

@@ -99,7 +99,8 @@ def test_table_columns_and_invariants(pbc):
     assert ids.tolist() == [sampler.sample(i).episode_id for i in range(20)]
     assert result.episode(7).episode_id == ids[7]
     # the metadata columns are the images' own rows
-    assert (t.filenames.to_numpy() == pbc.metadata.set_index("sample_id").loc[t.sample_id, "filenames"].to_numpy()).all()
+    by_id = pbc.metadata.set_index("sample_id")
+    assert (t.filenames.to_numpy() == by_id.loc[t.sample_id, "filenames"].to_numpy()).all()
 
 
 def test_accuracy_and_ci_formula(pbc):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -88,7 +88,7 @@ def test_files_without_class_names_or_ids(shared_file: Callable[[str], Path]) ->
 
 # ------------------------------------------------------------------ bad files
 def _write(path: Path, **arrays: np.ndarray) -> Path:
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, allow_pickle=True, **arrays)
     return path
 
 
@@ -160,7 +160,7 @@ def test_pickled_object_array_refused(tmp_path: Path) -> None:
     arrays = _good_arrays()
     arrays["test_sex"] = np.array(["male", None, "female", "male", "male", "female"], dtype=object)
     path = tmp_path / "pickled.npz"
-    np.savez(path, **arrays)  # object arrays are stored as pickles
+    np.savez(path, allow_pickle=True, **arrays)  # object arrays are stored as pickles
     with pytest.raises(DataError, match="pickled objects"):
         read_npz(path)
 

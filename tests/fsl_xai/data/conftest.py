@@ -25,7 +25,7 @@ def make_npz_bytes(n: int = 6, size: int = 8, channels: int = 0, n_classes: int 
     if class_names is not None:
         arrays["class_names"] = np.array(class_names)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
 

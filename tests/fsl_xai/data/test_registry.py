@@ -11,9 +11,19 @@ import numpy as np
 import pytest
 
 from fsl_xai import ChecksumError, DataError, DatasetNotFoundError
-from fsl_xai.data import (DatasetInfo, ImageSet, datasets_table, get_info, list_datasets, load_dataset,
-                          make_synthetic, register_dataset, resolve_path, unregister_dataset)
-from fsl_xai.data import registry
+from fsl_xai.data import (
+    DatasetInfo,
+    ImageSet,
+    datasets_table,
+    get_info,
+    list_datasets,
+    load_dataset,
+    make_synthetic,
+    register_dataset,
+    registry,
+    resolve_path,
+    unregister_dataset,
+)
 
 DATA_ENV = "FSL_XAI_DATA_DIR"
 
@@ -127,7 +137,8 @@ def test_list_datasets_marks_presence(data_dir: Path, tmp_path: Path, cache_dir:
     for name in MEDMNIST_2D:
         info = without[name]
         assert info.kind == "medmnist" and info.downloadable and not info.present
-        assert info.url.startswith("https://zenodo.org/") and len(info.md5) == 32
+        assert info.url is not None and info.url.startswith("https://zenodo.org/")
+        assert info.md5 is not None and len(info.md5) == 32
         assert info.channels in (1, 3) and info.image_size == 28 and info.licence
         assert info.n_classes == len(info.classes) >= 2
     assert without["chestmnist"].supported is False
@@ -135,10 +146,11 @@ def test_list_datasets_marks_presence(data_dir: Path, tmp_path: Path, cache_dir:
     assert without["synthetic"].present and without["synthetic-biased"].present
     # the shared MedMNIST files are byte-identical to the official downloads
     for name in ("breastmnist", "retinamnist"):
-        digest = hashlib.md5(with_data[name].path.read_bytes()).hexdigest()
-        assert digest == with_data[name].md5
+        path = with_data[name].path
+        assert path is not None
+        assert hashlib.md5(path.read_bytes()).hexdigest() == with_data[name].md5
     table = datasets_table(data_dir=empty)
-    status = dict(zip(table["name"], table["status"]))
+    status = dict(zip(table["name"], table["status"], strict=True))
     assert status["pbc-blood"] == "missing" and status["pathmnist"] == "downloadable"
     assert status["chestmnist"] == "unsupported" and status["synthetic"] == "built in"
     assert {"classes", "image_size", "channels", "licence", "path"} <= set(table.columns)
@@ -253,7 +265,8 @@ def test_download_false_names_the_url(cache_dir: Path, tmp_path: Path, no_env_da
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("bloodmnist", data_dir=tmp_path, download=False)
     message = str(info.value)
-    assert "download=True" in message and get_info("bloodmnist").url in message
+    url = get_info("bloodmnist").url
+    assert "download=True" in message and url is not None and url in message
     assert str(tmp_path / "medmnist_official" / "bloodmnist.npz") in message
 
 

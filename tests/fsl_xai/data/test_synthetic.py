@@ -16,10 +16,16 @@ def plain() -> ImageSet:
     return make_synthetic(n_per_class=40, seed=3)
 
 
+def lesion_masks(images: ImageSet) -> np.ndarray:
+    """The set's lesion masks (n_images, height, width); the synthetic set always has them."""
+    assert images.masks is not None, f"{images.name} has no lesion masks"
+    return images.masks
+
+
 def lesion_contrast(images: ImageSet) -> np.ndarray:
     """Per image: mean inside the lesion mask minus mean of a band just outside it."""
     out = np.empty(len(images))
-    for i, (img, mask) in enumerate(zip(images.images[:, 0], images.masks)):
+    for i, (img, mask) in enumerate(zip(images.images[:, 0], lesion_masks(images), strict=True)):
         band = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask, iterations=1)
         out[i] = img[mask].mean() - img[band].mean()
     return out
@@ -28,7 +34,7 @@ def lesion_contrast(images: ImageSet) -> np.ndarray:
 def noise_level(images: ImageSet) -> np.ndarray:
     """Per image: spread of the pixel-to-pixel differences away from the lesion (a noise estimate)."""
     out = np.empty(len(images))
-    for i, (img, mask) in enumerate(zip(images.images[:, 0], images.masks)):
+    for i, (img, mask) in enumerate(zip(images.images[:, 0], lesion_masks(images), strict=True)):
         detail = img[1:-1, 1:-1] - 0.25 * (img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2] + img[1:-1, 2:])
         away = ~ndimage.binary_dilation(mask, iterations=3)[1:-1, 1:-1]
         out[i] = detail[away].std()
@@ -54,7 +60,7 @@ def test_layout(plain: ImageSet) -> None:
 def test_same_seed_same_bytes_other_seed_differs() -> None:
     a = make_synthetic(n_per_class=10, size=32, seed=7)
     b = make_synthetic(n_per_class=10, size=32, seed=7)
-    assert a.images.tobytes() == b.images.tobytes() and a.masks.tobytes() == b.masks.tobytes()
+    assert a.images.tobytes() == b.images.tobytes() and lesion_masks(a).tobytes() == lesion_masks(b).tobytes()
     assert np.array_equal(a.labels, b.labels) and a.metadata.equals(b.metadata)
     assert a.fingerprint() == b.fingerprint()
     c = make_synthetic(n_per_class=10, size=32, seed=8)
@@ -69,18 +75,18 @@ def test_splits_are_disjoint_streams() -> None:
     both = make_synthetic(n_per_class=5, size=32, split="all")
     assert len(both) == 60 and both.metadata["split"].value_counts().to_dict() == {"train": 20, "val": 20, "test": 20}
     assert np.array_equal(both.where(split="test").images, test.images)
-    assert np.array_equal(both.where(split="test").masks, test.masks)
+    assert np.array_equal(lesion_masks(both.where(split="test")), lesion_masks(test))
 
 
 def test_masks_sit_on_the_lesions(plain: ImageSet) -> None:
     contrast = lesion_contrast(plain)
     assert (contrast > 0.03).mean() > 0.95, np.sort(contrast)[:10]
-    areas = plain.masks.sum(axis=(1, 2))
+    areas = lesion_masks(plain).sum(axis=(1, 2))
     assert areas.min() >= 20 and areas.max() < 0.25 * 64 * 64
     # the mask is where the lesion was drawn: centre pixel in or out depending on the shape
     cy = plain.metadata["lesion_y"].astype(int).to_numpy()
     cx = plain.metadata["lesion_x"].astype(int).to_numpy()
-    centre = plain.masks[np.arange(len(plain)), cy, cx]
+    centre = lesion_masks(plain)[np.arange(len(plain)), cy, cx]
     names = np.array(plain.class_names)[plain.labels]
     assert centre[names == "round"].all() and centre[names == "textured"].all()
     assert not centre[names == "ring"].any()
@@ -88,11 +94,11 @@ def test_masks_sit_on_the_lesions(plain: ImageSet) -> None:
 
 def test_classes_differ_only_inside_the_lesion(plain: ImageSet) -> None:
     background = np.array([img[~ndimage.binary_dilation(m, iterations=3)].mean()
-                           for img, m in zip(plain.images[:, 0], plain.masks)])
+                           for img, m in zip(plain.images[:, 0], lesion_masks(plain), strict=True)])
     per_class = [background[plain.labels == k].mean() for k in range(plain.n_classes)]
     assert max(per_class) - min(per_class) < 0.03
     # while the lesion footprints differ: rings are thin, spiculated outlines are ragged
-    area = plain.masks.sum(axis=(1, 2)).astype(float)
+    area = lesion_masks(plain).sum(axis=(1, 2)).astype(float)
     radius = plain.metadata["lesion_radius"].to_numpy()
     fill = area / (np.pi * radius ** 2)
     mean_fill = {name: fill[plain.labels == k].mean() for k, name in enumerate(plain.class_names)}
@@ -124,10 +130,10 @@ def test_spurious_marker_is_a_shortcut_outside_the_lesion() -> None:
     assert biased.name == "synthetic-biased"
     same = biased.images.copy()
     same[marked, 0, rows, cols] = plain.images[marked, 0, rows, cols]
-    assert np.array_equal(same, plain.images) and np.array_equal(biased.masks, plain.masks)
+    assert np.array_equal(same, plain.images) and np.array_equal(lesion_masks(biased), lesion_masks(plain))
     many = make_synthetic(n_per_class=150, size=28, seed=5, n_classes=6)
     rows, cols = marker_box(28)
-    assert not many.masks[:, rows, cols].any()
+    assert not lesion_masks(many)[:, rows, cols].any()
 
 
 def test_marker_rate() -> None:
@@ -141,7 +147,7 @@ def test_all_lesion_types_and_sizes() -> None:
     six = make_synthetic(n_per_class=4, size=28, n_classes=6, sites=("north", "south", "east"))
     assert six.class_names == CLASS_SHAPES and six.images.shape == (24, 1, 28, 28)
     assert set(six.metadata["site"]) == {"north", "south", "east"}
-    assert (six.masks.sum(axis=(1, 2)) > 0).all()
+    assert (lesion_masks(six).sum(axis=(1, 2)) > 0).all()
 
 
 @pytest.mark.parametrize("kwargs, match", [

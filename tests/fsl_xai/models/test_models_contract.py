@@ -33,8 +33,12 @@ def episode(channels: int, seed: int = 1):
     levels = torch.linspace(0.2, 0.8, N_WAY)
     support_labels = torch.arange(N_WAY).repeat_interleave(N_SHOT)
     query_labels = torch.arange(N_WAY).repeat_interleave(N_QUERY)
-    support = (levels[support_labels][:, None, None, None] + 0.2 * torch.rand(len(support_labels), channels, SIZE, SIZE, generator=gen)).clamp(0, 1)
-    query = (levels[query_labels][:, None, None, None] + 0.2 * torch.rand(len(query_labels), channels, SIZE, SIZE, generator=gen)).clamp(0, 1)
+    def noisy(labels: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(len(labels), channels, SIZE, SIZE, generator=gen)
+        return (levels[labels][:, None, None, None] + 0.2 * noise).clamp(0, 1)
+
+    support = noisy(support_labels)
+    query = noisy(query_labels)
     return support, support_labels, query
 
 

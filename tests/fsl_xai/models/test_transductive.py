@@ -92,7 +92,8 @@ def test_refinement_helps_on_shifted_queries():
     query = torch.cat([3 + 3.5 * torch.rand(10, 1, generator=gen), 13 + 3 * torch.rand(10, 1, generator=gen)])
     truth = torch.arange(2).repeat_interleave(10)
     proto = make_model("protonet", torch.nn.Identity()).fit_embeddings(support, labels)
-    trans = make_model("transductive", torch.nn.Identity(), iterations=5, temperature=5.0).fit_embeddings(support, labels)
+    trans = make_model("transductive", torch.nn.Identity(), iterations=5, temperature=5.0)
+    trans = trans.fit_embeddings(support, labels)
     acc_proto = (proto.logits_from_embeddings(query).argmax(1) == truth).float().mean()
     acc_trans = (trans.logits_from_embeddings(query).argmax(1) == truth).float().mean()
     assert acc_trans > acc_proto

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from fsl_xai.study import ResponseStore
 
-
 WORKER = [sys.executable, "-m", "tests.fsl_xai.study._worker"]
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -76,7 +75,7 @@ def test_twenty_rater_processes_fifty_answers_each(tmp_path, design, make_study,
     design_file.write_text(json.dumps(design_dict))
     procs = [_start(tmp_path / "s.db", design_file, t, i) for i, t in enumerate(tokens)]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert out.strip().endswith("DONE")
     rows = [r for r in store.all_answers() if r["question"] == "diagnosis"]

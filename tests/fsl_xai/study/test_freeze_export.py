@@ -6,10 +6,10 @@ import pytest
 import fsl_xai as F
 from fsl_xai.checkpoints import save_checkpoint
 from fsl_xai.study import ResponseStore
+from fsl_xai.study.design import load_design
 from fsl_xai.study.export import export_study
 from fsl_xai.study.freeze import add_raters, freeze_study
 from fsl_xai.study.session import RaterSession
-from fsl_xai.study.design import load_design
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def frozen(tmp_path_factory):
     study = {
         "study_id": "s", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
         "episode": {"n_way": 2, "n_shot": 2, "seed": 3}, "cases": {"n": 4, "seed": 0},
-        "conditions": ["no_ai", "prediction", "heatmap", "prototypes"], "method": "saliency",
+        "conditions": ["no_ai", "prediction", "heatmap", "prototypes", "heatmap_badges"], "method": "saliency",
         "questions": [{"id": "diagnosis", "type": "choice"}, {"id": "confidence", "type": "likert"}],
         "mode": "teaching",
     }
@@ -32,20 +32,25 @@ def frozen(tmp_path_factory):
 def test_items_store_exactly_what_each_condition_shows(frozen):
     _, db, fingerprint = frozen
     with ResponseStore(db) as store:
-        assert store.n_items() == 4 * 4
-        rows = store._conn.execute("SELECT item_id FROM items").fetchall()
-        for (item_id,) in rows:
-            item = store.item(item_id)
+        assert store.n_items() == 4 * 5
+        for item in store.all_items():
             shown, cond = item["shown"], item["condition"]
             assert "image_png" in shown and shown["true_class"] in shown["classes"]
             assert ("prediction" in shown) == (cond != "no_ai")
-            assert ("heatmap_png" in shown) == (cond == "heatmap")
+            assert ("heatmap_png" in shown) == (cond in ("heatmap", "heatmap_badges"))
             assert ("nearest_support" in shown) == (cond == "prototypes")
+            assert ("badges" in shown) == (cond == "heatmap_badges")
+            if "badges" in shown:
+                deletion = shown["badges"]["deletion area (lower is better)"]
+                assert shown["badges"]["randomisation check"] in ("passed", "failed", "undefined")
+                assert deletion == "undefined" or 0 <= deletion <= 1
             prov = item["provenance"]
             assert prov["model_fingerprint"] == fingerprint
             assert prov["method"] == "saliency" and prov["episode"]["episode_id"]
-            assert prov["shown_panels"] == {"no_ai": [], "prediction": ["prediction"], "heatmap": ["prediction", "heatmap"],
-                                            "prototypes": ["prediction", "prototypes"]}[cond]
+            assert prov["shown_panels"] == {"no_ai": [], "prediction": ["prediction"],
+                                            "heatmap": ["prediction", "heatmap"],
+                                            "prototypes": ["prediction", "prototypes"],
+                                            "heatmap_badges": ["prediction", "heatmap", "badges"]}[cond]
 
 
 def test_freezing_twice_is_refused(frozen):

@@ -7,7 +7,6 @@ from fsl_xai.study import AccessDenied, ResponseStore, StudyStoreError
 from fsl_xai.study.session import RaterSession
 
 
-
 def test_wal_and_append_only(tmp_path, design, make_study):
     store, (tok, _) = make_study(tmp_path / "s.db", design)
     assert store.journal_mode == "wal"
@@ -119,3 +118,13 @@ def test_concurrent_raters_threads(tmp_path, design, make_study):
     rows = store.all_answers()
     assert len(rows) == 8 * 25 * 2
     assert len({(r["rater"], r["item_id"], r["question"]) for r in rows}) == len(rows)
+
+
+def test_all_items_and_rater_count(tmp_path, design, make_study):
+    store, _ = make_study(tmp_path / "s.db", design)
+    items = store.all_items()
+    assert [i["item_id"] for i in items] == sorted(f"{c}|{k}" for c in design.cases for k in design.condition_names)
+    assert items[0] == store.item(items[0]["item_id"]) and items[0]["provenance"] == {"model": "m"}
+    assert store.n_raters() == 2
+    store.revoke(store.authenticate(store.add_rater([items[0]["item_id"]])[1]).pseudonym)
+    assert store.n_raters() == 3  # revoked raters still count: rater numbers continue after them
