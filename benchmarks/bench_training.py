@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
 from _data import load  # noqa: E402
 
+from fsl_xai.intervals import mean_interval  # noqa: E402
 from fsl_xai.training import DEFAULT_SPLITS, build_model, episode_accuracies, train_episodic  # noqa: E402
 
 
@@ -38,20 +39,20 @@ def main(argv=None) -> int:
         opts = set(variant.split("+"))
         model = build_model("protonet", "conv4", 3, 28, seed=0)
         t0 = time.perf_counter()
-        res = train_episodic(model, train, 5, 5, 10, a.episodes, seed=0, progress=False,
-                             channels_last="channels_last" in opts, autocast="bf16" in opts,
-                             compile="compile" in opts)
+        train_episodic(model, train, 5, 5, 10, a.episodes, seed=0, progress=False,
+                       channels_last="channels_last" in opts, autocast="bf16" in opts, compile="compile" in opts)
         wall = time.perf_counter() - t0
-        acc = episode_accuracies(model, test, 3, 5, 15, a.eval_episodes, seed=7)
-        half = 1.96 * acc.std(ddof=1) / len(acc) ** 0.5
-        rows.append((variant, a.episodes / wall, acc.mean(), half))
+        acc = mean_interval(episode_accuracies(model, test, 3, 5, 15, a.eval_episodes, seed=7))
+        half = (acc.high - acc.low) / 2
+        rows.append((variant, a.episodes / wall, acc.estimate, half))
         print(f"{variant:28s} {a.episodes / wall:7.1f} ep/s (incl. compile)  novel 3-way 5-shot acc "
-              f"{acc.mean():.3f} +- {half:.3f}", flush=True)
+              f"{acc.estimate:.3f} +- {half:.3f}", flush=True)
     base = rows[0][1]
-    print(f"\n| variant | episodes/s ({a.threads} threads) | speed-up | novel-class 3-way 5-shot acc ({a.eval_episodes} ep, 95% CI) |")
+    print(f"\n| variant | episodes/s ({a.threads} threads) | speed-up "
+          f"| novel-class 3-way 5-shot acc ({a.eval_episodes} ep, 95% CI) |")
     print("|---|---|---|---|")
-    for v, eps, acc, half in rows:
-        print(f"| {v} | {eps:.1f} | {eps / base:.2f}x | {acc:.3f} +- {half:.3f} |")
+    for v, eps, mean, half in rows:
+        print(f"| {v} | {eps:.1f} | {eps / base:.2f}x | {mean:.3f} +- {half:.3f} |")
     return 0
 
 

@@ -63,7 +63,8 @@ class CheckpointInfo:
     version: str = ""
 
     def __post_init__(self) -> None:
-        self.image_size = tuple(int(v) for v in self.image_size)
+        height, width = self.image_size
+        self.image_size = (int(height), int(width))
         self.classes = tuple(str(c) for c in self.classes)
         self.in_channels = int(self.in_channels)
 
@@ -74,15 +75,15 @@ class CheckpointInfo:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CheckpointInfo":
+    def from_dict(cls, data: dict) -> CheckpointInfo:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def for_model(cls, model: FewShotClassifier, **kwargs) -> "CheckpointInfo":
+    def for_model(cls, model: FewShotClassifier, **kwargs) -> CheckpointInfo:
         """Describe ``model`` (name, params, backbone) plus any other fields given."""
         config = dict(model.config())
-        name = config.pop("model", getattr(model, "name", type(model).__name__))
+        name = config.pop("model", model.name)
         bb = model.backbone
         return cls(model=name, model_params=config, backbone=getattr(bb, "backbone_name", type(bb).__name__.lower()),
                    backbone_params=backbone_params(bb), in_channels=getattr(bb, "in_channels", 3),
@@ -95,11 +96,12 @@ def backbone_params(backbone: nn.Module) -> dict:
     if isinstance(explicit, dict):
         return dict(explicit)
     name = getattr(backbone, "backbone_name", "")
+    net: Any = backbone  # the layouts of the registered backbones, read by name
     try:
         if name == "conv4":
-            return {"width": int(backbone.blocks[0][0].out_channels)}
+            return {"width": int(net.blocks[0][0].out_channels)}
         if name == "resnet12":
-            return {"widths": [int(b.body[0].out_channels) for b in backbone.blocks]}
+            return {"widths": [int(b.body[0].out_channels) for b in net.blocks]}
     except (AttributeError, IndexError, TypeError):
         pass
     return {}
@@ -136,7 +138,7 @@ def save_checkpoint(path: str | os.PathLike, model: FewShotClassifier, info: Che
 
     path = Path(path)
     info = info or CheckpointInfo.for_model(model)
-    info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    info.created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     info.version = __version__
     payload = {
         "magic": _MAGIC,
@@ -145,11 +147,19 @@ def save_checkpoint(path: str | os.PathLike, model: FewShotClassifier, info: Che
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "training": training_state,
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through a temporary file in the same folder and a rename, so
+    that readers see the old file or the complete new one, never a partial one (parent folders are
+    created). Returns the path written."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -240,7 +250,7 @@ def load_checkpoint(path: str | os.PathLike, model: FewShotClassifier | None = N
     payload = read_checkpoint(path)
     try:
         info = CheckpointInfo.from_dict(payload["info"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's description is damaged ({exc}); train again") from None
     if model is None:
         model = _rebuild(info, path)

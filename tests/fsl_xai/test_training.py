@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import pytest
 import torch
 
+import fsl_xai.training.zoo as zoo
 from fsl_xai.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
 from fsl_xai.errors import CheckpointError, ModelError
 from fsl_xai.testing import make_imageset, tiny_model
-from fsl_xai.training import (DefaultRecipe, default_model, default_model_from_recipe, episode_accuracies,
-                              pretrain, train_episodic)
-import fsl_xai.training as training
+from fsl_xai.training import (
+    DefaultRecipe,
+    default_model,
+    default_model_from_recipe,
+    episode_accuracies,
+    pretrain,
+    train_episodic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def test_checkpoint_round_trip(toy, tmp_path):
     x = torch.from_numpy(train.images[:6])
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     model.eval()
-    assert torch.allclose(model.fit_support(x, y)(x), loaded.fit_support(x, y)(x))
+    assert torch.allclose(model.fit(x, y)(x), loaded.fit(x, y)(x))
 
 
 def test_resume_equals_uninterrupted_training(toy, tmp_path):
@@ -179,7 +182,7 @@ def test_default_model_is_trained_once_then_loaded(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached model should have been loaded")
 
-    monkeypatch.setattr(training, "train_recipe", no_training)
+    monkeypatch.setattr(zoo, "train_recipe", no_training)
     again, _ = default_model_from_recipe(recipe, "protonet", progress=False, cache_dir=tmp_path)
     assert again.fingerprint() == model.fingerprint()
     monkeypatch.undo()
@@ -211,3 +214,35 @@ def test_every_model_trains_and_round_trips_through_a_checkpoint(toy, tmp_path, 
     loaded, info = load_checkpoint(tmp_path / f"{name}.pt")
     assert info.model == name and type(loaded) is type(model)
     assert loaded.fingerprint() == model.fingerprint()
+
+
+def test_fit_base_statistics_centres_simpleshot_and_leaves_other_models(toy):
+    from fsl_xai.embeddings import embed_all
+    from fsl_xai.training import fit_base_statistics
+
+    train, _ = toy
+    simple = tiny_model(channels=1, size=28, width=8, model="simpleshot")
+    assert not simple.has_base_mean
+    fit_base_statistics(simple, train)
+    assert simple.has_base_mean
+    torch.testing.assert_close(simple.base_mean_, embed_all(simple, train, cache=False).mean(0))
+    proto = tiny_model(channels=1, size=28, width=8)
+    before = _weights(proto)
+    fit_base_statistics(proto, train)
+    assert _same(_weights(proto), before)
+
+
+def test_validation_records_the_mean_and_its_normal_interval(toy):
+    from fsl_xai.intervals import mean_interval
+    from fsl_xai.training import validation_accuracy
+
+    _, val = toy
+    model = tiny_model(channels=1, size=28, width=8)
+    before = _weights(model)
+    out = validation_accuracy(model, val, n_way=3, n_shot=2, episodes=12, seed=4)
+    acc = episode_accuracies(model, val, *out["val_shape"], 12, seed=4 + 1_000_003)
+    expected = mean_interval(acc, method="normal")
+    assert out["best_val_accuracy"] == pytest.approx(acc.mean())
+    assert out["best_val_ci95"] == pytest.approx([expected.low, expected.high])
+    assert out["best_val_ci95"][0] < out["best_val_accuracy"] < out["best_val_ci95"][1] or acc.std() == 0
+    assert _same(_weights(model), before)  # scoring fits episodes without changing the model

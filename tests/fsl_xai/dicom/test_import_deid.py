@@ -12,8 +12,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from fsl_xai.data.deid import DeidConfig, date_offset_days
 from fsl_xai.data.dicom import DicomReadError, deidentify_file, import_dicom_folder, read_dicom
+from fsl_xai.data.dicom.deid import DeidConfig, date_offset_days
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.errors import DataError
 
@@ -30,7 +30,7 @@ def test_folder_import_reports_every_bad_file_and_keeps_the_rest(mixed_dir):
     assert len(imp.images) == len(good) and sorted(imp.sources) == sorted(good)
     assert imp.images.images.shape[1:] == (1, 32, 32)
     assert imp.images.class_names == ("ct", "mr")
-    for src, label in zip(imp.sources, imp.images.labels):
+    for src, label in zip(imp.sources, imp.images.labels, strict=True):
         assert src.split("/")[0] == imp.images.class_names[label]
     reasons = dict(imp.bad_files)
     assert set(reasons) == set(expected)
@@ -52,8 +52,8 @@ def test_labels_from_dict_csv_and_none(mixed_dir, tmp_path):
     no_label = [f for f, r in imp.bad_files if r.startswith("no label")]
     assert sorted(no_label) == sorted(set(good) - {one} | set(expected))
     csv = tmp_path / "labels.csv"
-    pd.DataFrame({"file": [g.split("/")[-1] for g in good], "label": ["a", "b"] * (len(good) // 2) + ["a"] * (len(good) % 2)}
-                 ).to_csv(csv, index=False)
+    names = ["a", "b"] * (len(good) // 2) + ["a"] * (len(good) % 2)
+    pd.DataFrame({"file": [g.split("/")[-1] for g in good], "label": names}).to_csv(csv, index=False)
     imp = import_dicom_folder(root, labels=csv, size=16, progress=False)
     assert len(imp.images) == len(good) and set(imp.images.class_names) <= {"a", "b"}
     imp = import_dicom_folder(root, size=16, progress=False)
@@ -203,7 +203,8 @@ def test_deidentified_file_dates_uids_and_profile(tmp_path):
     # the interval between a patient's studies is kept
     assert (day(out["y"].StudyDate) - day(out["x"].StudyDate)).days == (dt.date(2021, 6, 1) - dt.date(2021, 3, 15)).days
     nested = out["x"].ReferencedImageSequence[0]
-    assert (day(nested[0x00080023].value) - day(orig["x"].ReferencedImageSequence[0][0x00080023].value)).days == shift["x"]
+    nested_orig = orig["x"].ReferencedImageSequence[0]
+    assert (day(nested[0x00080023].value) - day(nested_orig[0x00080023].value)).days == shift["x"]
     assert nested[0x00700084].value in ("", None)  # a person name in a nested item is emptied
     # UIDs: keyed, consistent, valid; standard ones kept
     assert out["x"].StudyInstanceUID == out["y"].StudyInstanceUID != out["z"].StudyInstanceUID

@@ -1,8 +1,6 @@
-"""De-identification policy and keyed pseudonyms (no pydicom here; :mod:`fsl_xai.data.dicom`
-applies the policy to DICOM datasets).
+"""The de-identification policy: DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile.
 
-The policy follows the Basic Application Level Confidentiality Profile of DICOM PS3.15 Annex E
-(Table E.1-1) with two of its options, both declared in the de-identified file:
+Table E.1-1 is applied with two of its options, both declared in every de-identified file:
 
 - *Retain Patient Characteristics* (sex, age, size, weight are kept; subgroup analysis needs them);
 - *Retain Longitudinal Temporal Information with Modified Dates* (dates are shifted by a keyed,
@@ -10,35 +8,15 @@ The policy follows the Basic Application Level Confidentiality Profile of DICOM 
 
 Actions, as in the standard: ``D`` replace with a dummy value, ``Z`` replace with an empty value,
 ``X`` remove, ``U`` replace a UID by a keyed one (the same input UID always gives the same output
-UID under the same secret), ``K`` keep. On top of the table, :mod:`fsl_xai.data.dicom` removes every
-private tag, every curve (50xx) and overlay data/comment (60xx,3000/4000) element, every remaining
-person name (VR PN), every element of the patient group (0010) that is not retained, shifts or
+UID under the same secret), ``K`` keep. On top of the table, :func:`~fsl_xai.data.dicom.deid.deidentify_dataset`
+removes every private tag, every curve (50xx) and overlay data/comment (60xx,3000/4000) element, every
+remaining person name (VR PN), every element of the patient group (0010) that is not retained, shifts or
 removes every remaining date (DA, DT), and replaces every remaining non-standard UID (VR UI).
 
-Keys: every pseudonym is an HMAC-SHA256 under a project secret. Set it with
-``FSL_XAI_DEID_SECRET`` (or pass ``secret=``); without one, the documented default
-:data:`DEFAULT_SECRET` is used and a warning is logged once, because anyone who knows the default
-and a patient's ID can recompute that patient's pseudonym.
+Plain data, no pydicom: the policy can be read (and audited) without a DICOM toolkit.
 """
 
 from __future__ import annotations
-
-import datetime as _dt
-import hashlib
-import hmac
-import logging
-import os
-from dataclasses import dataclass
-
-from ..errors import DataError
-
-log = logging.getLogger(__name__)
-
-SECRET_ENV = "FSL_XAI_DEID_SECRET"
-#: the documented default salt; set FSL_XAI_DEID_SECRET (or pass secret=) for real patient data
-DEFAULT_SECRET = "fsl-xai-default-deid-salt-v1"
-#: oldest age reported; HIPAA Safe Harbor groups ages over 89 as "90 or older"
-MAX_AGE = 90.0
 
 D, Z, X, U, K = "D", "Z", "X", "U", "K"
 
@@ -178,123 +156,3 @@ DICOM_UID_ROOT = "1.2.840.10008."
 METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"),
                 ("113108", "Retain Patient Characteristics Option"),
                 ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
-
-
-@dataclass(frozen=True)
-class DeidConfig:
-    """How to de-identify.
-
-    Attributes:
-        secret: the key of every pseudonym (HMAC-SHA256). None: ``FSL_XAI_DEID_SECRET``, else
-            :data:`DEFAULT_SECRET` (with a warning logged once).
-        date_mode: "shift" (a keyed per-patient offset of 1..max_shift_days days back) or "remove".
-        max_shift_days: the largest date shift.
-    """
-
-    secret: str | bytes | None = None
-    date_mode: str = "shift"
-    max_shift_days: int = 365
-
-    def __post_init__(self) -> None:
-        if self.date_mode not in ("shift", "remove"):
-            raise DataError(f"date_mode must be 'shift' or 'remove', got {self.date_mode!r}")
-        if self.max_shift_days < 1:
-            raise DataError(f"max_shift_days must be at least 1, got {self.max_shift_days}")
-
-    def key(self) -> bytes:
-        secret = self.secret if self.secret is not None else os.environ.get(SECRET_ENV)
-        if not secret:
-            _warn_default_secret()
-            secret = DEFAULT_SECRET
-        return secret.encode() if isinstance(secret, str) else bytes(secret)
-
-
-_warned = False
-
-
-def _warn_default_secret() -> None:
-    global _warned
-    if not _warned:
-        log.warning("de-identification uses the documented default secret; set %s (or pass secret=) so that "
-                    "pseudonyms cannot be recomputed by others", SECRET_ENV)
-        _warned = True
-
-
-def keyed_digest(key: bytes, *parts: str) -> bytes:
-    """HMAC-SHA256 of the parts (joined by a separator that cannot occur in DICOM text)."""
-    return hmac.new(key, "\x1f".join(parts).encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
-
-
-def pseudonym(key: bytes, prefix: str, *parts: str, length: int = 12) -> str:
-    """A short stable pseudonym like ``case-3fa91c0d2b7e``."""
-    return f"{prefix}-{keyed_digest(key, prefix, *parts).hex()[:length]}"
-
-
-def case_id(key: bytes, patient_id: str, study_uid: str) -> str:
-    """The pseudonymous case id: keyed HMAC of PatientID and StudyInstanceUID."""
-    return pseudonym(key, "case", patient_id, study_uid)
-
-
-def patient_pseudonym(key: bytes, patient_id: str) -> str:
-    return pseudonym(key, "patient", patient_id)
-
-
-def replace_uid(key: bytes, uid: str) -> str:
-    """A keyed replacement UID under the UUID-derived root 2.25 (PS3.5 B.2): ``2.25.<int>``."""
-    uid = str(uid).strip().rstrip("\x00")
-    if not uid or uid.startswith(DICOM_UID_ROOT):
-        return uid
-    value = int.from_bytes(keyed_digest(key, "uid", uid)[:16], "big")
-    return f"2.25.{value}"
-
-
-def date_offset_days(key: bytes, patient_id: str, max_shift_days: int = 365) -> int:
-    """The per-patient date shift in days (negative: dates move into the past), 1..max days."""
-    value = int.from_bytes(keyed_digest(key, "date-shift", patient_id)[:8], "big")
-    return -(1 + value % max_shift_days)
-
-
-def parse_da(value: str) -> _dt.date | None:
-    value = str(value).strip()
-    try:
-        return _dt.datetime.strptime(value[:8], "%Y%m%d").date() if len(value) >= 8 else None
-    except ValueError:
-        return None
-
-
-def shift_da(value: str, days: int) -> str:
-    """Shift a DA value (YYYYMMDD); unparsable values become empty."""
-    d = parse_da(value)
-    return (d + _dt.timedelta(days=days)).strftime("%Y%m%d") if d else ""
-
-
-def shift_dt(value: str, days: int) -> str:
-    """Shift the date part of a DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX), keeping the time."""
-    value = str(value).strip()
-    d = parse_da(value[:8])
-    return (d + _dt.timedelta(days=days)).strftime("%Y%m%d") + value[8:] if d else ""
-
-
-def age_from_string(value: str) -> float | None:
-    """Years from a DICOM AS value: "058Y" -> 58, "006M" -> 0.5, "010W", "003D"."""
-    value = str(value).strip().upper()
-    if len(value) < 2 or not value[:-1].isdigit():
-        return None
-    n = float(value[:-1])
-    return {"Y": n, "M": n / 12.0, "W": n * 7 / 365.25, "D": n / 365.25}.get(value[-1])
-
-
-def age_from_dates(birth: str, study: str) -> float | None:
-    """Whole years between a birth date and a study date (DA strings), or None."""
-    b, s = parse_da(birth), parse_da(study)
-    if not b or not s or s < b:
-        return None
-    years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
-    return float(years)
-
-
-def safe_age(years: float | None) -> float:
-    """Age for the metadata table: NaN when unknown, capped at :data:`MAX_AGE` (90 = "90 or older")."""
-    if years is None or not (years == years) or years < 0 or years > 150:
-        return float("nan")
-    return float(min(round(years, 2), MAX_AGE))
