@@ -71,8 +71,12 @@ lint: venv
 test: venv lint browser models
 	$(BIN)/python -m pytest tests $(if $(NOTEBOOKS),$(NOTEBOOKS) $(NBVAL_ARGS)) $(PYTEST_ARGS)
 
+# Options for JupyterLab go after --, e.g. make lab LAB_ARGS='--port 8899 -- --ServerApp.token=abc'
+# (as root, --allow-root is added by fsl-xai lab itself).
+LAB_ARGS ?=
+
 lab: venv
-	$(BIN)/fsl-xai lab
+	$(BIN)/fsl-xai lab $(LAB_ARGS)
 
 bench: venv
 	@set -e; for script in benchmarks/[!_]*.py; do \

@@ -91,8 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="protonet")
     p.add_argument("--notebooks", help="notebook folder (default: ./notebooks, else the repository's)")
     p.add_argument("--port", type=int, help="port for JupyterLab")
+    p.add_argument("--ip", help="address JupyterLab listens on (JupyterLab's default: localhost only)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--dry-run", action="store_true", help="prepare the model and print the command only")
+    p.add_argument("jupyter_args", nargs=argparse.REMAINDER,
+                   help="after --, options passed to JupyterLab as they are (e.g. -- --ServerApp.token=abc)")
     p.set_defaults(func=cmd_lab)
 
     _register_plugins(sub)
@@ -123,10 +126,9 @@ def _register_plugins(sub) -> None:
 
 # ---------------------------------------------------------------------------------------- helpers
 def _threads(n: int | None) -> None:
-    if n is not None:
-        import torch
+    from .training import set_threads
 
-        torch.set_num_threads(max(1, n))
+    set_threads(n)
 
 
 def _load_images(dataset: str | None, data_file: str | None, split: str, progress: bool) -> ImageSet:
@@ -346,8 +348,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"]
     if args.port:
         cmd.append(f"--port={args.port}")
+    if args.ip:
+        cmd.append(f"--ip={args.ip}")
     if args.no_browser:
         cmd.append("--no-browser")
+    passed = [a for a in args.jupyter_args if a != "--"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in passed:
+        # containers often run as root, and Jupyter refuses to start as root without this flag
+        print("fsl-xai lab: running as root, so JupyterLab is started with --allow-root", file=sys.stderr)
+        cmd.append("--allow-root")
+    cmd += passed
     if args.dry_run:
         print(" ".join(cmd))
         return 0

@@ -196,6 +196,25 @@ def test_lab_prepares_the_default_model_and_starts_jupyterlab_on_notebooks(tmp_p
     assert "no notebooks folder" in _one_line_error(capsys)
 
 
+def test_lab_runs_as_root_and_passes_jupyter_options_through(tmp_path, monkeypatch, capsys):
+    import fsl_xai.cli as cli
+
+    monkeypatch.setattr(cli, "_prepare", lambda datasets, model: None)
+    (tmp_path / "notebooks").mkdir()
+    argv = ["lab", "--notebooks", str(tmp_path / "notebooks"), "--ip", "127.0.0.1", "--dry-run", "--",
+            "--ServerApp.token=abc", "--ServerApp.open_browser=False"]
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    cmd = out.out.split()
+    assert "--allow-root" in cmd and "--ip=127.0.0.1" in cmd and "--" not in cmd
+    assert cmd[-2:] == ["--ServerApp.token=abc", "--ServerApp.open_browser=False"]
+    assert "running as root" in out.err
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert main(argv) == 0
+    assert "--allow-root" not in capsys.readouterr().out.split()
+
+
 def test_study_subcommands_plug_in(monkeypatch, capsys):
     fake = types.ModuleType("fsl_xai.study.cli")
 
