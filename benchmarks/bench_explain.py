@@ -7,7 +7,8 @@
    same Captum method on the same wrapped model, measured in the same run (target >= 5x for IG).
 
 Latency does not depend on the weights, so the Conv-4 is a seeded, untrained one (fit on a 3-way
-5-shot support set of the data). Run: ``python benchmarks/bench_explain.py --threads 2``.
+5-shot support set of the data). Run: ``python benchmarks/bench_explain.py --threads 2`` (``--repeats 5
+--n-queries 32`` for a quicker look).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
 
 import fsl_xai  # noqa: E402
-from fsl_xai.explain import explain, list_methods  # noqa: E402
-from fsl_xai.explain import attribution  # noqa: E402
-from fsl_xai.explain.attribution import ExplainedOutput, eval_mode, explanation_model  # noqa: E402
+from fsl_xai.explain import ExplainedOutput, explain, explanation_model, list_methods  # noqa: E402
+from fsl_xai.explain import fast as fast_path  # noqa: E402
+from fsl_xai.explain.core import eval_mode  # noqa: E402
 
 TARGETS_MS = {"gradcam": 20.0, "saliency": 20.0, "integrated_gradients": 150.0, "occlusion": 250.0}
 # settings of the latency run (registry defaults otherwise); IG with the 50 steps of the target
@@ -73,23 +74,23 @@ def timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def per_query_loop(method: str, model, queries: torch.Tensor, n_steps: int, fast: bool = False) -> None:
+def per_query_loop(method: str, fitted, queries: torch.Tensor, n_steps: int, fast: bool = False) -> None:
     """The plain way: one Captum call per query (same Captum class and settings as the registry).
 
     ``fast``: on the same BatchNorm-folded, channels-last copy that ``explain`` uses (to separate
     the gain of batching from the gain of the fast copy)."""
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 
-    runner = explanation_model(model) if fast else model
+    runner = explanation_model(fitted) if fast else fitted
     fwd = ExplainedOutput(runner)
-    with eval_mode(model):
+    with eval_mode(fitted):
         for i in range(len(queries)):
             x = queries[i:i + 1].clone()
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             x.requires_grad_(method != "occlusion")
             with torch.no_grad():
-                logits = model(x)
+                logits = fitted(x)
             w = torch.zeros_like(logits)
             w[0, logits.argmax()] = 1
             if method == "integrated_gradients":
@@ -116,8 +117,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     s, sl, q, name = load_images()
     torch.manual_seed(0)
-    model = fsl_xai.make_model("protonet", fsl_xai.make_backbone("conv4", 3, 64)).eval()
-    model.fit_support(s, sl)
+    fitted = fsl_xai.make_model("protonet", fsl_xai.make_backbone("conv4", 3, 64)).eval().fit(s, sl)
     print(f"Conv-4 ProtoNet, {name}, 3-way 5-shot support, one 64x64 RGB query, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
@@ -130,11 +130,11 @@ def main(argv=None) -> int:
         # interleave the fast path and the plain model so that load changes hit both alike
         fast_t, plain_t = [], []
         for _ in range(a.repeats):
-            attribution.OPTIMIZE = True
-            fast_t += timeit(lambda: explain(model, one, method, **params), 1, warmup=0 if fast_t else 2)
-            attribution.OPTIMIZE = False
-            plain_t += timeit(lambda: explain(model, one, method, **params), 1, warmup=0 if plain_t else 2)
-        attribution.OPTIMIZE = True
+            fast_path.OPTIMIZE = True
+            fast_t += timeit(lambda m=method, p=params: explain(fitted, one, m, **p), 1, warmup=0 if fast_t else 2)
+            fast_path.OPTIMIZE = False
+            plain_t += timeit(lambda m=method, p=params: explain(fitted, one, m, **p), 1, warmup=0 if plain_t else 2)
+        fast_path.OPTIMIZE = True
         med, plain = statistics.median(fast_t) * 1000, statistics.median(plain_t) * 1000
         target = TARGETS_MS.get(method)
         verdict = "" if target is None else ("met" if med < target else "MISSED")
@@ -157,17 +157,17 @@ def main(argv=None) -> int:
         if method == "integrated_gradients" and a.ig_batch:
             params["internal_batch_size"] = a.ig_batch
         # every path is warmed on a few queries, then timed once on all of them
-        explain(model, queries[:4], method, **params)
-        per_query_loop(method, model, queries[:4], 50)
-        per_query_loop(method, model, queries[:4], 50, fast=True)
+        explain(fitted, queries[:4], method, **params)
+        per_query_loop(method, fitted, queries[:4], 50)
+        per_query_loop(method, fitted, queries[:4], 50, fast=True)
         t0 = time.perf_counter()
-        explain(model, queries, method, **params)
+        explain(fitted, queries, method, **params)
         batched = time.perf_counter() - t0
         t0 = time.perf_counter()
-        per_query_loop(method, model, queries, 50)
+        per_query_loop(method, fitted, queries, 50)
         loop = time.perf_counter() - t0
         t0 = time.perf_counter()
-        per_query_loop(method, model, queries, 50, fast=True)
+        per_query_loop(method, fitted, queries, 50, fast=True)
         loop_fast = time.perf_counter() - t0
         target = ">= 5x" if method == "integrated_gradients" else ""
         print(f"| {method} | {batched:.2f} | {loop:.2f} | {loop / batched:.2f}x | {loop_fast:.2f} | "

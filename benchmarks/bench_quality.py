@@ -29,9 +29,15 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout
 
 from fsl_xai.data.synthetic import make_synthetic  # noqa: E402
 from fsl_xai.explain import explain  # noqa: E402
-from fsl_xai.explain.quality import (_baseline_images, _pixel_ranks, deletion_insertion,  # noqa: E402
-                                     infidelity_sensitivity, localization, randomization_check,
-                                     randomized_copy)
+from fsl_xai.explain.core import make_baseline  # noqa: E402
+from fsl_xai.explain.quality import (  # noqa: E402
+    deletion_insertion,
+    infidelity_sensitivity,
+    localization,
+    pixel_ranks,
+    randomization_check,
+    randomized_copy,
+)
 from fsl_xai.models import make_backbone, make_model  # noqa: E402
 
 
@@ -43,11 +49,11 @@ def timed(fn):
 
 
 # ------------------------------------------------------------------------------ per-query versions
-def deletion_loop(model, x, maps, targets, steps, baseline, seed):
+def deletion_loop(fitted, x, maps, targets, steps, baseline, seed):
     """Deletion and insertion areas, one query and one step at a time (same ranking and baseline)."""
     n, _, h, w = x.shape
-    base = _baseline_images(x, baseline, None)
-    ranks = _pixel_ranks(torch.as_tensor(maps), seed)
+    base = make_baseline(x, baseline)
+    ranks = pixel_ranks(torch.as_tensor(maps), seed)
     fractions = np.linspace(0, 1, steps + 1)
     dels, ins = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
     with torch.no_grad():
@@ -57,7 +63,7 @@ def deletion_loop(model, x, maps, targets, steps, baseline, seed):
                 removed = (ranks[i] < count).view(1, h, w).float()
                 pair = torch.stack([x[i] * (1 - removed) + base[i] * removed,
                                     base[i] * (1 - removed) + x[i] * removed])
-                p = model(pair).softmax(-1)[:, targets[i]]
+                p = fitted(pair).softmax(-1)[:, targets[i]]
                 dels[i, k], ins[i, k] = float(p[0]), float(p[1])
     return np.trapezoid(dels, fractions, axis=1), np.trapezoid(ins, fractions, axis=1)
 
@@ -66,28 +72,29 @@ def localization_loop(maps, masks):
     hits, energy = np.zeros(len(maps)), np.zeros(len(maps))
     for i in range(len(maps)):
         m, mk = maps[i], masks[i]
-        hits[i] = float(mk[np.unravel_index(np.argmax(m), m.shape)]) if m.max() > m.min() else 0.0
+        flat = m.max() == m.min()  # a flat map points nowhere: undefined
+        hits[i] = np.nan if flat else float(mk[np.unravel_index(np.argmax(m), m.shape)])
         pos = np.clip(m, 0, None)
-        energy[i] = pos[mk].sum() / pos.sum() if pos.sum() > 0 else np.nan
+        energy[i] = pos[mk].sum() / pos.sum() if pos.sum() > 0 and not flat else np.nan
     return hits, energy
 
 
-def randomization_loop(model, x, support, labels, targets, seed):
+def randomization_loop(fitted, x, support, targets, seed):
     from scipy.stats import spearmanr
 
-    rand = randomized_copy(model, support, labels, seed=seed)
+    rand = randomized_copy(fitted, support, seed=seed)
     rho = np.zeros(len(x))
     for i in range(len(x)):
-        a = explain(model, x[i:i + 1], "saliency", target=[targets[i]], seed=seed).maps[0]
+        a = explain(fitted, x[i:i + 1], "saliency", target=[targets[i]], seed=seed).maps[0]
         b = explain(rand, x[i:i + 1], "saliency", target=[targets[i]], seed=seed).maps[0]
         rho[i] = spearmanr(np.abs(a).ravel(), np.abs(b).ravel()).statistic
     return rho
 
 
-def infidelity_loop(model, x, targets, seed, **kwargs):
+def infidelity_loop(fitted, x, targets, seed, **kwargs):
     inf, sens = np.zeros(len(x)), np.zeros(len(x))
     for i in range(len(x)):
-        r = infidelity_sensitivity(model, x[i:i + 1], "saliency", targets=[targets[i]], seed=seed, **kwargs)
+        r = infidelity_sensitivity(fitted, x[i:i + 1], "saliency", targets=[targets[i]], seed=seed, **kwargs)
         inf[i], sens[i] = r.infidelity[0], r.sensitivity[0]
     return inf, sens
 
@@ -111,8 +118,8 @@ def main() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         model = make_model("protonet", make_backbone("conv4", in_channels=1, image_size=args.size)).eval()
-    model.fit_support(s_img, s_lab)
-    amap, t_explain, _ = timed(lambda: explain(model, x, "saliency", seed=args.seed))
+    fitted = model.fit(s_img, s_lab)
+    amap, t_explain, _ = timed(lambda: explain(fitted, x, "saliency", seed=args.seed))
     targets = list(amap.targets)
     maps = amap.maps
     print(f"{len(x)} queries {args.size}x{args.size}, Conv-4 ProtoNet, {args.threads} thread(s); "
@@ -120,11 +127,11 @@ def main() -> None:
 
     # warm-up on two queries: imports and first-call allocations are not part of either timing
     w = slice(0, 2)
-    deletion_insertion(model, x[w], maps[w], targets[w], steps=2)
-    deletion_loop(model, x[w], maps[w], targets[w], 2, "blur", args.seed)
-    randomization_check(model, x[w], "saliency", s_img, s_lab, layers="full", targets=targets[w])
-    randomization_loop(model, x[w], s_img, s_lab, targets[w], args.seed)
-    infidelity_sensitivity(model, x[w], "saliency", targets[w], n_perturb_samples=2, n_sensitivity_samples=1)
+    deletion_insertion(fitted, x[w], maps[w], targets[w], steps=2)
+    deletion_loop(fitted, x[w], maps[w], targets[w], 2, "blur", args.seed)
+    randomization_check(fitted, x[w], "saliency", s_img, layers="full", targets=targets[w])
+    randomization_loop(fitted, x[w], s_img, targets[w], args.seed)
+    infidelity_sensitivity(fitted, x[w], "saliency", targets[w], n_perturb_samples=2, n_sensitivity_samples=1)
     localization_loop(maps[w], masks[w])
     localization(maps[w], masks[w])
 
@@ -137,8 +144,8 @@ def main() -> None:
         print(f"  measured {name}: batched {wb:.2f} s ({cb:.2f} s CPU), per-query loop {wl:.2f} s "
               f"({cl:.2f} s CPU)", flush=True)
 
-    di, wb, cb = timed(lambda: deletion_insertion(model, x, maps, targets, steps=args.steps, seed=args.seed))
-    (dl, il), wl, cl = timed(lambda: deletion_loop(model, x, maps, targets, args.steps, "blur", args.seed))
+    di, wb, cb = timed(lambda: deletion_insertion(fitted, x, maps, targets, steps=args.steps, seed=args.seed))
+    (dl, il), wl, cl = timed(lambda: deletion_loop(fitted, x, maps, targets, args.steps, "blur", args.seed))
     diff = max(np.abs(di.deletion_auc - dl).max(), np.abs(di.insertion_auc - il).max())
     report((f"deletion + insertion ({args.steps} steps)", wb, wl, cb, cl, diff))
 
@@ -147,14 +154,14 @@ def main() -> None:
     diff = max(np.nanmax(np.abs(loc.pointing_hit - hl)), np.nanmax(np.abs(loc.energy_inside - el)))
     report(("localisation (pointing game, energy)", wb, wl, cb, cl, diff))
 
-    rc, wb, cb = timed(lambda: randomization_check(model, x, "saliency", s_img, s_lab, layers="full",
+    rc, wb, cb = timed(lambda: randomization_check(fitted, x, "saliency", s_img, layers="full",
                                                    targets=targets, seed=args.seed))
-    rl, wl, cl = timed(lambda: randomization_loop(model, x, s_img, s_lab, targets, args.seed))
+    rl, wl, cl = timed(lambda: randomization_loop(fitted, x, s_img, targets, args.seed))
     report(("randomisation check (full model)", wb, wl, cb, cl, float(np.abs(rc.final_spearman - rl).max())))
 
     kw = dict(n_perturb_samples=10, n_sensitivity_samples=5)
-    inf, wb, cb = timed(lambda: infidelity_sensitivity(model, x, "saliency", targets, seed=args.seed, **kw))
-    (il2, sl2), wl, cl = timed(lambda: infidelity_loop(model, x, targets, args.seed, **kw))
+    inf, wb, cb = timed(lambda: infidelity_sensitivity(fitted, x, "saliency", targets, seed=args.seed, **kw))
+    (il2, sl2), wl, cl = timed(lambda: infidelity_loop(fitted, x, targets, args.seed, **kw))
     # the loop draws its perturbations query by query, so its noise differs from the batched
     # draw: the values agree in distribution (means below), not bit for bit
     report(("infidelity + max-sensitivity", wb, wl, cb, cl, float("nan")))

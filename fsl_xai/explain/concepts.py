@@ -15,7 +15,8 @@ layer gradient).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,60 +24,44 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ModelError
-from .quality import _as_images, _eval_mode
+from ..models import FewShotClassifier, FittedEpisode
+from .core import as_images, eval_mode, quiet_captum, require_fitted, resolve_layer
 
-__all__ = ["tcav", "layer_activations", "layer_gradients", "concept_activation_vector", "resolve_concept_layer",
-           "draw_patch"]
-
-
-def resolve_concept_layer(model: nn.Module, layer: str | nn.Module | None = None) -> tuple[str, nn.Module]:
-    """A layer of the model by name (relative to the model or to its backbone) or the backbone's
-    ``default_cam_layer``; returns (name relative to the model, module)."""
-    if isinstance(layer, nn.Module):
-        for name, mod in model.named_modules():
-            if mod is layer:
-                return name, mod
-        raise ModelError("the given layer module is not part of this model")
-    backbone = getattr(model, "backbone", None)
-    if layer is None:
-        default = getattr(backbone, "default_cam_layer", None)
-        if default is None:
-            raise ModelError("the backbone has no default_cam_layer; pass layer='backbone.<module name>'")
-        layer = f"backbone.{default}"
-    named = dict(model.named_modules())
-    for candidate in (layer, f"backbone.{layer}"):
-        if candidate in named and candidate:
-            return candidate, named[candidate]
-    options = [n for n, m in named.items() if n.startswith("backbone.") and n.count(".") <= 2]
-    raise ModelError(f"unknown layer {layer!r}; choose one of {options[:20]}")
+__all__ = ["tcav", "layer_activations", "layer_gradients", "concept_activation_vector", "draw_patch"]
 
 
-def layer_activations(model: nn.Module, images: Any, layer: str | nn.Module | None = None,
+def layer_activations(owner: FewShotClassifier | FittedEpisode, images: Any, layer: str | nn.Module | None = None,
                       batch_size: int = 256) -> torch.Tensor:
-    """Flattened activations (n, D) of ``images`` (n, C, H, W) at ``layer`` (eval mode)."""
+    """Flattened activations (n, D) of ``images`` (n, C, H, W) at ``layer`` (eval mode).
+
+    Args:
+        owner: a fitted episode or a model (activations do not depend on the support set).
+        images: (n, C, H, W).
+        layer: as in :func:`~fsl_xai.explain.core.resolve_layer`.
+        batch_size: images per forward pass.
+    """
     from captum.attr import LayerActivation
 
-    x = _as_images(images, "images")
-    _, module = resolve_concept_layer(model, layer)
-    # the few-shot forward needs prototypes; activations do not depend on them, so embed only
-    with _eval_mode(model), torch.no_grad():
-        la = LayerActivation(model.embed, module)
+    x = as_images(images, "images")
+    _, module = resolve_layer(owner, layer)
+    # only the embedding runs: the activations do not depend on the prototypes
+    with eval_mode(owner), torch.no_grad():
+        la = LayerActivation(owner.embed, module)
         out = [la.attribute(x[i:i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)]
     return torch.cat(out).detach()
 
 
-def layer_gradients(model: nn.Module, images: Any, classes: Sequence[int], layer: str | nn.Module | None = None,
+def layer_gradients(fitted: FittedEpisode, images: Any, classes: Sequence[int], layer: str | nn.Module | None = None,
                     batch_size: int = 256) -> torch.Tensor:
     """Gradients (n_classes, n, D) of each class's logit with respect to the flattened layer output."""
     from captum.attr import LayerGradientXActivation
 
-    x = _as_images(images, "images")
-    _, module = resolve_concept_layer(model, layer)
-    if getattr(model, "prototypes_", None) is None:
-        raise ModelError("the model has no support set; call fit_support(images, labels) before TCAV")
+    fitted = require_fitted(fitted, "layer_gradients")
+    x = as_images(images, "images")
+    _, module = resolve_layer(fitted, layer)
     grads = []
-    with _eval_mode(model):
-        lg = LayerGradientXActivation(model, module, multiply_by_inputs=False)
+    with eval_mode(fitted), quiet_captum():
+        lg = LayerGradientXActivation(fitted, module, multiply_by_inputs=False)
         for k in classes:
             parts = [lg.attribute(x[i:i + batch_size], target=int(k)).flatten(1).detach()
                      for i in range(0, len(x), batch_size)]
@@ -188,8 +173,8 @@ def draw_patch(images: Any, rows: slice, cols: slice, value: float | Sequence[fl
     x = np.array(images, dtype=np.float32, copy=True)
     if x.ndim != 4:
         raise DataError(f"images must have shape (n, C, H, W), got {x.shape}")
-    v = np.asarray(value, dtype=np.float32).reshape(-1, 1, 1) if np.ndim(value) else np.float32(value)
-    x[:, :, rows, cols] = v
+    v = np.asarray(value, dtype=np.float32)
+    x[:, :, rows, cols] = v.reshape(-1, 1, 1) if v.ndim else v
     return x
 
 
@@ -209,7 +194,7 @@ def _two_sided_t(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def tcav(
-    model: nn.Module,
+    fitted: FittedEpisode,
     concepts: Mapping[str, Any] | Any,
     query_images: Any,
     random_images: Any,
@@ -249,15 +234,15 @@ def tcav(
     about 20 repeats to separate a concept scoring 1.0 from them; hence the default.
 
     Args:
-        model: a few-shot model fit on its support set (the logits depend on the prototypes).
+        fitted: the fitted episode (the logits depend on the prototypes); not changed.
         concepts: {name: example images (m, C, H, W)} or one array of example images (named "concept").
         query_images: (n, C, H, W), the images whose decisions are tested; best without the concept
             (e.g. images without the marker), so that the derivative asks "would adding it push
             towards class k".
         random_images: (n_random, C, H, W) a pool of ordinary images (at least 2 x ``n_examples``).
         query_labels: the class of each query (n,); None uses the model's predictions.
-        layer: the layer (name relative to the model or its backbone); default the backbone's
-            ``default_cam_layer``.
+        layer: the layer (name relative to the model or its backbone, e.g. "blocks.2"); default the
+            backbone's ``default_cam_layer``.
         n_repeats: random counter-sets (at least 2).
         n_examples: images per random set (default: the number of concept examples).
         classes: the classes to score (default all classes of the episode).
@@ -285,13 +270,12 @@ def tcav(
         raise DataError(f"n_repeats must be at least 2 for a t-test, got {n_repeats}")
     if correction not in ("bonferroni", "none"):
         raise DataError(f"unknown correction {correction!r}; use 'bonferroni' or 'none'")
-    if getattr(model, "prototypes_", None) is None:
-        raise ModelError("the model has no support set; call fit_support(images, labels) before TCAV")
-    layer_name, module = resolve_concept_layer(model, layer)
-    n_way = len(model.prototypes_)
-    q = _as_images(query_images, "query_images")
-    pool = _as_images(random_images, "random_images")
-    concept_x = {name: _as_images(imgs, f"concept {name!r} images") for name, imgs in concepts.items()}
+    fitted = require_fitted(fitted, "tcav")
+    layer_name, module = resolve_layer(fitted, layer)
+    n_way = fitted.n_way
+    q = as_images(query_images, "query_images")
+    pool = as_images(random_images, "random_images")
+    concept_x = {name: as_images(imgs, f"concept {name!r} images") for name, imgs in concepts.items()}
     for name, cx in concept_x.items():
         if cx.shape[1:] != q.shape[1:]:
             raise DataError(f"concept {name!r} images are {tuple(cx.shape[1:])} but queries are {tuple(q.shape[1:])}")
@@ -305,8 +289,8 @@ def tcav(
                         f"give at least {2 * m} random images or lower n_examples")
 
     if query_labels is None:
-        with _eval_mode(model), torch.no_grad():
-            labels = torch.cat([model(q[i:i + batch_size]) for i in range(0, len(q), batch_size)]).argmax(1).numpy()
+        with eval_mode(fitted), torch.no_grad():
+            labels = torch.cat([fitted(q[i:i + batch_size]) for i in range(0, len(q), batch_size)]).argmax(1).numpy()
     else:
         labels = np.asarray(query_labels).reshape(-1).astype(np.int64)
         if len(labels) != len(q):
@@ -317,9 +301,9 @@ def tcav(
         raise ModelError(f"classes {bad} are not in this episode (0..{n_way - 1})")
 
     # activations: concept examples, the random pool; gradients of each class logit at the queries
-    acts = {name: layer_activations(model, cx, module, batch_size).double().numpy() for name, cx in concept_x.items()}
-    pool_acts = layer_activations(model, pool, module, batch_size).double().numpy()
-    grads = layer_gradients(model, q, ks, module, batch_size).double().numpy()   # (K, n, D)
+    acts = {name: layer_activations(fitted, cx, module, batch_size).double().numpy() for name, cx in concept_x.items()}
+    pool_acts = layer_activations(fitted, pool, module, batch_size).double().numpy()
+    grads = layer_gradients(fitted, q, ks, module, batch_size).double().numpy()   # (K, n, D)
 
     rng = np.random.default_rng(seed)
     draws = [rng.permutation(len(pool))[: 2 * m] for _ in range(n_repeats)]
@@ -341,9 +325,9 @@ def tcav(
     rand_scores, _ = scores(random_cavs)
     rows = []
     for name, a in acts.items():
-        fitted = [concept_activation_vector(a, pool_acts[d[:m]], cav_method, seed + r) for r, d in enumerate(draws)]
-        cavs = np.stack([c for c, _ in fitted])
-        acc = float(np.mean([s for _, s in fitted]))
+        fits = [concept_activation_vector(a, pool_acts[d[:m]], cav_method, seed + r) for r, d in enumerate(draws)]
+        cavs = np.stack([c for c, _ in fits])
+        acc = float(np.mean([s for _, s in fits]))
         conc_scores, per_query = scores(cavs)
         for i, k in enumerate(ks):
             sel = labels == k

@@ -8,7 +8,7 @@ top of the unperturbed image's cached activations (the idea of incremental infer
 occlusion explanations; Nakandala et al., SIGMOD 2019). The result is the same function: the only
 difference from a full forward pass is the order of floating-point sums inside the convolutions.
 
-``IncrementalForward`` is a drop-in for ``ExplainedOutput`` handed to Captum: Captum still builds
+``IncrementalForward`` is a drop-in for ``core.ExplainedOutput`` handed to Captum: Captum still builds
 the perturbations, baselines and attributions; only the forward is cheaper. Each image of a batch
 is compared with its reference (Captum repeats the query batch once per perturbation, so row
 ``j`` of a batch is a perturbation of query ``j % n``); rows whose change is not small enough
@@ -17,23 +17,28 @@ fall back to a full forward, so a wrong guess costs time, never correctness.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..models import FittedEpisode
+from .core import explained_value
 
 #: the incremental path is used when every changed window is at most this share of the image
 MAX_CHANGED_SHARE = 0.25
 
 
-def supports(model: nn.Module) -> bool:
-    """True for models whose backbone is a stack of [3x3 conv (stride 1, padding 1), Identity or
+def supports(fitted: nn.Module) -> bool:
+    """True for fitted episodes whose backbone is a stack of [3x3 conv (stride 1, padding 1), Identity or
     eval-mode BatchNorm, 2x2 max-pool, ReLU] blocks followed by a flatten (the Conv-4)."""
     from ..models.backbones import Conv4
 
-    backbone = getattr(model, "backbone", None)
-    if type(backbone) is not Conv4 or not hasattr(model, "logits_from_embeddings"):
+    if not isinstance(fitted, FittedEpisode) or type(fitted.backbone) is not Conv4:
         return False
-    for block in backbone.blocks:
+    block: Any
+    for block in fitted.backbone.blocks:
         if len(block) != 4:
             return False
         conv, norm, pool, act = block
@@ -91,14 +96,15 @@ class IncrementalForward(nn.Module):
     """``forward(images, weights) -> (n, 1)``, the explained quantity, computed incrementally.
 
     Args:
-        model: the fitted model Captum explains (``supports(model)`` must hold).
+        fitted: the fitted episode Captum explains (``supports(fitted)`` must hold); not changed.
         references: (n, C, H, W) the unperturbed queries of this call.
     """
 
-    def __init__(self, model: nn.Module, references: torch.Tensor):
+    def __init__(self, fitted: FittedEpisode, references: torch.Tensor):
         super().__init__()
-        self.model = model
-        self.blocks = list(model.backbone.blocks)
+        self.fitted = fitted
+        backbone: Any = fitted.backbone  # a Conv-4 (``supports``)
+        self.blocks = list(backbone.blocks)
         with torch.no_grad():
             refs = references.detach().contiguous()
             # one reference at a time: a convolution's float sums can depend on the batch it runs
@@ -110,7 +116,7 @@ class IncrementalForward(nn.Module):
                     h = block(h)
                     acts_r.append(h.contiguous())
                 per_ref.append(acts_r)
-            acts = [torch.cat(level) for level in zip(*per_ref)]
+            acts = [torch.cat(level) for level in zip(*per_ref, strict=True)]
         # each block's input, zero-padded by one (the convolutions' own padding)
         self.padded = [F.pad(a, (1, 1, 1, 1)) for a in acts[:-1]]
         self.final = acts[-1]
@@ -119,9 +125,8 @@ class IncrementalForward(nn.Module):
 
     def forward(self, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            emb = self._embed(images)
-            logits = self.model.logits_from_embeddings(emb)
-        return (logits * weights.to(logits.dtype)).sum(dim=1, keepdim=True)
+            logits = self.fitted.logits_from_embeddings(self._embed(images))
+        return explained_value(logits, weights)[:, None]
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         n_ref = len(self.references)
@@ -162,4 +167,4 @@ class IncrementalForward(nn.Module):
 
     def _full(self, images: torch.Tensor) -> torch.Tensor:
         self.full_rows += len(images)
-        return self.model.backbone(images.contiguous(memory_format=torch.channels_last))
+        return self.fitted.backbone(images.contiguous(memory_format=torch.channels_last))

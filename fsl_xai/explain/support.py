@@ -1,89 +1,64 @@
-"""Explanations through the support set: which support images shaped a query's decision, which of
-their pixels mattered, and where the query looks like a prototype ("this looks like that")."""
+"""Explanations through the support set: which support images shaped a query's decision (exact
+leave-one-out influence) and which of their pixels mattered (support-pixel attribution).
+
+Both take a fitted episode and change neither it nor its model.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EpisodeError, ModelError
-from .attribution import _resolve_classes, eval_mode, make_baseline, quiet_captum, seeded
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _require_fitted(model: nn.Module) -> None:
-    if getattr(model, "prototypes_", None) is None:
-        raise ModelError(f"{type(model).__name__} has no support set yet; call model.fit_support(images, labels) first")
-
-
-def _one_image(image: Any, what: str = "query_image") -> torch.Tensor:
-    x = torch.as_tensor(image, dtype=torch.float32) if not isinstance(image, torch.Tensor) else image.detach().float()
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ModelError(f"{what} must be one image (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ModelError(f"{what} contains NaN or infinite pixels; repair the image first")
-    return x
-
-
-def _uses_class_means(model: nn.Module) -> bool:
-    """True when the logits are ``score(query, class means)``: the leave-one-out prototype then has a
-    closed form."""
-    from ..models.base import FewShotClassifier
-
-    cls = type(model)
-    return (cls.compute_prototypes is FewShotClassifier.compute_prototypes
-            and getattr(cls, "logits_from_support", None) is getattr(FewShotClassifier, "logits_from_support", None))
-
-
-def _logits_from_support(model: nn.Module, q: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Logits of query embeddings against a support set given by embeddings (differentiable)."""
-    if hasattr(model, "logits_from_support"):
-        return model.logits_from_support(q, emb, labels)
-    return model.score(q, model.compute_prototypes(emb, labels))
-
-
-def _class_label(class_names: Sequence[str] | None, y: int) -> str | None:
-    return None if class_names is None else str(class_names[y])
-
+from ..errors import DataError, ModelError
+from ..models import FewShotClassifier, FittedEpisode
+from .attribution import normalize_maps
+from .core import (
+    as_images,
+    baseline_name,
+    eval_mode,
+    make_baseline,
+    quiet_captum,
+    require_fitted,
+    resolve_classes,
+    seeded,
+    selection_weights,
+)
 
 # --------------------------------------------------------------------------------------------
 # leave-one-out influence
 
 
-def leave_one_out_logits(model: nn.Module, support_embeddings: torch.Tensor, support_labels: torch.Tensor,
-                         query_embeddings: torch.Tensor) -> torch.Tensor:
-    """Logits of each query with each support image left out.
+def leave_one_out_logits(fitted: FittedEpisode, query_embeddings: torch.Tensor) -> torch.Tensor:
+    """Logits of each query with each support image of the fitted episode left out.
 
     Args:
-        support_embeddings: (n_support, D); support_labels: (n_support,) episode labels.
+        fitted: the fitted episode (its support embeddings and labels are used; not changed).
         query_embeddings: (n_query, D).
 
     Returns:
         (n_support, n_query, n_way); NaN in the slice of a support image that is the only one of its
         class (leaving it out removes the class, so the query's logits are undefined).
 
-    For mean prototypes the new prototype of the left-out image's class is
-    ``(n_c * p_c - e_i) / (n_c - 1)`` (no re-embedding, no refit); other models recompute their
-    logits from the stored embeddings without that image (``logits_from_support``), still exact.
+    When the model scores against class means (``uses_class_means()``) the new prototype of the
+    left-out image's class is ``(n_c * p_c - e_i) / (n_c - 1)`` (no re-embedding, no refit); other
+    models recompute their logits from the stored embeddings without that image
+    (``logits_from_support``), still exact.
     """
-    emb = support_embeddings.detach().float()
-    labels = torch.as_tensor(support_labels, dtype=torch.long)
-    q = query_embeddings.detach().float()
-    n_way = int(labels.max()) + 1
-    counts = torch.bincount(labels, minlength=n_way)
-    out = torch.full((len(emb), len(q), n_way), float("nan"))
+    fitted = require_fitted(fitted, "leave_one_out_logits")
+    model = fitted.model
+    emb = fitted.support_embeddings_.detach().float()
+    labels = fitted.support_labels_
+    q = torch.as_tensor(query_embeddings).detach().float()
+    counts = torch.bincount(labels, minlength=fitted.n_way)
+    out = torch.full((len(emb), len(q), fitted.n_way), float("nan"))
     with torch.no_grad():
-        if _uses_class_means(model):
+        if model.uses_class_means():
             protos = model.compute_prototypes(emb, labels)
             for i in range(len(emb)):
                 c = int(labels[i])
@@ -99,16 +74,34 @@ def leave_one_out_logits(model: nn.Module, support_embeddings: torch.Tensor, sup
                 if int(counts[labels[i]]) < 2:
                     continue
                 keep[i] = False
-                out[i] = _logits_from_support(model, q, emb[keep], labels[keep])
+                out[i] = model.logits_from_support(q, emb[keep], labels[keep])
                 keep[i] = True
     return out
 
 
-def support_influence(model: nn.Module, support_embeddings: torch.Tensor | None = None,
-                      support_labels: torch.Tensor | None = None, query_embedding: torch.Tensor | None = None,
-                      *, query_image: torch.Tensor | None = None, target: Any = "predicted",
+@dataclass(frozen=True, eq=False)
+class SupportInfluence:
+    """The leave-one-out influence of each support image on one query's margin.
+
+    Attributes:
+        table: one row per support image, ranked by |influence| (undefined rows last), columns
+            ``rank, support_index, sample_id, label, class, influence, margin_full, margin_without,
+            contrast_without, pred_without, flips, note``.
+        target: the explained class (fixed on the full support set).
+        contrast: the contrast class on the full support set.
+        margin_full: ``logit[target] - logit[contrast]`` with every support image.
+    """
+
+    table: pd.DataFrame
+    target: int
+    contrast: int
+    margin_full: float
+
+
+def support_influence(fitted: FittedEpisode, query_embedding: torch.Tensor | None = None, *,
+                      query_image: torch.Tensor | None = None, target: Any = "predicted",
                       contrast: Any = "runner_up", sample_ids: Sequence[str] | None = None,
-                      class_names: Sequence[str] | None = None) -> pd.DataFrame:
+                      class_names: Sequence[str] | None = None) -> SupportInfluence:
     """The exact effect of each support image on one query's margin, by leaving it out.
 
     The margin is ``logit[target] - logit[contrast]``, target fixed on the full support set (default
@@ -119,43 +112,35 @@ def support_influence(model: nn.Module, support_embeddings: torch.Tensor | None 
     query towards the target (its removal lowers the margin), negative means it worked against it.
 
     Args:
-        model: a fitted few-shot model; its stored ``support_embeddings_`` / ``support_labels_`` are
-            used when ``support_embeddings`` / ``support_labels`` are None.
-        support_embeddings: (n_support, D); support_labels: (n_support,).
+        fitted: the fitted episode (its support embeddings and labels are used; not changed).
         query_embedding: (D,) or (1, D); or give ``query_image`` (C, H, W) to embed it.
         target, contrast: as in ``explain`` (an episode label, "predicted"; contrast "runner_up").
         sample_ids: the support images' sample ids (e.g. ``episode.support_ids``), for the table.
         class_names: the episode's class names (e.g. ``episode.classes``), for the table.
 
     Returns:
-        A DataFrame, one row per support image, ranked by |influence| (undefined rows last), columns
-        ``rank, support_index, sample_id, label, class, influence, margin_full, margin_without,
-        contrast_without, pred_without, flips, note``; ``df.attrs`` holds target, contrast, margin_full. ``influence`` is NaN, with a note, for the only image of its class.
+        A :class:`SupportInfluence`; ``influence`` is NaN, with a note, for the only image of its class.
     """
-    _require_fitted(model)
-    emb = model.support_embeddings_ if support_embeddings is None else torch.as_tensor(support_embeddings)
-    labels = model.support_labels_ if support_labels is None else torch.as_tensor(support_labels, dtype=torch.long)
-    if emb is None or labels is None:
-        raise ModelError("no support embeddings: fit the model or pass support_embeddings and support_labels")
-    if len(emb) != len(labels):
-        raise ModelError(f"{len(emb)} support embeddings but {len(labels)} labels")
+    fitted = require_fitted(fitted, "support_influence")
+    model = fitted.model
+    emb, labels = fitted.support_embeddings_.float(), fitted.support_labels_
     if query_embedding is None:
         if query_image is None:
             raise ModelError("give query_embedding (D,) or query_image (C, H, W)")
-        with eval_mode(model), torch.no_grad():
-            query_embedding = model.embed(_one_image(query_image))
+        with eval_mode(fitted), torch.no_grad():
+            query_embedding = fitted.embed(as_images(query_image, "query_image", single=True))
     q = torch.as_tensor(query_embedding, dtype=torch.float32).detach().reshape(1, -1)
     if q.shape[1] != emb.shape[1]:
-        raise ModelError(f"query embedding has {q.shape[1]} features, support embeddings have {emb.shape[1]}")
+        raise DataError(f"query embedding has {q.shape[1]} features, support embeddings have {emb.shape[1]}")
     if sample_ids is not None and len(sample_ids) != len(emb):
-        raise ModelError(f"{len(sample_ids)} sample ids for {len(emb)} support images")
+        raise DataError(f"{len(sample_ids)} sample ids for {len(emb)} support images")
     with torch.no_grad():
-        full = _logits_from_support(model, q, emb.float(), labels)
-    t = _resolve_classes(target, full, "target")[0]
-    c = _resolve_classes(contrast, full, "contrast", exclude=[t])[0]
-    if c == t:
-        raise ModelError("the contrast class equals the target class; choose another class or 'runner_up'")
-    loo = leave_one_out_logits(model, emb, labels, q)[:, 0, :]  # (n_support, n_way)
+        full = model.logits_from_support(q, emb, labels)
+    if contrast is None:
+        raise ModelError("support_influence explains a margin: give contrast='runner_up' (the default) or a class")
+    targets, contrasts = resolve_classes(target, contrast, 1, full.shape[1], full)
+    t, c = targets[0], (contrasts or [-1])[0]
+    loo = leave_one_out_logits(fitted, q)[:, 0, :]  # (n_support, n_way)
     margin_full = float(full[0, t] - full[0, c])
     if isinstance(contrast, str) and contrast == "runner_up":
         # the margin against the best other class, which may change when an image is left out
@@ -174,7 +159,7 @@ def support_influence(model: nn.Module, support_embeddings: torch.Tensor | None 
         "support_index": np.arange(len(emb)),
         "sample_id": list(sample_ids) if sample_ids is not None else [None] * len(emb),
         "label": lab,
-        "class": [_class_label(class_names, int(y)) for y in lab],
+        "class": [None if class_names is None else str(class_names[int(y)]) for y in lab],
         "influence": influence,
         "margin_full": margin_full,
         "margin_without": margin_without,
@@ -183,11 +168,10 @@ def support_influence(model: nn.Module, support_embeddings: torch.Tensor | None 
         "flips": (~undefined) & (pred_without != int(full[0].argmax())),
         "note": np.where(undefined, "only support image of its class: leaving it out removes the class", ""),
     })
-    df.attrs.update(target=t, contrast=c, margin_full=margin_full)
     order = np.lexsort((df["support_index"].to_numpy(), -np.abs(np.nan_to_num(influence, nan=-1.0)), undefined))
     df = df.iloc[order].reset_index(drop=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
-    return df
+    return SupportInfluence(table=df, target=t, contrast=c, margin_full=margin_full)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +214,7 @@ class _SupportForward(nn.Module):
     """Forward over support pixels: (b, n_support, C, H, W) -> (b, 1) explained quantity, with the
     prototypes recomputed from the (perturbed) support embeddings and the query embedding fixed."""
 
-    def __init__(self, model: nn.Module, support_labels: torch.Tensor, query_embedding: torch.Tensor,
+    def __init__(self, model: FewShotClassifier, support_labels: torch.Tensor, query_embedding: torch.Tensor,
                  weights: torch.Tensor):
         super().__init__()
         self.model = model
@@ -243,14 +227,17 @@ class _SupportForward(nn.Module):
         emb = self.model.embed(support.reshape(b * s, *support.shape[2:])).reshape(b, s, -1)
         out = []
         for j in range(b):
-            logits = _logits_from_support(self.model, self.query, emb[j], self.labels)
+            logits = self.model.logits_from_support(self.query, emb[j], self.labels)
             out.append((logits * self.weights).sum(1))
         return torch.stack(out)
 
 
-def support_attribution(model: nn.Module, support_images: torch.Tensor, support_labels: torch.Tensor,
-                        query_image: torch.Tensor, method: str = "integrated_gradients", target: Any = "predicted",
-                        contrast: Any = None, n_steps: int = 32, baselines: Any = "zeros", seed: int = 0,
+SUPPORT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+
+
+def support_attribution(fitted: FittedEpisode, support_images: torch.Tensor, query_image: torch.Tensor,
+                        method: str = "integrated_gradients", target: Any = "predicted", contrast: Any = None,
+                        n_steps: int = 32, baselines: Any = "zeros", seed: int = 0,
                         internal_batch_size: int | None = None, sample_ids: Sequence[str] | None = None,
                         episode_id: str = "", query_index: int | None = None) -> SupportAttribution:
     """Attribute a query's logit (or logit difference) to the pixels of the support images.
@@ -259,44 +246,49 @@ def support_attribution(model: nn.Module, support_images: torch.Tensor, support_
     flows query logit -> prototype -> support embedding -> support pixels.
 
     Args:
-        support_images: (n_support, C, H, W); support_labels: (n_support,) episode labels.
+        fitted: the fitted episode (its support labels are used; not changed).
+        support_images: (n_support, C, H, W), the images the episode was fitted with, in order.
         query_image: (C, H, W) or (1, C, H, W).
         method: "saliency" (the gradient), "input_x_gradient" or "integrated_gradients" (all
             support images move together from the baseline to themselves; the attributions then
             sum to the change of the explained quantity along that path).
         target, contrast: as in ``explain``.
-        n_steps, baselines, internal_batch_size: Integrated Gradients settings.
+        n_steps, baselines, internal_batch_size: Integrated Gradients settings (``baselines`` as
+            everywhere: "zeros", "mean", "blur", a number or a tensor).
 
     Raises:
-        ModelError: unknown method, non-differentiable model, bad shapes.
+        ModelError: unknown method, not a fitted episode, non-differentiable model.
+        DataError: bad shapes, or support images that are not the fitted episode's.
     """
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
-    if method not in ("saliency", "input_x_gradient", "integrated_gradients"):
-        raise ModelError(f"unknown support attribution method {method!r}; choose 'saliency', "
-                         "'input_x_gradient' or 'integrated_gradients'")
-    if not getattr(model, "differentiable", True):
+    if method not in SUPPORT_METHODS:
+        raise ModelError(f"unknown support attribution method {method!r}; choose one of {list(SUPPORT_METHODS)}")
+    fitted = require_fitted(fitted, "support_attribution")
+    model = fitted.model
+    if not model.is_differentiable():
         raise ModelError(f"{type(model).__name__} is not differentiable; support-pixel attribution needs gradients "
                          "(use support_influence instead)")
-    support = torch.as_tensor(support_images, dtype=torch.float32).detach()
-    labels = model._check_support(support_labels, len(support)) if hasattr(model, "_check_support") \
-        else torch.as_tensor(support_labels, dtype=torch.long)
-    query = _one_image(query_image)
-    if support.ndim != 4 or support.shape[1:] != query.shape[1:]:
-        raise ModelError(f"support images {tuple(support.shape)} and query {tuple(query.shape[1:])} must share "
-                         "(C, H, W)")
-    with eval_mode(model), seeded(seed), quiet_captum():
+    support = as_images(support_images, "support_images")
+    labels = fitted.support_labels_
+    query = as_images(query_image, "query_image", single=True)
+    if len(support) != len(labels):
+        raise DataError(f"{len(support)} support images but the fitted episode has {len(labels)}; pass the images "
+                        "the episode was fitted with")
+    if support.shape[1:] != query.shape[1:]:
+        raise DataError(f"support images {tuple(support.shape)} and query {tuple(query.shape[1:])} must share "
+                        "(C, H, W)")
+    with eval_mode(fitted), seeded(seed), quiet_captum():
         with torch.no_grad():
             q = model.embed(query)
-            logits = _logits_from_support(model, q, model.embed(support), labels)
-        t = _resolve_classes(target, logits, "target")[0]
-        c = None if contrast is None else _resolve_classes(contrast, logits, "contrast", exclude=[t])[0]
-        if c is not None and c == t:
-            raise ModelError("the contrast class equals the target class; choose another class or 'runner_up'")
-        w = torch.zeros(1, logits.shape[1])
-        w[0, t] = 1.0
-        if c is not None:
-            w[0, c] -= 1.0
+            emb = model.embed(support)
+            if not torch.allclose(emb, fitted.support_embeddings_.to(emb.dtype), rtol=1e-3, atol=1e-4):
+                raise DataError("support_images are not the images this episode was fitted with (their embeddings "
+                                "differ); pass the fitted episode's support images in their order")
+            logits = model.logits_from_support(q, emb, labels)
+        targets, contrasts = resolve_classes(target, contrast, 1, logits.shape[1], logits)
+        t, c = targets[0], None if contrasts is None else contrasts[0]
+        w = selection_weights(targets, contrasts, logits.shape[1])
         fwd = _SupportForward(model, labels, q, w)
         inputs = support[None]
         if method == "saliency":
@@ -304,170 +296,18 @@ def support_attribution(model: nn.Module, support_images: torch.Tensor, support_
         elif method == "input_x_gradient":
             attr = InputXGradient(fwd).attribute(inputs, target=0)
         else:
-            base = make_baseline(support, baselines)
-            base = base[None] if isinstance(base, torch.Tensor) else base
+            base = make_baseline(support, baselines)[None]
             attr = IntegratedGradients(fwd).attribute(inputs, baselines=base, target=0, n_steps=n_steps,
                                                       method="gausslegendre",
                                                       internal_batch_size=internal_batch_size)
     attributions = np.ascontiguousarray(attr[0].detach().float().numpy())
     maps = attributions.sum(1)
-    flat = np.abs(maps).reshape(-1)
-    scale = float(np.percentile(flat, 99)) or float(flat.max()) or 1.0
-    normalized = np.clip(maps / scale, -1, 1).astype(np.float32)
+    # one common scale for all support images: normalise them as one tall image
+    normalized = normalize_maps(maps.reshape(1, -1, maps.shape[-1])).reshape(maps.shape)
     return SupportAttribution(
         attributions=attributions, maps=maps, normalized=normalized, support_labels=tuple(labels.tolist()),
         target=t, contrast=c, explained=float((logits * w).sum()), method=method,
-        params={"n_steps": n_steps, "baselines": baselines if isinstance(baselines, (str, float, int)) else "tensor",
-                "seed": seed},
-        model_fingerprint=model.fingerprint(), sample_ids=None if sample_ids is None else tuple(sample_ids),
+        params={"n_steps": n_steps, "baselines": baseline_name(baselines), "seed": seed},
+        model_fingerprint=fitted.fingerprint(), sample_ids=None if sample_ids is None else tuple(sample_ids),
         episode_id=episode_id, query_index=query_index,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# "this looks like that"
-
-
-def _prototype_maps(model: nn.Module, fmap_shape: tuple[int, int, int]) -> tuple[torch.Tensor, bool]:
-    """The prototypes as (n_way, C, h, w) maps (flattening backbones) or (n_way, C) vectors (pooled)."""
-    c, h, w = fmap_shape
-    protos = model.prototypes_.detach().float()
-    if protos.shape[1] == c * h * w:
-        return protos.reshape(len(protos), c, h, w), True
-    if protos.shape[1] == c:
-        return protos, False
-    raise ModelError(f"prototypes have {protos.shape[1]} features but the feature map is {c}x{h}x{w}; a similarity "
-                     "map needs prototypes in the backbone's feature space (flattened or pooled)")
-
-
-def _similarity(a: torch.Tensor, b: torch.Tensor, measure: str) -> torch.Tensor:
-    """Similarity along dim 1 of broadcastable tensors."""
-    if measure == "cosine":
-        return F.cosine_similarity(a, b, dim=1, eps=1e-8)
-    if measure == "neg_sqdist":
-        return -(a - b).pow(2).sum(1)
-    raise ModelError(f"unknown similarity measure {measure!r}; use 'cosine' or 'neg_sqdist'")
-
-
-@dataclass(frozen=True, eq=False)
-class SimilarityMap:
-    """Where the query looks like each prototype.
-
-    Attributes:
-        maps: float32 (k, H, W), the similarity upsampled (bilinear) to the input size.
-        low_res: float32 (k, h, w) at the feature map's resolution.
-        classes: the k episode labels; measure: "cosine" or "neg_sqdist".
-        peaks: per class, the (y, x) input pixel at the centre of the most similar feature cell.
-        positionwise: True when compared position by position with a flattened (C, h, w) prototype.
-    """
-
-    maps: np.ndarray
-    low_res: np.ndarray
-    classes: tuple[int, ...]
-    measure: str
-    peaks: tuple[tuple[int, int], ...]
-    positionwise: bool
-
-
-def similarity_map(model: nn.Module, query_image: torch.Tensor, cls: int | Sequence[int] | None = None,
-                   measure: str = "cosine") -> SimilarityMap:
-    """Similarity between each spatial position of the query's feature map and class prototypes.
-
-    For flattening backbones (Conv-4) the prototype is reshaped back to (C, h, w) and compared
-    position by position; for pooled backbones (ResNet-12) each position's vector is compared with
-    the pooled prototype.
-
-    Args:
-        query_image: (C, H, W) or (1, C, H, W).
-        cls: an episode label, several, or None for every class.
-        measure: "cosine" (default) or "neg_sqdist" (minus the squared distance).
-    """
-    _require_fitted(model)
-    x = _one_image(query_image)
-    n_way = len(model.prototypes_)
-    classes = list(range(n_way)) if cls is None else ([int(cls)] if isinstance(cls, (int, np.integer))
-                                                      else [int(c) for c in cls])
-    bad = [c for c in classes if not 0 <= c < n_way]
-    if bad:
-        raise EpisodeError(f"class(es) {bad} are not in this episode; valid episode labels are 0..{n_way - 1}")
-    with eval_mode(model), torch.no_grad():
-        fmap = model.backbone.feature_map(x)[0]  # (C, h, w)
-    protos, positionwise = _prototype_maps(model, tuple(fmap.shape))
-    p = protos[classes]
-    if positionwise:
-        sim = _similarity(fmap[None], p, measure)  # (k, h, w)
-    else:
-        sim = _similarity(fmap[None], p[:, :, None, None], measure)
-    up = F.interpolate(sim[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
-    h, w = sim.shape[1:]
-    sy, sx = x.shape[2] / h, x.shape[3] / w
-    peaks = []
-    for k in range(len(classes)):
-        iy, ix = divmod(int(sim[k].reshape(-1).argmax()), w)
-        peaks.append((int((iy + 0.5) * sy), int((ix + 0.5) * sx)))
-    return SimilarityMap(maps=up.numpy().astype(np.float32), low_res=sim.numpy().astype(np.float32),
-                         classes=tuple(classes), measure=measure, peaks=tuple(peaks), positionwise=positionwise)
-
-
-def nearest_support(model: nn.Module, query_image: torch.Tensor, k: int = 5,
-                    support_images: torch.Tensor | None = None, sample_ids: Sequence[str] | None = None,
-                    class_names: Sequence[str] | None = None) -> pd.DataFrame:
-    """The k support images nearest to the query in embedding space, each with its most similar patch.
-
-    The distance is the model's own (minus its score against that single support embedding). For
-    each neighbour, the pair of feature-map cells (query cell, support cell) with the highest cosine
-    similarity gives the matching patches, as input-pixel boxes ``(y0, x0, y1, x1)``.
-
-    Args:
-        support_images: (n_support, C, H, W); needed for patches with pooled backbones. With a
-            flattening backbone the stored support embeddings are the feature maps, so it may be None.
-        sample_ids, class_names: for the table (e.g. ``episode.support_ids``, ``episode.classes``).
-
-    Returns:
-        DataFrame ranked by distance: ``rank, support_index, sample_id, label, class, distance,
-        patch_similarity, query_box, support_box``.
-    """
-    _require_fitted(model)
-    x = _one_image(query_image)
-    emb = model.support_embeddings_
-    labels = model.support_labels_
-    if k < 1:
-        raise ModelError(f"k must be at least 1, got {k}")
-    k = min(k, len(emb))
-    with eval_mode(model), torch.no_grad():
-        q_emb = model.embed(x)
-        dist = -model.score(emb.float(), q_emb)[:, 0]  # (n_support,)
-        order = torch.argsort(dist, stable=True)[:k]
-        qmap = model.backbone.feature_map(x)[0]  # (C, h, w)
-        c, h, w = qmap.shape
-        if support_images is not None:
-            simgs = torch.as_tensor(support_images, dtype=torch.float32)
-            if len(simgs) != len(emb):
-                raise ModelError(f"{len(simgs)} support images but the model holds {len(emb)} support embeddings")
-            smaps = model.backbone.feature_map(simgs[order])
-        elif emb.shape[1] == c * h * w:
-            smaps = emb[order].float().reshape(-1, c, h, w)
-        else:
-            smaps = None
-    sy, sx = x.shape[2] / h, x.shape[3] / w
-
-    def box(cell: int) -> tuple[int, int, int, int]:
-        """Feature-map cell index -> its input-pixel box (y0, x0, y1, x1)."""
-        r, c_ = divmod(cell, w)
-        return int(r * sy), int(c_ * sx), int((r + 1) * sy), int((c_ + 1) * sx)
-
-    rows = []
-    for r, i in enumerate(order.tolist()):
-        row = {"rank": r + 1, "support_index": i, "sample_id": None if sample_ids is None else sample_ids[i],
-               "label": int(labels[i]),
-               "class": None if class_names is None else str(class_names[int(labels[i])]),
-               "distance": float(dist[i]), "patch_similarity": np.nan, "query_box": None, "support_box": None}
-        if smaps is not None:
-            qv = F.normalize(qmap.reshape(c, -1), dim=0)  # (C, hw)
-            sv = F.normalize(smaps[r].reshape(c, -1), dim=0)
-            sim = qv.T @ sv  # (hw query, hw support)
-            best = int(sim.reshape(-1).argmax())
-            qi, si = divmod(best, h * w)
-            row.update(patch_similarity=float(sim.reshape(-1)[best]), query_box=box(qi), support_box=box(si))
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -152,6 +152,11 @@ class FewShotClassifier(nn.Module):
             extras = self.episode_extras(emb, labels, prototypes)
         return FittedEpisode(self, emb, labels, prototypes, extras)
 
+    def frozen_with_queries(self, fitted: FittedEpisode) -> bool:
+        """Whether ``fitted`` scores a batch without refining with it (always, unless the model
+        ``refines_with_queries()``)."""
+        return not self.refines_with_queries()
+
     def freeze_queries(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> FittedEpisode:
         """For models that ``refines_with_queries()``: a fitted episode frozen with these queries."""
         raise ModelError(f"{type(self).__name__} does not refine its prototypes with the queries")

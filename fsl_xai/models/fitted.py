@@ -95,6 +95,12 @@ class FittedEpisode(nn.Module):
             raise ModelError(f"label {label} is not a class of this episode (0..{self.n_way - 1})")
         return self.model.add_to_fitted(self, embedding.detach().reshape(-1), int(label))
 
+    def queries_frozen(self) -> bool:
+        """False only when the model refines its prototypes with whatever batch it scores and this
+        episode has not been frozen with its queries (see :meth:`with_queries`); an explainer's
+        perturbed copies must not take part in that refinement."""
+        return self.model.frozen_with_queries(self)
+
     def with_query_embeddings(self, query_embeddings: torch.Tensor) -> FittedEpisode:
         """For a model that refines its prototypes with the query batch (``refines_with_queries()``),
         a new fitted episode whose refinement is frozen with these query embeddings (n_query, D), so

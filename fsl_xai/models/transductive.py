@@ -81,6 +81,9 @@ class TransductivePrototypes(PrototypicalNetwork):
         counts = torch.bincount(support_labels, minlength=len(prototypes))
         return self.score(query_embeddings, self.refine(prototypes, counts, query_embeddings))
 
+    def frozen_with_queries(self, fitted: FittedEpisode) -> bool:
+        return not self.refines_with_queries() or "refined_prototypes" in fitted.extras_
+
     def freeze_queries(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> FittedEpisode:
         """A fitted episode whose prototypes are refined with these query embeddings (n_query, D)
         and then frozen (``extras_["refined_prototypes"]``)."""

@@ -1,12 +1,14 @@
-"""Small seeded images, episodes and models shared by the explanation tests."""
+"""Small seeded images, episodes, models and hand-made attribution methods shared by the explanation tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 import fsl_xai
 from fsl_xai import EpisodeSampler, ImageSet
+from fsl_xai.models import FewShotClassifier, FittedEpisode
 
 
 def shapes_imageset(n_classes: int = 3, n_per_class: int = 6, channels: int = 1, size: int = 32,
@@ -54,10 +56,75 @@ def episode_for(images: ImageSet, n_way: int = 3, n_shot: int = 2, n_query: int 
 
 
 def fitted(backbone: str = "conv4", channels: int = 1, size: int = 32, n_shot: int = 2, seed: int = 0, **kw):
-    """(model fitted on an episode's support, query images, episode, image set)."""
+    """(an episode's fitted episode, query images, episode, image set)."""
     images = shapes_imageset(channels=channels, size=size, seed=seed)
     episode = episode_for(images, n_shot=n_shot, seed=seed)
     model = make_model(backbone, channels, size, seed, **kw)
     s, sl, q, _ = episode.tensors(images)
-    model.fit_support(s, sl)
-    return model, q, episode, images
+    return model.fit(s, sl), q, episode, images
+
+
+# ---------------------------------------------------------------------------------------------- quality checks
+class _RegionSumBackbone(nn.Module):
+    """Embeds an image as the sum of its pixels inside a square region: (n, C, H, W) -> (n, 1)."""
+
+    def __init__(self, region: tuple[slice, slice]):
+        super().__init__()
+        self.region = region
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, self.region[0], self.region[1]].sum((1, 2, 3))[:, None]
+
+
+class RegionSum(FewShotClassifier):
+    """A hand-made two-class model: logit 0 is the sum of the pixels inside a square region, logit 1
+    its negative. Its exact attribution is the region itself."""
+
+    name = "region_sum"
+
+    def __init__(self, region: tuple[slice, slice] = (slice(4, 8), slice(4, 8))):
+        super().__init__(_RegionSumBackbone(region))
+
+    def score(self, query_embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([query_embeddings, -query_embeddings], 1)
+
+
+def region_sum(size: int = 16) -> FittedEpisode:
+    """RegionSum's fitted episode (two placeholder support images; the logits ignore the prototypes)."""
+    return RegionSum().fit(torch.zeros(2, 1, size, size), torch.tensor([0, 1]))
+
+
+def region_gradient(fitted, images, targets, contrasts=None, seed=0):
+    """Saliency (signed gradient) of the explained logit, computed by hand (needs no registry)."""
+    x = images.clone().requires_grad_(True)
+    logits = fitted(x)
+    value = logits[torch.arange(len(x)), targets]
+    if contrasts is not None:
+        value = value - logits[torch.arange(len(x)), contrasts]
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    return grad
+
+
+def edge_detector(fitted, images, targets, contrasts=None, seed=0):
+    """A 'method' that ignores the model: the gradient magnitude of the input image."""
+    x = images.sum(1)
+    gy = torch.zeros_like(x)
+    gx = torch.zeros_like(x)
+    gy[:, 1:-1] = x[:, 2:] - x[:, :-2]
+    gx[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    return torch.sqrt(gx * gx + gy * gy)
+
+
+def zero_maps(fitted, images, targets, contrasts=None, seed=0):
+    """A degenerate 'method': all-zero maps."""
+    return torch.zeros(len(images), *images.shape[2:])
+
+
+def constant_maps(fitted, images, targets, contrasts=None, seed=0):
+    """A degenerate 'method': the same positive value everywhere."""
+    return torch.full((len(images), *images.shape[2:]), 0.25)
+
+
+def negative_maps(fitted, images, targets, contrasts=None, seed=0):
+    """A degenerate 'method': varied, but negative everywhere (no positive attribution)."""
+    return -1.0 - images.sum(1)

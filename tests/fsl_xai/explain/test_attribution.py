@@ -10,9 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from fsl_xai.errors import EpisodeError, ModelError
-from fsl_xai.explain import METHODS, AttributionMap, explain, explain_episode, list_methods, superpixel_mask
-from fsl_xai.explain.attribution import ExplainedOutput, conv_layers
+from fsl_xai.errors import DataError, EpisodeError, ModelError
+from fsl_xai.explain import (
+    INTEGRATION_RULES,
+    METHODS,
+    AttributionMap,
+    ExplainedOutput,
+    conv_layers,
+    explain,
+    explain_episode,
+    list_methods,
+    method_spec,
+    superpixel_mask,
+)
+from fsl_xai.models import PrototypicalNetwork, make_backbone
 
 from ._helpers import fitted, make_model
 
@@ -47,16 +58,72 @@ def test_registry_lists_the_required_methods():
     assert list_methods() == sorted(METHODS)
 
 
+@pytest.mark.parametrize("method", list_methods())
+def test_registry_entry_says_everything_about_its_method(method):
+    spec = method_spec(method)
+    assert spec is METHODS[method] and spec.name == method
+    assert spec.label and spec.description
+    assert spec.images_per_query() >= 1
+    if spec.main_param is not None:
+        main = spec.main_param
+        assert main.name in spec.defaults and main.default == spec.defaults[main.name]
+        assert main.low <= main.default <= main.high and main.label
+    with pytest.raises(TypeError):
+        spec.defaults["new"] = 1  # read-only: a caller cannot change the registry through an entry
+    with pytest.raises(ModelError, match="no parameter"):
+        spec.images_per_query({"no_such_parameter": 1})
+
+
+def test_images_per_query_follows_the_parameters():
+    assert method_spec("integrated_gradients").images_per_query() == 50
+    assert method_spec("integrated_gradients").images_per_query({"n_steps": 8}) == 8
+    assert method_spec("smoothgrad_ig").images_per_query({"n_steps": 4, "nt_samples": 3}) == 12
+    assert method_spec("smoothgrad").images_per_query({"nt_samples": 16, "nt_samples_batch_size": 4}) == 4
+    assert method_spec("gradient_shap").images_per_query() == 20
+    assert method_spec("occlusion").images_per_query({"perturbations_per_eval": 7}) == 7
+    assert method_spec("deeplift").images_per_query() == 2
+    assert method_spec("saliency").images_per_query() == 1
+    assert not method_spec("occlusion").needs_gradients and method_spec("gradcam").layer_method
+    with pytest.raises(ModelError, match=r"unknown attribution method 'lime'.*saliency"):
+        method_spec("lime")
+
+
+def test_integration_rule_is_a_registry_parameter():
+    """IG's integration rule is ``rule`` (Captum's ``method``), so it does not collide with explain's own
+    ``method`` argument."""
+    model, queries, _, _ = setup("conv4", 1)
+    x = queries[:2]
+    assert set(INTEGRATION_RULES) >= {"gausslegendre", "riemann_trapezoid"}
+    gauss = explain(model, x, "integrated_gradients", n_steps=16)
+    trapezoid = explain(model, x, "integrated_gradients", n_steps=16, rule="riemann_trapezoid")
+    assert gauss.params["rule"] == "gausslegendre" and trapezoid.params["rule"] == "riemann_trapezoid"
+    assert not np.allclose(gauss.attributions, trapezoid.attributions)
+    # both approximate the same path integral: with many steps they agree
+    fine_g = explain(model, x, "integrated_gradients", n_steps=128, internal_batch_size=256)
+    fine_t = explain(model, x, "integrated_gradients", n_steps=128, internal_batch_size=256, rule="riemann_trapezoid")
+    scale = np.abs(fine_g.attributions).max()
+    np.testing.assert_allclose(fine_t.attributions, fine_g.attributions, atol=0.05 * scale)
+    sg = explain(model, x, "smoothgrad_ig", nt_samples=2, n_steps=4, rule="riemann_middle")
+    assert sg.params["rule"] == "riemann_middle"
+    with pytest.raises(ModelError, match=r"unknown integration rule 'simpson'.*gausslegendre"):
+        explain(model, x, "integrated_gradients", rule="simpson")
+
+
 @pytest.mark.parametrize("backbone,channels", CONFIGS)
 @pytest.mark.parametrize("method", list_methods())
 def test_contract(method, backbone, channels):
     model, queries, _, _ = setup(backbone, channels)
     x = queries[:2]
+    state = {k: v.clone() for k, v in model.model.state_dict().items()}
+    protos = model.prototypes_.clone()
     model.train()  # explain must run in eval mode and give the mode back
     first = explain(model, x, method, **FAST.get(method, {}))
     second = explain(model, x, method, **FAST.get(method, {}))
-    assert model.training
+    assert model.training and all(m.training for m in model.modules())
     model.eval()
+    # nothing it was given changed: weights, BatchNorm statistics, prototypes
+    assert all(torch.equal(v, model.model.state_dict()[k]) for k, v in state.items())
+    assert torch.equal(model.prototypes_, protos)
 
     n, c, h, w = x.shape
     assert isinstance(first, AttributionMap)
@@ -80,7 +147,7 @@ def test_contract(method, backbone, channels):
 def test_normalized_scales_by_a_high_percentile():
     model, queries, _, _ = setup("conv4", 1)
     amap = explain(model, queries[:2], "saliency")
-    for m, nm in zip(amap.maps, amap.normalized):
+    for m, nm in zip(amap.maps, amap.normalized, strict=True):
         scale = np.percentile(np.abs(m), 99)
         np.testing.assert_allclose(nm, np.clip(m / scale, -1, 1), rtol=1e-5, atol=1e-7)
         assert (np.abs(nm) == 1).mean() <= 0.02 + 1e-9  # only the top 1% saturate
@@ -93,7 +160,7 @@ def test_integrated_gradients_completeness(backbone):
     x = queries[:2]
     for contrast in (None, "runner_up"):
         amap = explain(model, x, "integrated_gradients", contrast=contrast, n_steps=128, internal_batch_size=256)
-        w = torch.zeros(len(x), len(model.prototypes_))
+        w = torch.zeros(len(x), model.n_way)
         w[torch.arange(len(x)), torch.tensor(amap.targets)] = 1
         if contrast:
             w[torch.arange(len(x)), torch.tensor(amap.contrasts)] -= 1
@@ -215,7 +282,11 @@ def test_occlusion_finds_the_object_of_a_prototype_model():
 def test_explain_episode():
     model, _, episode, images = setup("conv4", 1)
     fresh = make_model("conv4", 1, 32, seed=0)
+    fingerprint = fresh.fingerprint()
+    fresh.train()
     amap = explain_episode(fresh, images, episode, [1, 3], method="saliency")
+    assert fresh.training and fresh.fingerprint() == fingerprint  # the model is left as it was
+    fresh.eval()
     assert amap.episode_id == episode.episode_id and amap.query_indices == (1, 3)
     _, _, q, ql = episode.tensors(images)
     direct = explain(model, q[[1, 3]], "saliency")
@@ -243,17 +314,29 @@ def test_bad_inputs_give_clear_errors():
         explain(model, x, "integrated_gradients", steps=3)
     with pytest.raises(ModelError, match="channel"):
         explain(model, torch.rand(2, 3, 32, 32), "saliency")
-    with pytest.raises(ModelError, match="NaN"):
+    with pytest.raises(DataError, match="NaN"):
         explain(model, torch.full((1, 1, 32, 32), float("nan")), "saliency")
-    with pytest.raises(ModelError, match=r"\(n, C, H, W\)"):
+    with pytest.raises(DataError, match=r"\(n, C, H, W\)"):
         explain(model, torch.rand(32, 32), "saliency")
-    with pytest.raises(ModelError, match="fit_support"):
+    with pytest.raises(ModelError, match=r"fitted episode.*model\.fit\("):
         explain(make_model("conv4", 1, 32), x, "saliency")
+    _, _, episode, images = setup("conv4", 1)
+    with pytest.raises(ModelError, match="needs the model"):
+        explain_episode(model, images, episode, method="saliency")
+
+
+class NoGradients(PrototypicalNetwork):
+    """A model whose logits are declared not differentiable with respect to the query pixels."""
+
+    def is_differentiable(self) -> bool:
+        return False
 
 
 def test_model_without_gradients_refuses_gradient_methods_only():
-    model, queries, _, _ = fitted("conv4", 1)
-    model.differentiable = False
+    _, queries, episode, images = fitted("conv4", 1)
+    torch.manual_seed(0)
+    s, sl, _, _ = episode.tensors(images)
+    model = NoGradients(make_backbone("conv4", 1, 32, width=8)).eval().fit(s, sl)
     with pytest.raises(ModelError, match=r"'integrated_gradients' needs gradients.*occlusion"):
         explain(model, queries[:1], "integrated_gradients")
     with pytest.raises(ModelError, match="needs gradients"):
@@ -266,16 +349,16 @@ def test_model_without_gradients_refuses_gradient_methods_only():
 def test_fast_path_matches_the_model_and_follows_weight_changes(backbone, monkeypatch):
     """explain runs Captum on a cached copy with BatchNorm folded and channels-last memory: same maps
     as the model itself, and a fresh copy as soon as the weights change."""
-    from fsl_xai.explain import attribution
+    from fsl_xai.explain import fast as fast_module
 
     model, queries, _, _ = fitted(backbone, 3)
     x = queries[:2]
     for method in ("saliency", "gradcam", "occlusion"):
         params = FAST.get(method, {})
         fast = explain(model, x, method, **params)
-        monkeypatch.setattr(attribution, "OPTIMIZE", False)
+        monkeypatch.setattr(fast_module, "OPTIMIZE", False)
         plain = explain(model, x, method, **params)
-        monkeypatch.setattr(attribution, "OPTIMIZE", True)
+        monkeypatch.setattr(fast_module, "OPTIMIZE", True)
         np.testing.assert_allclose(fast.attributions, plain.attributions, rtol=1e-3,
                                    atol=1e-4 * np.abs(plain.attributions).max())
     before = explain(model, x, "saliency")
@@ -283,7 +366,7 @@ def test_fast_path_matches_the_model_and_follows_weight_changes(backbone, monkey
         bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
         bn.running_var.mul_(4.0)  # an in-place change, as training would do
     after = explain(model, x, "saliency")
-    monkeypatch.setattr(attribution, "OPTIMIZE", False)
+    monkeypatch.setattr(fast_module, "OPTIMIZE", False)
     plain = explain(model, x, "saliency")
     assert not np.allclose(before.attributions, after.attributions)
     np.testing.assert_allclose(after.attributions, plain.attributions, rtol=1e-3,
@@ -306,3 +389,20 @@ def test_chunked_passes_give_the_same_maps():
     pieces = explain(model, x, "feature_ablation", mask=masks, internal_batch_size=2, perturbations_per_eval=1)
     np.testing.assert_allclose(pieces.attributions, whole.attributions, rtol=1e-4,
                                atol=1e-6 * np.abs(whole.attributions).max())
+
+
+def test_a_transductive_episode_is_explained_with_its_refinement_frozen():
+    """A model that refines its prototypes with the query batch must be frozen with its episode's queries
+    first (Captum's perturbed copies must not take part); explain_episode does that itself."""
+    _, queries, episode, images = fitted("conv4", 1)
+    model = make_model("conv4", 1, 32, model="transductive", iterations=2)
+    s, sl, q, _ = episode.tensors(images)
+    loose = model.fit(s, sl)
+    with pytest.raises(ModelError, match=r"with_queries"):
+        explain(loose, q[:2], "saliency")
+    frozen = loose.with_queries(q)
+    direct = explain(frozen, q[[0, 2]], "saliency")
+    via_episode = explain_episode(model, images, episode, [0, 2], method="saliency")
+    np.testing.assert_allclose(via_episode.attributions, direct.attributions, rtol=1e-5)
+    with torch.no_grad():
+        assert direct.targets == tuple(frozen(q[[0, 2]]).argmax(1).tolist())

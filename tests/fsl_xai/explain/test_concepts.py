@@ -8,8 +8,15 @@ import torch
 
 from fsl_xai.data.synthetic import make_synthetic, marker_box
 from fsl_xai.errors import DataError, ModelError
-from fsl_xai.explain.concepts import (_logistic_direction, concept_activation_vector, draw_patch,
-                                      layer_activations, layer_gradients, resolve_concept_layer, tcav)
+from fsl_xai.explain import resolve_layer
+from fsl_xai.explain.concepts import (
+    _logistic_direction,
+    concept_activation_vector,
+    draw_patch,
+    layer_activations,
+    layer_gradients,
+    tcav,
+)
 from fsl_xai.models import make_backbone, make_model
 from fsl_xai.testing import tiny_model
 from fsl_xai.training import pretrain
@@ -24,11 +31,11 @@ def _site_a(biased: bool, seed: int):
 
 
 def _trained_protonet(images, seed: int):
-    """A Conv-4 ProtoNet pre-trained for a few seconds on these images, fit on them as support."""
+    """A Conv-4 ProtoNet pre-trained for a few seconds on these images, fitted on them as support."""
     backbone = make_backbone("conv4", in_channels=1, image_size=SIZE, width=16)
     pretrain(backbone, images, epochs=8, batch_size=16, lr=3e-3, seed=seed, progress=False)
     model = make_model("protonet", backbone).eval()
-    return model.fit_support(torch.from_numpy(images.images), torch.from_numpy(images.labels))
+    return model.fit(torch.from_numpy(images.images), torch.from_numpy(images.labels))
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +108,13 @@ def test_logistic_cav_matches_scikit_learn_and_points_to_the_concept():
 
 
 def test_layer_activations_and_gradients_match_a_hand_computation():
-    model = tiny_model(channels=1, size=16, seed=0)
     g = torch.Generator().manual_seed(0)
-    model.fit_support(torch.rand(6, 1, 16, 16, generator=g), torch.tensor([0, 0, 1, 1, 2, 2]))
+    model = tiny_model(channels=1, size=16, seed=0).fit(torch.rand(6, 1, 16, 16, generator=g),
+                                                        torch.tensor([0, 0, 1, 1, 2, 2]))
     x = torch.rand(5, 1, 16, 16, generator=g)
-    name, module = resolve_concept_layer(model, "blocks.3")
-    assert name == "backbone.blocks.3" and resolve_concept_layer(model)[0] == "backbone.blocks.3"
+    name, module = resolve_layer(model, "blocks.3")
+    assert name == "backbone.blocks.3" and resolve_layer(model)[0] == "backbone.blocks.3"
+    assert resolve_layer(model.model, "backbone.blocks.3") == (name, module) == resolve_layer(model, module)
     acts = layer_activations(model, x, "blocks.3")
     with torch.no_grad():
         torch.testing.assert_close(acts, model.embed(x))  # Conv-4 embeds by flattening the last block
@@ -116,11 +124,11 @@ def test_layer_activations_and_gradients_match_a_hand_computation():
 
 
 def test_tcav_bad_input_is_a_clear_error():
-    model = tiny_model(channels=1, size=16, seed=0)
-    x = torch.rand(8, 1, 16, 16)
-    with pytest.raises(ModelError, match="support set"):
-        tcav(model, x[:3], x, x)
-    model.fit_support(x[:4], torch.tensor([0, 0, 1, 1]))
+    unfitted = tiny_model(channels=1, size=16, seed=0)
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ModelError, match=r"model\.fit\("):
+        tcav(unfitted, x[:3], x, x)
+    model = unfitted.fit(x[:4], torch.tensor([0, 0, 1, 1]))
     with pytest.raises(DataError, match="random pool"):
         tcav(model, x[:3], x, x[:4])
     with pytest.raises(ModelError, match="unknown layer"):

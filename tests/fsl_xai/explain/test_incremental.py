@@ -7,17 +7,18 @@ import pytest
 import torch
 
 import fsl_xai
-from fsl_xai.explain import attribution, explain
-from fsl_xai.explain.attribution import explanation_model
+from fsl_xai.explain import explain, explanation_model
+from fsl_xai.explain import fast as fast_module
 from fsl_xai.explain.incremental import IncrementalForward, supports
 
 
 def _model(channels: int, size: int, backbone: str = "conv4"):
-    torch.manual_seed(0)
-    model = fsl_xai.make_model("protonet", fsl_xai.make_backbone(backbone, channels, size)).eval()
+    """A seeded Conv-4 (or ResNet-12) ProtoNet's fitted episode of 3 x 2 random support images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = fsl_xai.make_model("protonet", fsl_xai.make_backbone(backbone, channels, size)).eval()
     g = torch.Generator().manual_seed(1)
-    model.fit_support(torch.rand(6, channels, size, size, generator=g), torch.arange(3).repeat_interleave(2))
-    return model
+    return model.fit(torch.rand(6, channels, size, size, generator=g), torch.arange(3).repeat_interleave(2))
 
 
 def _perturbed(refs: torch.Tensor, n: int, max_side: int, seed: int = 2) -> torch.Tensor:
@@ -29,7 +30,8 @@ def _perturbed(refs: torch.Tensor, n: int, max_side: int, seed: int = 2) -> torc
     for i in range(n):
         r = refs[i % len(refs)].clone()
         h, w = (int(v) for v in torch.randint(1, max_side + 1, (2,), generator=g))
-        y, x = int(torch.randint(0, size - h + 1, (1,), generator=g)), int(torch.randint(0, size - w + 1, (1,), generator=g))
+        y = int(torch.randint(0, size - h + 1, (1,), generator=g))
+        x = int(torch.randint(0, size - w + 1, (1,), generator=g))
         r[:, y:y + h, x:x + w] = torch.rand(c, h, w, generator=g) if i % 3 else 0.0
         out.append(r)
     return torch.stack(out)
@@ -77,7 +79,7 @@ def test_perturbation_maps_match_the_plain_model(method, params, monkeypatch):
     model = _model(3, 32)
     queries = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     fast = explain(model, queries, method, **params)
-    monkeypatch.setattr(attribution, "OPTIMIZE", False)
+    monkeypatch.setattr(fast_module, "OPTIMIZE", False)
     plain = explain(model, queries, method, **params)
     scale = np.abs(plain.attributions).max()
     assert scale > 0
@@ -91,3 +93,4 @@ def test_only_plain_conv4_stacks_are_supported():
     train_mode.train()
     assert not supports(train_mode)  # batch statistics would couple the images of a batch
     assert not supports(_model(1, 28, backbone="resnet12"))
+    assert not supports(_model(1, 28).model)  # a model alone has no support set to score against

@@ -7,15 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from fsl_xai.errors import EpisodeError, ModelError
-from fsl_xai.explain import (leave_one_out_logits, nearest_support, similarity_map, support_attribution,
-                             support_influence)
+from fsl_xai.errors import DataError, EpisodeError, ModelError
+from fsl_xai.explain import (
+    SupportInfluence,
+    leave_one_out_logits,
+    nearest_support,
+    similarity_map,
+    support_attribution,
+    support_influence,
+)
 
-from ._helpers import fitted, make_model, shapes_imageset, episode_for
+from ._helpers import episode_for, fitted, make_model, shapes_imageset
 
 
 def brute_force_margins(model, support, labels, query, target, contrast=None):
-    """Refit the model from scratch without each support image and score the query: the margin
+    """Fit the model from scratch without each support image and score the query: the margin
     against ``contrast``, or against the best other class when None."""
     out = []
     for i in range(len(support)):
@@ -24,11 +30,22 @@ def brute_force_margins(model, support, labels, query, target, contrast=None):
             out.append(np.nan)
             continue
         with torch.no_grad():
-            logits = model.fit_support(support[keep], labels[keep])(query)[0]
+            logits = model.fit(support[keep], labels[keep])(query)[0]
         other = logits[contrast] if contrast is not None else torch.cat([logits[:target], logits[target + 1:]]).max()
         out.append(float(logits[target] - other))
-    model.fit_support(support, labels)
     return np.array(out)
+
+
+def state_of(fitted):
+    """Everything a fitted episode holds, as copies (to check that nothing was changed)."""
+    tensors = {f"model.{k}": v.clone() for k, v in fitted.model.state_dict().items()}
+    tensors |= {k: getattr(fitted, k).clone() for k in ("prototypes_", "support_embeddings_", "support_labels_")}
+    return tensors
+
+
+def assert_unchanged(fitted, before):
+    after = state_of(fitted)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("kind", ["protonet", "protonet-cosine", "simpleshot", "matching"])
@@ -39,12 +56,16 @@ def test_leave_one_out_influence_equals_a_brute_force_refit(kind):
     episode = episode_for(images, n_shot=3, n_query=1)
     s, sl, q, _ = episode.tensors(images)
     model = make_model("conv4", 1, 32, model=name, **kwargs)
-    model.fit_support(s, sl)
-    table = support_influence(model, query_image=q[0], sample_ids=episode.support_ids, class_names=episode.classes)
-    t, c = table.attrs["target"], table.attrs["contrast"]
+    fit = model.fit(s, sl)
+    before = state_of(fit)
+    result = support_influence(fit, query_image=q[0], sample_ids=episode.support_ids, class_names=episode.classes)
+    assert isinstance(result, SupportInfluence)
+    table, t, c = result.table, result.target, result.contrast
     with torch.no_grad():
-        logits = model(q[:1])
+        logits = fit(q[:1])
     assert t == int(logits.argmax()) and c == int(logits[0].topk(2).indices[1])
+    assert result.margin_full == pytest.approx(float(logits[0, t] - logits[0, c]), rel=1e-5, abs=1e-6)
+    assert (table["margin_full"] == result.margin_full).all()
     expected = brute_force_margins(model, s, sl, q[:1], t)
     by_index = table.set_index("support_index").sort_index()
     np.testing.assert_allclose(by_index["margin_without"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
@@ -59,10 +80,11 @@ def test_leave_one_out_influence_equals_a_brute_force_refit(kind):
     assert set(table["class"]) == set(episode.classes)
     # a fixed pair: the same, against that class in every refit
     other = 3 - t - c  # the third class
-    fixed = support_influence(model, query_image=q[0], contrast=other).set_index("support_index").sort_index()
+    fixed = support_influence(fit, query_image=q[0], contrast=other).table.set_index("support_index").sort_index()
     np.testing.assert_allclose(fixed["margin_without"].to_numpy(), brute_force_margins(model, s, sl, q[:1], t, other),
                                rtol=1e-4, atol=1e-6)
     assert (fixed["contrast_without"] == other).all()
+    assert_unchanged(fit, before)
 
 
 def test_only_image_of_a_class_is_reported_undefined():
@@ -71,8 +93,8 @@ def test_only_image_of_a_class_is_reported_undefined():
     s, sl, q, _ = episode.tensors(images)
     # drop one image of class 2 so that it has a single support image
     keep = torch.tensor([i for i in range(len(sl)) if not (sl[i] == 2 and i == int(torch.nonzero(sl == 2)[0]))])
-    model = make_model("conv4", 1, 32).fit_support(s[keep], sl[keep])
-    table = support_influence(model, query_image=q[0])
+    model = make_model("conv4", 1, 32).fit(s[keep], sl[keep])
+    table = support_influence(model, query_image=q[0]).table
     single = table[table["label"] == 2]
     assert len(single) == 1 and np.isnan(single["influence"].iloc[0])
     assert "only support image of its class" in single["note"].iloc[0]
@@ -89,9 +111,9 @@ def test_influence_flags_a_mislabelled_support_image():
     wrong = int(torch.nonzero(sl == 0)[0])
     sl_bad = sl.clone()
     sl_bad[wrong] = 1  # a class-0 image labelled as class 1
-    model = make_model("conv4", 1, 32).fit_support(s, sl_bad)
+    model = make_model("conv4", 1, 32).fit(s, sl_bad)
     for j in torch.nonzero(ql == 0).flatten().tolist():
-        table = support_influence(model, query_image=q[j], target=0, contrast=1)
+        table = support_influence(model, query_image=q[j], target=0, contrast=1).table
         row = table[table["support_index"] == wrong].iloc[0]
         assert row["influence"] < 0  # it pulls class 1 towards class-0 queries
         assert row["influence"] == table["influence"].min()
@@ -101,11 +123,11 @@ def test_leave_one_out_logits_for_many_queries():
     model, q, _, _ = fitted("conv4", 1, n_shot=3)
     with torch.no_grad():
         qe = model.embed(q)
-    loo = leave_one_out_logits(model, model.support_embeddings_, model.support_labels_, qe)
+    loo = leave_one_out_logits(model, qe)
     assert loo.shape == (len(model.support_labels_), len(q), 3)
     single = support_influence(model, query_embedding=qe[4])
-    t, c = single.attrs["target"], single.attrs["contrast"]
-    by_index = single.set_index("support_index").sort_index()
+    t, c = single.target, single.contrast
+    by_index = single.table.set_index("support_index").sort_index()
     np.testing.assert_allclose((loo[:, 4, t] - loo[:, 4, c]).numpy(), by_index["margin_without"].to_numpy(), rtol=1e-5)
 
 
@@ -113,24 +135,31 @@ def test_leave_one_out_logits_for_many_queries():
 def test_support_pixel_attribution(backbone, channels):
     model, q, episode, images = fitted(backbone, channels)
     s, sl, _, _ = episode.tensors(images)
-    sal = support_attribution(model, s, sl, q[0], method="saliency")
+    before = state_of(model)
+    sal = support_attribution(model, s, q[0], method="saliency")
     assert sal.attributions.shape == tuple(s.shape) and sal.maps.shape == (len(s), 32, 32)
     assert np.isfinite(sal.attributions).all() and np.abs(sal.maps).max() > 0
     # the same gradient by hand, through model.episode_logits (prototypes recomputed from the pixels)
     x = s.clone().requires_grad_(True)
-    grad = torch.autograd.grad(model.episode_logits(x, sl, q[:1])[0, sal.target], x)[0]
+    grad = torch.autograd.grad(model.model.episode_logits(x, sl, q[:1])[0, sal.target], x)[0]
     np.testing.assert_allclose(sal.attributions, grad.numpy(), rtol=1e-4, atol=1e-6 * grad.abs().max().item())
     # only the images of the target class move its prototype; the others get no gradient
     other = np.array(sal.support_labels) != sal.target
     assert np.abs(sal.attributions[other]).max() == 0
     # IG completeness over the joint path (all support images from black to themselves)
-    ig = support_attribution(model, s, sl, q[0], method="integrated_gradients", contrast="runner_up", n_steps=32)
+    ig = support_attribution(model, s, q[0], method="integrated_gradients", contrast="runner_up", n_steps=32)
     with torch.no_grad():
-        at_base = model.episode_logits(torch.zeros_like(s), sl, q[:1])[0]
+        at_base = model.model.episode_logits(torch.zeros_like(s), sl, q[:1])[0]
     delta = ig.explained - float(at_base[ig.target] - at_base[ig.contrast])
     np.testing.assert_allclose(ig.attributions.sum(), delta, rtol=0.03, atol=1e-3 * abs(delta))
-    again = support_attribution(model, s, sl, q[0], method="integrated_gradients", contrast="runner_up", n_steps=32)
+    again = support_attribution(model, s, q[0], method="integrated_gradients", contrast="runner_up", n_steps=32)
     np.testing.assert_array_equal(ig.attributions, again.attributions)
+    assert_unchanged(model, before)
+    # the support images must be the ones the episode was fitted with
+    with pytest.raises(DataError, match="fitted with"):
+        support_attribution(model, s.flip(0), q[0], method="saliency")
+    with pytest.raises(DataError, match="fitted with"):
+        support_attribution(model, s[:-1], q[0], method="saliency")
 
 
 def test_similarity_map_conv4_is_positionwise_and_sums_to_the_logit():
@@ -167,7 +196,7 @@ def test_nearest_support_finds_itself_and_matching_patches():
     episode = episode_for(images, n_shot=3, n_query=1)
     s, sl, _, _ = episode.tensors(images)
     for backbone in ("conv4", "resnet12"):
-        model = make_model(backbone, 1, 32).fit_support(s, sl)
+        model = make_model(backbone, 1, 32).fit(s, sl)
         table = nearest_support(model, s[4], k=4, support_images=s, sample_ids=episode.support_ids,
                                 class_names=episode.classes)
         assert len(table) == 4 and list(table["rank"]) == [1, 2, 3, 4]
@@ -181,5 +210,9 @@ def test_nearest_support_finds_itself_and_matching_patches():
     # a pooled backbone without the support images: ranks, but no patches
     table = nearest_support(model, s[4], k=2)
     assert table["query_box"].isna().all() and np.isnan(table["patch_similarity"]).all()
-    with pytest.raises(ModelError, match="fit_support"):
+    with pytest.raises(ModelError, match=r"model\.fit\("):
         nearest_support(make_model("conv4", 1, 32), s[0])
+    with pytest.raises(ModelError, match=r"model\.fit\("):
+        similarity_map(make_model("conv4", 1, 32), s[0])
+    with pytest.raises(ModelError, match=r"model\.fit\("):
+        support_influence(make_model("conv4", 1, 32), query_image=s[0])

@@ -71,6 +71,7 @@ def test_with_queries_freezes_the_refinement():
     batch = torch.tensor([[4.0], [3.0], [3.0], [3.0]])
     together = m.logits_from_embeddings(batch)
     frozen = m.with_query_embeddings(batch)
+    assert frozen.queries_frozen() and not m.queries_frozen()
     # now a single query is scored against the prototypes refined with the whole batch
     torch.testing.assert_close(frozen.logits_from_embeddings(batch[:1]), together[:1])
     # the episode it came from still refines with whatever batch it is given
@@ -82,6 +83,7 @@ def test_with_queries_freezes_the_refinement():
     assert m.model.refines_with_queries()
     plain = make_model("transductive", torch.nn.Identity(), iterations=0).fit_embeddings(SUPPORT, LABELS)
     assert plain.with_query_embeddings(batch) is plain and not plain.model.refines_with_queries()
+    assert plain.queries_frozen()
 
 
 def test_refinement_helps_on_shifted_queries():
