@@ -75,11 +75,11 @@ IMPLIED = {"traitlets": "ipywidgets", "ipython": "ipywidgets", "ipykernel": "jup
 # The layers of fsl_xai, lowest first; a module (or package, with everything in it) belongs to the
 # layer of the longest name listed here that it starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai._deferred", "fsl_xai.intervals")),
+    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai.deferred", "fsl_xai.intervals")),
     ("data", ("fsl_xai.data",)),
     ("episodes", ("fsl_xai.episodes",)),
     ("models", ("fsl_xai.models",)),
-    ("model services", ("fsl_xai.embeddings", "fsl_xai.projection", "fsl_xai.checkpoints")),
+    ("model services", ("fsl_xai.embeddings", "fsl_xai.projection", "fsl_xai.checkpoints", "fsl_xai.guard")),
     ("evaluation and training", ("fsl_xai.evaluation", "fsl_xai.training")),
     ("explanations and metrics", ("fsl_xai.explain", "fsl_xai.metrics")),
     ("user studies", ("fsl_xai.study",)),
@@ -165,7 +165,10 @@ def test_privacy_checker_catches_each_kind() -> None:
     assert "imports _read_image, private to fsl_xai.data.folder; make it public" in found[0]
     assert "reads fsl_xai.data.imageset._default_metadata, private to that module" in found[2]
     assert "uses ._check_support, private to fsl_xai/models/base.py" in found[3]
-    assert "imports fsl_xai._deferred, a module private to fsl_xai" in found[5]
+    assert "imports _deferred, private to fsl_xai" in found[5]
+    # a private module of another package
+    outside = privacy_violations(ast.parse("from widgets import _base\n"), "fsl_xai.cli", where, "c.py")
+    assert len(outside) == 1 and "imports widgets._base, a module private to widgets" in outside[0], outside
     # a test of fsl_xai.data may use its privates and objects' private attributes; not other packages'
     in_test = privacy_violations(ast.parse(source), "tests.fsl_xai.data.test_folder", where, "t.py",
                                  white_box=("fsl_xai.data",))

@@ -8,16 +8,16 @@ Typical use in a notebook::
     Workbench(state)
 """
 
-from fsl_xai._deferred import defer
+from fsl_xai.deferred import defer
 
 # before anything imports plotly's FigureWidget: jsonschema would compile rfc3987_syntax's grammars
 # (about 2 s of every kernel start) for a format checker the workbench never calls
 defer("rfc3987_syntax", functions=("is_valid_syntax",))
 
-from .state import EpisodeResult, Projection, WorkbenchState  # noqa: E402
+from .state import EpisodeResult, WorkbenchState  # noqa: E402
 
-__all__ = ["DatasetModelPicker", "DicomImportView", "DistanceView", "EpisodeResult", "ExportView", "FailureExplorer", "HeatmapViewer",
-           "Projection", "QueryGallery", "SubgroupDashboard", "SupportSetView", "Workbench", "WorkbenchState",
+__all__ = ["DatasetModelPicker", "DicomImportView", "DistanceView", "EpisodeResult", "ExportView", "FailureExplorer",
+           "HeatmapViewer", "QueryGallery", "SubgroupDashboard", "SupportSetView", "Workbench", "WorkbenchState",
            "export_state"]
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._deferred import defer_captum_visualization
+from ..deferred import defer_captum_visualization
 from ..errors import DataError, EpisodeError, ModelError
 from ..models import FewShotClassifier, FittedEpisode
 

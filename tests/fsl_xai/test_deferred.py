@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from fsl_xai._deferred import DeferredModule, defer
+from fsl_xai.deferred import DeferredModule, defer
 
 
 @pytest.fixture

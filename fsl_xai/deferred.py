@@ -27,7 +27,7 @@ class DeferredModule(types.ModuleType):
     """Stands in for a module until something reads one of its attributes."""
 
     def __init__(self, name: str):
-        super().__init__(name, f"deferred import of {name} (see fsl_xai._deferred)")
+        super().__init__(name, f"deferred import of {name} (see fsl_xai.deferred)")
         self.__dict__["_real"] = None
 
     def _load(self) -> types.ModuleType:
