@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .errors import DataError, EpisodeError, FslXaiError
 
 if TYPE_CHECKING:  # the library is imported inside each command, to keep `fsl-xai --help` quick
+    from .checkpoints import CheckpointInfo
     from .data import ImageSet
 
 EXIT_ERROR = 2
@@ -78,6 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("guard", help="how well the domain guard tells held-in images from another kind (AUROC)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="held-in dataset name: its train split is the reference, val calibrates")
+    src.add_argument("--data-file", help="held-in MedMNIST-format .npz file (train: reference, val: calibration)")
+    p.add_argument("--split", default="test", help="held-in split to test (default: test; not train or val)")
+    ood = p.add_mutually_exclusive_group(required=True)
+    ood.add_argument("--ood-dataset", help="out-of-distribution dataset name (see `fsl-xai datasets`)")
+    ood.add_argument("--ood-data-file", help="out-of-distribution MedMNIST-format .npz file")
+    p.add_argument("--ood-split", default="test", help="split of the out-of-distribution set (default: test)")
+    p.add_argument("--k", type=int, help="the neighbour whose distance is the score (default: the guard's, 5)")
+    p.add_argument("--quantile", type=float,
+                   help="share of held-in calibration images below the threshold (default: the guard's, 0.95)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration images held out of train when there is no val split")
+    p.add_argument("--convert", action="store_true",
+                   help="convert images to the checkpoint's channels and size when they differ")
+    p.add_argument("--save-guard", metavar="GUARD.json",
+                   help="write the fitted guard (JSON, with its reference embeddings in GUARD.npz beside)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_guard)
 
     p = sub.add_parser("prepare", help="train and cache the default models the notebooks use (once)")
     p.add_argument("datasets", nargs="*", help=f"datasets (default: those of the notebooks that are present: "
@@ -303,6 +328,85 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{result.n_query} queries per class) on {images.name} {args.split} classes {classes}")
         if args.predictions:
             print(f"per-query table written to {Path(args.predictions).resolve()}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- guard
+#: share of the train split held out for calibration when a held-in set has no val split
+GUARD_HELD_OUT = 0.2
+
+
+def _images_for_checkpoint(images: ImageSet, info: CheckpointInfo, convert: bool) -> ImageSet:
+    """The images at the checkpoint's channels and size, converted only when ``convert`` is set."""
+    want_c, want_hw = info.in_channels, info.image_size
+    if images.n_channels == want_c and images.image_size == want_hw:
+        return images
+    if not convert:
+        from .errors import CheckpointError
+
+        raise CheckpointError(
+            f"the checkpoint expects {want_c}-channel {want_hw[0]}x{want_hw[1]} images but {images.name} has "
+            f"{images.n_channels}-channel {images.image_size[0]}x{images.image_size[1]} images; "
+            "pass --convert to convert them, or use a checkpoint trained on such images")
+    return images.convert(channels=want_c, size=want_hw)
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoints import load_checkpoint
+    from .embeddings import embed_all, embedding_fingerprint
+    from .guard import DEFAULT_K, DEFAULT_QUANTILE, DomainGuard, detection_summary
+
+    if args.split in ("train", "val", "all"):
+        raise DataError(f"--split {args.split} overlaps the guard's reference (train) or calibration (val) images; "
+                        "test on held-out images: --split test")
+    _threads(args.threads)
+    progress = not args.no_progress
+    model, info = load_checkpoint(args.checkpoint)
+
+    def held_in(split: str) -> ImageSet:
+        return _images_for_checkpoint(_load_images(args.dataset, args.data_file, split, progress), info, args.convert)
+
+    reference = held_in("train")
+    try:
+        calibration = held_in("val")
+        where = "val split"
+    except DataError:  # no val split: hold a seeded part of train out of the reference
+        order = np.random.default_rng(args.seed).permutation(len(reference))
+        n_cal = max(1, round(GUARD_HELD_OUT * len(reference)))
+        calibration, reference = reference.subset(order[:n_cal]), reference.subset(order[n_cal:])
+        where = f"{GUARD_HELD_OUT:.0%} of the train split (seed {args.seed})"
+    tested = held_in(args.split)
+    ood = _images_for_checkpoint(_load_images(args.ood_dataset, args.ood_data_file, args.ood_split, progress), info,
+                        args.convert)
+
+    def emb(images: ImageSet) -> torch.Tensor:
+        return embed_all(model, images, progress=progress)
+
+    k = DEFAULT_K if args.k is None else args.k
+    quantile = DEFAULT_QUANTILE if args.quantile is None else args.quantile
+    guard = DomainGuard.fit(emb(reference), emb(calibration), k=k, quantile=quantile,
+                            embedding_fingerprint=embedding_fingerprint(model),
+                            reference_data=f"{reference.name} train ({len(reference)} images)",
+                            calibration_data=f"{calibration.name} {where} ({len(calibration)} images)")
+    summary = detection_summary(guard, emb(tested), emb(ood))
+    summary.update({"dataset": tested.name, "split": args.split, "ood_dataset": ood.name, "ood_split": args.ood_split,
+                    "checkpoint": str(Path(args.checkpoint)), "model": info.model, "backbone": info.backbone,
+                    "model_fingerprint": model.fingerprint(), "guard_file": args.save_guard})
+    if args.save_guard:
+        guard.save(args.save_guard)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"domain guard ({guard.method}, k={guard.k}, threshold {guard.threshold:.4f} = the {guard.quantile:.0%} "
+              f"quantile of {guard.n_calibration} held-in images): AUROC {summary['auroc']:.4f}, FPR at 95% TPR "
+              f"{summary['fpr_at_95_tpr']:.4f}; flagged {summary['in_flag_rate']:.1%} of {summary['n_in']} "
+              f"{tested.name} {args.split} images and {summary['ood_flag_rate']:.1%} of {summary['n_ood']} "
+              f"{ood.name} {args.ood_split} images")
+        if args.save_guard:
+            print(f"guard written to {Path(args.save_guard).resolve()}")
     return 0
 
 
