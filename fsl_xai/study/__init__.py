@@ -11,7 +11,9 @@ _EXPORTS = {
     "agreement_by_condition": "analysis", "cohen_kappa": "analysis", "fleiss_kappa": "analysis",
     "reliance_summary": "analysis", "responses_table": "analysis",
     "StudyDesign": "design", "StudyDesignError": "design", "load_design": "design", "parse_design": "design",
-    "AccessDenied": "store", "ResponseStore": "store", "StudyStoreError": "store",
+    "read_study_file": "schema",
+    "AccessDenied": "store", "AlreadyAnswered": "store", "ResponseStore": "store", "StudyStoreError": "store",
+    "StudyExistsError": "freeze", "ServeError": "serve",
     "RaterSession": "session",
 }
 

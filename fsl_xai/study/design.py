@@ -11,8 +11,8 @@ A study file is YAML or JSON::
     assignment: {design: within, seed: 7}     # or between
     questions:
       - {id: diagnosis, type: choice}
-      - {id: confidence, type: likert, scale: 5, text: How confident are you?}
-      - {id: trust, type: likert, scale: 5, text: I trust the model's advice}
+      - {id: confidence, type: likert, scale: 5, text: "How confident are you?"}
+      - {id: trust, type: likert, scale: 5, text: "I trust the model's advice"}
       - {id: comment, type: text, required: false}
     allow_back: false
     measure_time: true
@@ -21,18 +21,30 @@ A study file is YAML or JSON::
 
 Conditions are names of what is shown; each name maps to a set of panels (``CONDITION_PANELS``),
 or a condition can be given as ``{name: ..., show: [prediction, heatmap, badges]}``.
+
+Every field is checked (``parse_design``) and an error names the field and the fix; files are read
+by :func:`fsl_xai.study.schema.read_study_file` (size-capped, no YAML aliases).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import FslXaiError
+from .schema import (
+    StudyDesignError,
+    check_choice,
+    check_flag,
+    check_list,
+    check_mapping,
+    check_names,
+    check_text,
+    check_whole,
+    read_study_file,
+)
 
 PANELS = ("prediction", "heatmap", "prototypes", "badges")
 CONDITION_PANELS: dict[str, tuple[str, ...]] = {
@@ -44,10 +56,6 @@ CONDITION_PANELS: dict[str, tuple[str, ...]] = {
     "prototypes_badges": ("prediction", "prototypes", "badges"),
 }
 QUESTION_TYPES = ("choice", "likert", "text")
-
-
-class StudyDesignError(FslXaiError, ValueError):
-    """A study file is invalid; the message names the field and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -111,112 +119,153 @@ class StudyDesign:
         return [pairs[i] for i in order]
 
 
-def _require(data: dict, key: str, kind: type | tuple, where: str = "study file") -> Any:
-    if key not in data:
-        raise StudyDesignError(f"{where}: missing field {key!r}")
-    value = data[key]
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise StudyDesignError(f"{where}: field {key!r} must be a {names}, got {type(value).__name__}")
-    return value
+TOP_FIELDS = {"study_id": True, "dataset": True, "model": True, "episode": True, "cases": True, "conditions": True,
+              "questions": True, "assignment": False, "allow_back": False, "measure_time": False, "method": False,
+              "mode": False, "title": False, "description": False}
+SPLITS = ("train", "val", "test", "all")  # as load_dataset takes them
 
 
-def parse_design(data: dict[str, Any]) -> StudyDesign:
-    """Validate a study dict; StudyDesignError names the first problem and how to fix it."""
-    if not isinstance(data, dict):
-        raise StudyDesignError("a study file must be a mapping of fields (YAML or JSON object)")
-    known = {"study_id", "dataset", "model", "episode", "cases", "conditions", "assignment", "questions",
-             "allow_back", "measure_time", "method", "mode", "title", "description"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise StudyDesignError(f"unknown field(s) {unknown}; known fields: {sorted(known)}")
-    study_id = _require(data, "study_id", str)
-    dataset = _require(data, "dataset", dict)
-    _require(dataset, "name", str, "dataset")
-    model = _require(data, "model", dict)
-    if not ({"default", "checkpoint"} & set(model)):
-        raise StudyDesignError("model: give {default: DATASET} or {checkpoint: PATH}")
-    episode = dict(_require(data, "episode", dict))
+def _episode(data: Any) -> dict[str, Any]:
+    episode = dict(check_mapping(data, "episode", {"n_way": True, "n_shot": True, "seed": False, "classes": False},
+                                 "{n_way: 3, n_shot: 5, seed: 0}"))
     for key in ("n_way", "n_shot"):
-        if not isinstance(episode.get(key), int) or episode[key] < 1:
-            raise StudyDesignError(f"episode: {key} must be a positive integer")
-    cases = _require(data, "cases", (dict, list))
-    if isinstance(cases, list):
-        if not cases:
-            raise StudyDesignError("cases: the list is empty; give sample ids or {n: N, seed: S}")
-        cases = tuple(str(c) for c in cases)
-        if len(set(cases)) != len(cases):
-            raise StudyDesignError("cases: sample ids are repeated")
-    elif not isinstance(cases.get("n"), int) or cases["n"] < 1:
-        raise StudyDesignError("cases: {n: N} needs a positive integer N")
+        check_whole(episode[key], f"episode.{key}", 1, example=f"{key}: 3")
+    if "seed" in episode:
+        check_whole(episode["seed"], "episode.seed", 0, example="seed: 0")
+    if "classes" in episode:
+        classes = check_names(episode["classes"], "episode.classes", "[lymphocyte, monocyte, platelet]")
+        if len(classes) != episode["n_way"]:
+            raise StudyDesignError(f"episode.classes names {len(classes)} classes but episode.n_way is "
+                                   f"{episode['n_way']}; make them agree")
+    return episode
 
+
+def _cases(data: Any) -> dict[str, Any] | tuple[str, ...]:
+    if isinstance(data, list):
+        if not data:
+            raise StudyDesignError("cases: the list is empty; give sample ids or {n: N, seed: S}")
+        for i, c in enumerate(data):
+            if isinstance(c, bool) or not isinstance(c, (str, int)):
+                raise StudyDesignError(f"cases[{i}] must be a sample id (text), got {c!r}; "
+                                       "list sample ids, or give {n: N, seed: S}")
+        ids = tuple(str(c) for c in data)
+        repeated = sorted({c for c in ids if ids.count(c) > 1})
+        if repeated:
+            raise StudyDesignError(f"cases: sample ids are repeated: {repeated[:5]}; list each case once")
+        return ids
+    cases = check_mapping(data, "cases", {"n": True, "seed": False, "index": False},
+                          "{n: 12, seed: 1} (or a list of sample ids)")
+    check_whole(cases["n"], "cases.n", 1, example="n: 12")
+    if "seed" in cases:
+        check_whole(cases["seed"], "cases.seed", 0, example="seed: 1")
+    if "index" in cases:
+        check_whole(cases["index"], "cases.index", 0, example="index: 0")
+    return dict(cases)
+
+
+def _conditions(data: Any) -> tuple[Condition, ...]:
     conditions = []
-    for c in _require(data, "conditions", list):
+    for i, c in enumerate(check_list(data, "conditions", "[no_ai, prediction, heatmap]")):
+        where = f"conditions[{i}]"
         if isinstance(c, str):
             if c not in CONDITION_PANELS:
-                raise StudyDesignError(f"unknown condition {c!r}; use one of {sorted(CONDITION_PANELS)} "
+                raise StudyDesignError(f"{where}: unknown condition {c!r}; use one of {sorted(CONDITION_PANELS)} "
                                        "or {name: ..., show: [...]}")
             conditions.append(Condition(c, CONDITION_PANELS[c]))
-        elif isinstance(c, dict):
-            name = _require(c, "name", str, "condition")
-            show = tuple(_require(c, "show", list, f"condition {name!r}"))
-            bad = [p for p in show if p not in PANELS]
-            if bad:
-                raise StudyDesignError(f"condition {name!r}: unknown panel(s) {bad}; panels: {list(PANELS)}")
-            conditions.append(Condition(name, show))
-        else:
-            raise StudyDesignError("each condition must be a name or {name: ..., show: [...]}")
-    if not conditions:
-        raise StudyDesignError("conditions: give at least one condition")
+            continue
+        check_mapping(c, where, {"name": True, "show": True}, "{name: my_condition, show: [prediction, heatmap]}")
+        name = check_text(c["name"], f"{where}.name", "name: my_condition")
+        show = check_list(c["show"], f"{where}.show", "[prediction, heatmap]", allow_empty=True)
+        bad = [p for p in show if p not in PANELS]
+        if bad:
+            raise StudyDesignError(f"condition {name!r}: unknown panel(s) {bad}; panels: {list(PANELS)}")
+        conditions.append(Condition(name, tuple(show)))
     if len({c.name for c in conditions}) != len(conditions):
-        raise StudyDesignError("conditions: names are repeated")
+        raise StudyDesignError("conditions: names are repeated; give each condition once")
+    return tuple(conditions)
 
-    questions = []
-    for q in _require(data, "questions", list):
-        if not isinstance(q, dict):
-            raise StudyDesignError("each question must be a mapping with id and type")
-        qid, qtype = _require(q, "id", str, "question"), _require(q, "type", str, "question")
-        if qtype not in QUESTION_TYPES:
-            raise StudyDesignError(f"question {qid!r}: unknown type {qtype!r}; use one of {list(QUESTION_TYPES)}")
-        scale = int(q.get("scale", 5))
-        if qtype == "likert" and not 2 <= scale <= 11:
+
+def _question(q: Any, i: int) -> Question:
+    where = f"questions[{i}]"
+    check_mapping(q, where, {"id": True, "type": True, "text": False, "scale": False, "options": False,
+                             "required": False}, "{id: confidence, type: likert, scale: 5}")
+    qid = check_text(q["id"], f"{where}.id", "id: diagnosis")
+    where = f"{where} {qid!r}"
+    qtype = q["type"]
+    if qtype not in QUESTION_TYPES:
+        raise StudyDesignError(f"question {qid!r}: unknown type {qtype!r}; use one of {list(QUESTION_TYPES)}")
+    text = check_text(q["text"], f"{where}.text", '"How confident are you?"') if "text" in q else ""
+    scale = 5
+    if "scale" in q:
+        if qtype != "likert":
+            raise StudyDesignError(f"{where}.scale: only a likert question has a scale; remove it or set type: likert")
+        scale = q["scale"]
+        if isinstance(scale, int) and not isinstance(scale, bool) and not 2 <= scale <= 11:
             raise StudyDesignError(f"question {qid!r}: a Likert scale needs 2 to 11 points, got {scale}")
-        questions.append(Question(qid, qtype, str(q.get("text", "")), scale, tuple(q.get("options", ())),
-                                  bool(q.get("required", qtype != "text"))))
-    if not questions:
-        raise StudyDesignError("questions: give at least one question")
-    if len({q.id for q in questions}) != len(questions):
-        raise StudyDesignError("questions: ids are repeated")
+        check_whole(scale, f"{where}.scale", 2, 11, example="scale: 5")
+    options: tuple[str, ...] = ()
+    if "options" in q:
+        if qtype != "choice":
+            raise StudyDesignError(f"{where}.options: only a choice question has options; remove them or set "
+                                   "type: choice")
+        options = check_names(q["options"], f"{where}.options", "[benign, malignant]")
+        if len(options) < 2:
+            raise StudyDesignError(f"{where}.options: give at least two answers, e.g. [benign, malignant]")
+    required = check_flag(q["required"], f"{where}.required") if "required" in q else qtype != "text"
+    return Question(qid, qtype, text, scale, options, required)
 
-    assignment = data.get("assignment", {}) or {}
-    design = assignment.get("design", "within")
-    if design not in ("within", "between"):
-        raise StudyDesignError(f"assignment.design must be 'within' or 'between', got {design!r}")
-    mode = data.get("mode", "study")
-    if mode not in ("study", "teaching"):
-        raise StudyDesignError(f"mode must be 'study' or 'teaching', got {mode!r}")
+
+def parse_design(data: Any) -> StudyDesign:
+    """Validate a study dict; StudyDesignError names the first problem and how to fix it."""
+    if not isinstance(data, dict):
+        raise StudyDesignError("a study file must be a mapping of fields (YAML or JSON object), "
+                               "starting with e.g. study_id: my-study")
+    unknown = sorted(str(k) for k in data if k not in TOP_FIELDS)
+    if unknown:
+        raise StudyDesignError(f"unknown field(s) {unknown}; known fields: {sorted(TOP_FIELDS)}")
+    for name, required in TOP_FIELDS.items():
+        if required and name not in data:
+            raise StudyDesignError(f"study file: missing field {name!r}; see the example in fsl_xai.study.design")
+    study_id = check_text(data["study_id"], "study_id", "study_id: blood-cells-2026")
+    for name in ("title", "description"):
+        if name in data:
+            check_text(data[name], name, f"{name}: Blood cell review")
+    dataset = check_mapping(data["dataset"], "dataset", {"name": True, "split": False},
+                            "{name: pbc-blood-64, split: test}")
+    check_text(dataset["name"], "dataset.name", "name: pbc-blood-64")
+    if "split" in dataset:
+        check_choice(dataset["split"], "dataset.split", SPLITS)
+    model = check_mapping(data["model"], "model", {"default": False, "checkpoint": False, "model": False},
+                          "{default: pbc-blood-64} or {checkpoint: path/to/model.pt}")
+    sources = [k for k in ("default", "checkpoint") if k in model]
+    if len(sources) != 1:
+        raise StudyDesignError("model: give {default: DATASET} or {checkpoint: PATH}, exactly one of them")
+    check_text(model[sources[0]], f"model.{sources[0]}", f"{sources[0]}: pbc-blood-64")
+    if "model" in model:
+        check_text(model["model"], "model.model", "model: protonet")
+    episode = _episode(data["episode"])
+    cases = _cases(data["cases"])
+    conditions = _conditions(data["conditions"])
+    questions = tuple(_question(q, i) for i, q in enumerate(
+        check_list(data["questions"], "questions", "[{id: diagnosis, type: choice}]")))
+    if len({q.id for q in questions}) != len(questions):
+        raise StudyDesignError("questions: ids are repeated; give each question its own id")
+    # an empty `assignment:` line reads as None: the defaults
+    given = data.get("assignment")
+    assignment = check_mapping({} if given is None else given, "assignment", {"design": False, "seed": False},
+                               "{design: within, seed: 7}")
+    design = check_choice(assignment.get("design", "within"), "assignment.design", ("within", "between"))
+    seed = check_whole(assignment.get("seed", 0), "assignment.seed", 0, example="seed: 7")
     return StudyDesign(
-        study_id=study_id, dataset=dataset, model=model, episode=episode, cases=cases,
-        conditions=tuple(conditions), questions=tuple(questions), design=design,
-        assignment_seed=int(assignment.get("seed", 0)), allow_back=bool(data.get("allow_back", False)),
-        measure_time=bool(data.get("measure_time", True)), method=str(data.get("method", "gradcam")),
-        mode=mode, raw=data,
+        study_id=study_id, dataset=dict(dataset), model=dict(model), episode=episode, cases=cases,
+        conditions=conditions, questions=questions, design=design, assignment_seed=seed,
+        allow_back=check_flag(data.get("allow_back", False), "allow_back"),
+        measure_time=check_flag(data.get("measure_time", True), "measure_time"),
+        method=check_text(data.get("method", "gradcam"), "method", "method: gradcam"),
+        mode=check_choice(data.get("mode", "study"), "mode", ("study", "teaching")), raw=data,
     )
 
 
 def load_design(path: str | Path) -> StudyDesign:
-    """Read and validate a YAML or JSON study file."""
-    path = Path(path)
-    if not path.exists():
-        raise StudyDesignError(f"study file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # the parsers raise many types; all mean "not valid syntax"
-        raise StudyDesignError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-    return parse_design(data)
+    """Read and validate a YAML or JSON study file (at most MAX_STUDY_FILE_BYTES, no YAML aliases)."""
+    return parse_design(read_study_file(path))

@@ -3,15 +3,36 @@
 The session keeps nothing that matters in memory: where the rater is comes from the store (the
 first assigned item without an answer), so a rater who closes the browser, or whose server was
 killed, resumes where they left off.
+
+Answers are keyed to what was shown: each time ``current()`` shows an item it issues a one-off
+key (``shown_key``: the item, i.e. case and condition, and a random token), and ``submit`` sends
+the answers under the key of the screen they were given on. A retry of the same screen is stored
+once; the same rater answering the same case in two tabs sends two keys, and the store either
+keeps both as distinct attempts (``allow_back: true``) or refuses the second with
+:class:`~fsl_xai.study.store.AlreadyAnswered` (the default), never replacing a confirmed answer.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .design import StudyDesign
-from .store import ResponseStore, StudyStoreError
+from .store import AlreadyAnswered, ResponseStore, StudyStoreError
+
+# screens of this session that can still be submitted (a page shows one; going back adds a few)
+SHOWN_KEYS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class _Shown:
+    position: int
+    item_id: str
+    shown_at: float
 
 
 class RaterSession:
@@ -24,12 +45,14 @@ class RaterSession:
         clock: a monotonic clock in seconds (injectable for tests).
     """
 
-    def __init__(self, store: ResponseStore, token: str, design: StudyDesign, clock=time.monotonic):
+    def __init__(self, store: ResponseStore, token: str, design: StudyDesign,
+                 clock: Callable[[], float] = time.monotonic):
         self.store, self.token, self.design, self.clock = store, token, design, clock
         self.rater = store.authenticate(token)
         self.items = store.assigned_items(token)
         self.position = store.next_position(token)
-        self._shown_at: float | None = None
+        self._shown: OrderedDict[str, _Shown] = OrderedDict()
+        self._last_key: str | None = None
 
     @property
     def done(self) -> bool:
@@ -41,14 +64,20 @@ class RaterSession:
         return len(self.store.current_answers(self.token)), len(self.items)
 
     def current(self) -> dict[str, Any]:
-        """The item to show now (what is shown, its condition and panels); starts its timer."""
+        """The item to show now (what is shown, its condition and panels) with the ``shown_key``
+        to submit its answers under; starts its timer."""
         if self.done:
             raise StudyStoreError("all items are answered; the study is complete for this rater")
         item = self.store.item(self.items[self.position])
         item["panels"] = list(self.design.condition(item["condition"]).show)
         item["position"] = self.position
         item["previous_answers"] = self.store.current_answers(self.token).get(item["item_id"], {})
-        self._shown_at = self.clock()
+        key = f"{item['item_id']}#{secrets.token_urlsafe(12)}"
+        self._shown[key] = _Shown(self.position, item["item_id"], self.clock())
+        while len(self._shown) > SHOWN_KEYS_KEPT:
+            self._shown.popitem(last=False)
+        self._last_key = key
+        item["shown_key"] = key
         return item
 
     def validate(self, answers: dict[str, Any]) -> dict[str, Any]:
@@ -70,24 +99,39 @@ class RaterSession:
             raise StudyStoreError(f"unknown question(s) {sorted(unknown)}")
         return clean
 
-    def submit(self, answers: dict[str, Any]) -> list[int]:
-        """Store the answers to the current item (committed before this returns), then move on.
+    def submit(self, answers: dict[str, Any], shown_key: str | None = None) -> list[int]:
+        """Store the answers to a shown item (committed before this returns), then move on.
 
-        The submission key is the item plus how many times this rater already answered it, so a
-        retry of the same submission is stored once, and a deliberate change after going back is
-        a new row.
+        Args:
+            answers: question id -> value.
+            shown_key: the ``shown_key`` of the screen the answers were given on (from
+                ``current()``); by default the item this session showed last.
+
+        Returns:
+            The stored answer ids; a retry of the same screen returns the same ids.
+
+        Raises:
+            AlreadyAnswered: the rater already answered this item elsewhere and the study does
+                not allow changing answers; nothing was stored and the session has moved on to
+                the next unanswered item.
+            StudyStoreError: no item was shown, the screen is out of date, or an answer is invalid.
         """
-        if self.done:
-            raise StudyStoreError("all items are answered; nothing to submit")
+        key = shown_key if shown_key is not None else self._last_key
+        if key is None:
+            raise StudyStoreError("no case is shown yet; show one (current()) before submitting")
+        shown = self._shown.get(key)
+        if shown is None:
+            raise StudyStoreError("this page is out of date; reload it to answer the current case")
         clean = self.validate(answers)
-        item_id = self.items[self.position]
-        revision = len({r["answer_key"] for r in self.store.my_answers(self.token) if r["item_id"] == item_id})
         elapsed = None
-        if self.design.measure_time and self._shown_at is not None:
-            elapsed = (self.clock() - self._shown_at) * 1000.0
-        ids = self.store.submit(self.token, item_id, clean, answer_key=f"{item_id}#{revision}", response_ms=elapsed)
-        self._shown_at = None
-        self.position = self._next_unanswered(self.position + 1)
+        if self.design.measure_time:
+            elapsed = (self.clock() - shown.shown_at) * 1000.0
+        try:
+            ids = self.store.submit(self.token, shown.item_id, clean, answer_key=key, response_ms=elapsed)
+        except AlreadyAnswered:
+            self.position = self._next_unanswered(shown.position + 1)
+            raise
+        self.position = self._next_unanswered(shown.position + 1)
         return ids
 
     def _next_unanswered(self, start: int) -> int:

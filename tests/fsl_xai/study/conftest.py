@@ -1,3 +1,8 @@
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from fsl_xai.study import ResponseStore, parse_design
@@ -23,6 +28,7 @@ def design():
 def _make_study(path, design, n_raters=2, cases=None):
     """A store with items for every (case, condition) and n_raters raters; returns (store, tokens)."""
     store = ResponseStore(path)
+    store.set_allow_back(design.allow_back)  # as freezing does
     cases = cases or list(design.cases)
     store.add_items([{"item_id": f"{c}|{k}", "case_id": c, "condition": k, "shown": {"case": c},
                       "provenance": {"model": "m"}} for c in cases for k in design.condition_names])
@@ -52,3 +58,48 @@ def make_study():
 @pytest.fixture
 def design_dict():
     return dict(DESIGN)
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: Path):
+    """Make a folder and its files read-only for this process, then writable again.
+
+    As root, permission bits do not stop writes, so the immutable attribute (chattr +i) is used;
+    the test is skipped where neither works (the check is a real attempt to write)."""
+    paths = [*sorted(p for p in folder.iterdir() if p.is_file()), folder]
+    as_root = os.geteuid() == 0
+    modes = {p: p.stat().st_mode for p in paths}
+    problem = None
+    try:
+        try:
+            for p in paths:
+                if as_root:
+                    subprocess.run(["chattr", "+i", str(p)], check=True, capture_output=True)
+                else:
+                    p.chmod(modes[p] & ~0o222)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            problem = f"could not set it read-only ({exc})"
+        else:
+            try:
+                (folder / ".write-probe").write_text("x")
+            except OSError:
+                pass  # refused: the folder is read-only
+            else:
+                (folder / ".write-probe").unlink()
+                problem = "neither permissions nor chattr +i stop writes here"
+        if problem is None:
+            yield folder
+    finally:
+        for p in reversed(paths):
+            if as_root:
+                subprocess.run(["chattr", "-i", str(p)], check=False, capture_output=True)
+            else:
+                p.chmod(modes[p])
+    if problem is not None:
+        pytest.skip(f"cannot make a folder read-only on this machine: {problem}")
+
+
+@pytest.fixture
+def read_only():
+    """``with read_only(folder): ...`` runs the block with the folder and its files read-only."""
+    return _read_only_folder

@@ -80,3 +80,165 @@ def test_raters_get_counterbalanced_items_and_export_is_pseudonymous(frozen, tmp
     items = pd.read_csv(written["items.csv"])
     assert {"item_id", "condition", "provenance"} <= set(items.columns)
     assert written["study"].exists()
+
+
+def _cheap_study(frozen, folder, name="cheap.json", n_cases=2, conditions=("no_ai", "prediction")):
+    """A study file that freezes in about a second (no explanations)."""
+    d, _, _ = frozen
+    study = {"study_id": name, "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
+             "episode": {"n_way": 2, "n_shot": 2, "seed": 1}, "cases": {"n": n_cases, "seed": 0},
+             "conditions": list(conditions), "method": "saliency",
+             "questions": [{"id": "diagnosis", "type": "choice"}]}
+    path = folder / name
+    path.write_text(json.dumps(study))
+    return path
+
+
+def _answer_all(db, design, token):
+    with ResponseStore(db) as store:
+        s = RaterSession(store, token, design)
+        while not s.done:
+            item = s.current()
+            s.submit({"diagnosis": item["shown"]["classes"][0]})
+
+
+def test_existing_target_is_an_error_unless_force(frozen, tmp_path):
+    from fsl_xai.study import StudyExistsError
+
+    study = _cheap_study(frozen, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StudyExistsError, match="already exists; choose a new folder with --out, or pass --force"):
+        freeze_study(study, out, progress=False)
+    assert list(out.iterdir()) == []
+    db = freeze_study(study, out, progress=False, force=True)  # an empty folder is replaced
+    with pytest.raises(StudyExistsError, match="already holds a frozen study"):
+        freeze_study(study, out, progress=False)
+    other = _cheap_study(frozen, tmp_path, "other.json", n_cases=3, conditions=("no_ai",))
+    freeze_study(other, out, progress=False, force=True)  # no answers yet: replaced
+    with ResponseStore(db) as store:
+        assert store.n_items() == 3 and store.meta("study_id") == "other.json"
+    assert sorted(p.name for p in out.iterdir()) == ["other.json", "study.sqlite"]
+    # once it has answers, --force refuses: answers are never thrown away
+    (_, token), = add_raters(db, 1)
+    _answer_all(db, load_design(out / "other.json"), token)
+    with pytest.raises(StudyExistsError, match="holds 3 answers; --force never replaces a study with answers"):
+        freeze_study(study, out, progress=False, force=True)
+    with ResponseStore(db) as store:
+        assert store.n_answers() == 3
+    # nor does it delete a folder that is not a frozen study
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("x")
+    with pytest.raises(StudyExistsError, match="holds files that are not a frozen study's"):
+        freeze_study(study, foreign, progress=False, force=True)
+    assert (foreign / "thesis.docx").exists()
+    # no build folders left beside the targets
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_freeze_leaves_nothing_half_made(frozen, tmp_path):
+    """SIGKILL a real `fsl-xai study freeze` once it has written items into its build folder: the
+    target does not exist, and the next freeze succeeds and removes the dead build folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slow = _cheap_study(frozen, tmp_path, "slow.json", n_cases=3, conditions=("no_ai", "heatmap_badges"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fsl_xai.cli", "study", "freeze", str(slow), "--out", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and killed_at is None:
+            for build in tmp_path.glob(".out.freezing-*/study.sqlite"):
+                try:
+                    with ResponseStore(build, read_only=True) as partial:
+                        n = partial.n_items()
+                except Exception:  # noqa: BLE001 - not yet a store: keep polling
+                    n = 0
+                if n:
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = n
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert killed_at is not None, f"the freeze ended (code {proc.returncode}) before it was killed: {err}"
+    assert 0 < killed_at < 6  # midway: some of the 3 cases x 2 conditions were written
+    assert not out.exists()
+    leftovers = list(tmp_path.glob(".out.freezing-*"))
+    assert leftovers and not os.path.exists(out)
+    db = freeze_study(_cheap_study(frozen, tmp_path), out, progress=False)
+    with ResponseStore(db) as store:
+        assert store.n_items() == 4
+    assert not list(tmp_path.glob(".out.*"))  # the dead freeze's folder is gone
+
+
+def test_export_works_from_a_read_only_folder(frozen, tmp_path, read_only, capsys):
+    from fsl_xai.cli import main
+    from fsl_xai.study import StudyStoreError
+
+    db = freeze_study(_cheap_study(frozen, tmp_path), tmp_path / "study", progress=False)
+    (_, token), = add_raters(db, 1)
+    _answer_all(db, load_design(db.parent / "cheap.json"), token)
+    with read_only(db.parent):
+        assert main(["study", "export", str(db.parent), "--out", str(tmp_path / "x")]) == 0
+        with pytest.raises(StudyStoreError, match="cannot be written: the file or its folder is read-only"):
+            ResponseStore(db)
+        for argv in (["add-raters", str(db.parent), "--n", "1"], ["serve", str(db.parent), "--port", "1"]):
+            capsys.readouterr()
+            assert main(["study", *argv]) == 2  # serve refuses before starting anything
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "read-only" in err and "Traceback" not in err
+        with ResponseStore(db, read_only=True) as store, pytest.raises(StudyStoreError, match="opened read-only"):
+            store.set_meta("x", "y")
+    answers = pd.read_csv(tmp_path / "x" / "answers.csv")
+    assert len(answers) == 2 and set(answers["question"]) == {"diagnosis"}  # 2 cases, one condition each
+
+
+def test_export_from_a_read_only_folder_reads_what_a_killed_server_left(frozen, tmp_path, read_only):
+    """A server killed mid-study leaves answers in study.sqlite-wal; read-only export must see them."""
+    import subprocess
+    import sys
+
+    db = freeze_study(_cheap_study(frozen, tmp_path), tmp_path / "study", progress=False)
+    (_, token), = add_raters(db, 1)
+    code = ("import os, sys\nfrom fsl_xai.study import ResponseStore\n"
+            "s = ResponseStore(sys.argv[1])\n"
+            "item = s.assigned_items(sys.argv[2])[0]\n"
+            "s.submit(sys.argv[2], item, {'diagnosis': 'killed'}, answer_key=item + '#k')\n"
+            "os.kill(os.getpid(), 9)\n")
+    subprocess.run([sys.executable, "-c", code, str(db), token], check=False)
+    assert (db.parent / "study.sqlite-wal").stat().st_size > 0  # the answer is only in the WAL
+    with read_only(db.parent), ResponseStore(db, read_only=True) as store:
+        assert [r["value"] for r in store.all_answers()] == ["killed"]
+        written = export_study(store, tmp_path / "x", formats=("csv",))
+    assert pd.read_csv(written["answers.csv"])["value"].tolist() == ["killed"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_store_is_one_clear_line(frozen, tmp_path, capsys, damage):
+    from fsl_xai.cli import main
+    from fsl_xai.study import StudyStoreError
+
+    db = freeze_study(_cheap_study(frozen, tmp_path), tmp_path / "study", progress=False)
+    data = db.read_bytes()
+    db.write_bytes(b"not a database at all " * 200 if damage == "garbage" else data[:len(data) // 3])
+    for read_only_open in (False, True):
+        with pytest.raises(StudyStoreError, match="not a readable study store|damaged"):
+            with ResponseStore(db, read_only=read_only_open) as store:
+                store.all_items()
+    for argv in (["export", str(db.parent), "--out", str(tmp_path / "x")], ["add-raters", str(db.parent)],
+                 ["serve", str(db.parent), "--port", "1"]):
+        capsys.readouterr()
+        assert main(["study", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fsl-xai study: error:") and err.count("\n") == 1 and "Traceback" not in err
+        assert "restore it from a backup, or freeze the study again" in err

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from fsl_xai.study import AccessDenied, ResponseStore, StudyStoreError
+from fsl_xai.study import AccessDenied, AlreadyAnswered, ResponseStore, StudyStoreError
 from fsl_xai.study.session import RaterSession
 
 
@@ -21,6 +21,7 @@ def test_wal_and_append_only(tmp_path, design, make_study):
 
 def test_same_key_is_stored_once_and_changes_are_new_rows(tmp_path, design, make_study):
     store, (tok, _) = make_study(tmp_path / "s.db", design)
+    store.set_allow_back(True)  # a study that lets raters change answers
     item = store.assigned_items(tok)[0]
     first = store.submit(tok, item, {"diagnosis": "a", "confidence": 2}, answer_key="k1")
     again = store.submit(tok, item, {"diagnosis": "a", "confidence": 2}, answer_key="k1")
@@ -128,3 +129,93 @@ def test_all_items_and_rater_count(tmp_path, design, make_study):
     assert store.n_raters() == 2
     store.revoke(store.authenticate(store.add_rater([items[0]["item_id"]])[1]).pseudonym)
     assert store.n_raters() == 3  # revoked raters still count: rater numbers continue after them
+
+
+def test_without_allow_back_the_store_refuses_a_second_attempt(tmp_path, design, make_study):
+    store, (tok, _) = make_study(tmp_path / "s.db", design)
+    assert not store.allow_back  # the design's default
+    item = store.assigned_items(tok)[0]
+    first = store.submit(tok, item, {"diagnosis": "a", "confidence": 2}, answer_key=f"{item}#one")
+    # a retry of the same screen is stored once
+    assert store.submit(tok, item, {"diagnosis": "a", "confidence": 2}, answer_key=f"{item}#one") == first
+    # another screen of the same item (a second tab): refused, nothing replaced
+    with pytest.raises(AlreadyAnswered, match="already answered"):
+        store.submit(tok, item, {"diagnosis": "b", "confidence": 5}, answer_key=f"{item}#two")
+    # the same screen sent again with other values is not a retry: refused too
+    with pytest.raises(AlreadyAnswered, match="other values"):
+        store.submit(tok, item, {"diagnosis": "b", "confidence": 2}, answer_key=f"{item}#one")
+    # enforced by the database itself, not only by submit(): a raw insert is refused by a trigger
+    rater_id = store.authenticate(tok).rater_id
+    with pytest.raises(sqlite3.IntegrityError, match="already answered"):
+        store._conn.execute("INSERT INTO answers (rater_id, item_id, question, value, answer_key, submitted_at) "
+                            "VALUES (?, ?, 'diagnosis', '\"b\"', 'raw', 0)", (rater_id, item))
+    assert [(r["question"], r["value"]) for r in store.my_answers(tok)] == [("confidence", 2), ("diagnosis", "a")]
+
+
+def test_two_sessions_of_one_rater_never_replace_an_answer(tmp_path, design, make_study):
+    """Two tabs of the same rater show the same case; the second submit is refused and that tab
+    moves on, with the first answer kept."""
+    store, (tok, _) = make_study(tmp_path / "s.db", design)
+    tab_a, tab_b = RaterSession(store, tok, design), RaterSession(store, tok, design)
+    shown_a, shown_b = tab_a.current(), tab_b.current()
+    assert shown_a["item_id"] == shown_b["item_id"] and shown_a["shown_key"] != shown_b["shown_key"]
+    ids = tab_a.submit({"diagnosis": "a", "confidence": 1})
+    with pytest.raises(AlreadyAnswered):
+        tab_b.submit({"diagnosis": "b", "confidence": 5})
+    assert tab_b.position == tab_a.position == 1
+    rows = store.my_answers(tok)
+    assert [r["answer_id"] for r in rows] == sorted(ids)
+    assert {r["value"] for r in rows} == {"a", 1} and {r["answer_key"] for r in rows} == {shown_a["shown_key"]}
+    # a screen is answered under its own key: an old screen's key still names its own item
+    later = tab_a.current()
+    with pytest.raises(AlreadyAnswered):
+        tab_a.submit({"diagnosis": "b", "confidence": 2}, shown_key=shown_a["shown_key"])
+    tab_a.submit({"diagnosis": "b", "confidence": 2}, shown_key=later["shown_key"])
+    assert store.current_answers(tok)[later["item_id"]] == {"diagnosis": "b", "confidence": 2}
+
+
+def test_with_allow_back_two_tabs_store_two_attempts(tmp_path, design_dict, make_study):
+    from fsl_xai.study import parse_design
+
+    design = parse_design(design_dict | {"allow_back": True})
+    store, (tok, _) = make_study(tmp_path / "s.db", design)
+    assert store.allow_back
+    tab_a, tab_b = RaterSession(store, tok, design), RaterSession(store, tok, design)
+    shown_a, shown_b = tab_a.current(), tab_b.current()
+    tab_a.submit({"diagnosis": "a", "confidence": 1})
+    tab_b.submit({"diagnosis": "b", "confidence": 5})
+    rows = [r for r in store.my_answers(tok) if r["question"] == "diagnosis"]
+    assert [(r["answer_key"], r["value"]) for r in rows] == [(shown_a["shown_key"], "a"), (shown_b["shown_key"], "b")]
+    # going back and changing an answer is a new attempt, and the latest is the current answer
+    tab_a.back()
+    again = tab_a.current()
+    assert again["item_id"] == shown_a["item_id"] and again["previous_answers"] == {"diagnosis": "b", "confidence": 5}
+    tab_a.submit({"diagnosis": "a", "confidence": 3})
+    assert store.current_answers(tok)[shown_a["item_id"]] == {"diagnosis": "a", "confidence": 3}
+    assert len(store.my_answers(tok)) == 6
+
+
+def test_submit_needs_a_shown_screen(tmp_path, design, make_study):
+    store, (tok, _) = make_study(tmp_path / "s.db", design)
+    s = RaterSession(store, tok, design)
+    with pytest.raises(StudyStoreError, match="no case is shown"):
+        s.submit({"diagnosis": "a", "confidence": 1})
+    s.current()
+    with pytest.raises(StudyStoreError, match="out of date"):
+        s.submit({"diagnosis": "a", "confidence": 1}, shown_key="c1|no_ai#forged")
+    with pytest.raises(StudyStoreError, match="answer_key"):
+        store.submit(tok, store.assigned_items(tok)[0], {"diagnosis": "a"}, answer_key="")
+    assert store.my_answers(tok) == []
+
+
+def test_a_store_frozen_before_allow_back_was_kept_takes_it_from_its_design(tmp_path):
+    import json
+
+    for allowed in (True, False):
+        path = tmp_path / f"old-{allowed}.db"
+        with ResponseStore(path) as old:
+            old._conn.execute("DELETE FROM meta WHERE key = 'allow_back'")  # as an older version left it
+            old.set_meta("design", json.dumps({"study_id": "x", "allow_back": allowed}))
+            assert old.meta("allow_back") is None
+        with ResponseStore(path) as reopened:
+            assert reopened.allow_back is allowed
