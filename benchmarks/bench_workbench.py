@@ -27,9 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from widgets import _backend as backend  # noqa: E402
+from fsl_xai.data import load_dataset  # noqa: E402
+from fsl_xai.projection import Projection  # noqa: E402
 from widgets.figures import heatmap_figure, projection_figure  # noqa: E402
-from widgets.state import Projection, WorkbenchState  # noqa: E402
+from widgets.state import WorkbenchState  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -37,13 +38,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def load_state(dataset: str) -> tuple[WorkbenchState, str]:
-    images = backend.load_images(dataset, "test")
+    images = load_dataset(dataset, "test")
     try:
         from fsl_xai.training import default_model
 
         cache = Path(os.environ.get("FSL_XAI_CACHE_DIR", ROOT / ".cache")) / "models"
         if any(cache.glob(f"{dataset}-protonet-*.pt")):
-            model, info = default_model(dataset, progress=False)
+            model, _ = default_model(dataset, progress=False)
             note = "cached default model"
         else:
             raise FileNotFoundError
@@ -52,7 +53,7 @@ def load_state(dataset: str) -> tuple[WorkbenchState, str]:
 
         torch.manual_seed(0)
         model = make_model("protonet", make_backbone("conv4", images.n_channels, images.image_size)).eval()
-        info, note = None, "Conv-4 ProtoNet, untrained (no cached default model; same cost per call)"
+        note = "Conv-4 ProtoNet, untrained (no cached default model; same cost per call)"
     state = WorkbenchState(n_way=5, n_shot=5, n_query=5)
     state.load(dataset, images=images, model=model, model_info=None)
     # 5-way needs five classes: draw from all classes for the benchmark
@@ -80,16 +81,14 @@ def bench_edits(state: WorkbenchState, repeats: int) -> tuple[list[float], list[
         t0 = time.perf_counter()
         s_img, s_lab, q_img, _ = state.episode.tensors(state.images)
         with torch.no_grad():
-            state.model.fit_support(s_img, s_lab)
+            fitted = state.model.fit(s_img, s_lab)
             q_emb = state.model.embed(q_img)
-            logits = state.model.logits_from_embeddings(q_emb)
-            s_emb = state.model.support_embeddings_
+            logits = fitted.logits_from_embeddings(q_emb)
+            s_emb = fitted.support_embeddings_
         proj = Projection("pca").fit(torch.cat([s_emb, q_emb]).numpy())
-        proj.transform(state.model.prototypes_.numpy())
+        proj.transform(fitted.prototypes_.numpy())
         _ = (-logits).numpy()
         peer.append(time.perf_counter() - t0)
-    # leave the model fitted on the state's support set
-    state.set_episode(state.episode, refit_projection=False)
     return ours, peer
 
 
@@ -98,15 +97,15 @@ def bench_maps(state: WorkbenchState, method: str, repeats: int) -> tuple[list[f
     n_query = state.episode.n_query
     for r in range(repeats):
         qi = r % n_query
-        state._attr_cache.clear()  # measure the computation, not the cache
+        state.explanations.clear()  # measure the computation, not the cache
         t0 = time.perf_counter()
         state.select_query(qi)
-        amap = state.attribution(method, qi)
+        amap = state.explanations.attribution(method, qi)
         heatmap_figure(state.query_image(qi), [amap.normalized[0]], [method], mask=state.query_mask(qi))
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.no_grad():
-            state.model(torch.from_numpy(state.query_image(qi)[None].copy()))
+            state.fitted(torch.from_numpy(state.query_image(qi)[None].copy()))
         peer.append(time.perf_counter() - t0)
     return ours, peer
 
@@ -140,8 +139,8 @@ def bench_start(dataset: str, threads: int, repeats: int) -> tuple[list[float], 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ours, peer = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", START_SCRIPT.format(root=str(ROOT), threads=threads, dataset=dataset)],
-                             capture_output=True, text=True, env=env, check=True)
+        script = START_SCRIPT.format(root=str(ROOT), threads=threads, dataset=dataset)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
         ours.append(float(out.stdout.strip().splitlines()[-1]))
         out = subprocess.run([sys.executable, "-c", PEER_SCRIPT], capture_output=True, text=True, env=env, check=True)
         peer.append(float(out.stdout.strip().splitlines()[-1]))
@@ -180,12 +179,14 @@ def main() -> None:
     rows.append(("select query -> Integrated Gradients map + figure", ours, peer, 300, "one forward pass"))
     if note == "cached default model":
         ours, peer = bench_start(args.dataset, args.threads, args.start_repeats)
-        rows.append(("notebook start: imports, data, model, Workbench", ours, peer, 5000, "import torch+widgets+plotly"))
+        rows.append(("notebook start: imports, data, model, Workbench", ours, peer, 5000,
+                     "import torch+widgets+plotly"))
     else:
         print("notebook start not measured: no cached default model (it would include training)")
 
     print()
-    print(f"{'measure':52s} {'p50 ms':>9s} {'p95 ms':>9s} {'target':>8s} {'ok':>4s} {'peer p50':>9s} {'ratio':>6s}  peer")
+    print(f"{'measure':52s} {'p50 ms':>9s} {'p95 ms':>9s} {'target':>8s} {'ok':>4s} {'peer p50':>9s} "
+          f"{'ratio':>6s}  peer")
     for name, ours, peer, target, peer_name in rows:
         p50, p95, q50 = pct(ours, 50), pct(ours, 95), pct(peer, 50)
         ok = "" if target is None else ("yes" if p95 < target else "NO")

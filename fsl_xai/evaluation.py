@@ -6,195 +6,65 @@ Typical use::
     print(result.summary())              # accuracy with its 95% CI and n
     result.predictions                   # the per-query table (docs/CONTRACTS.md)
     result.episode(12)                   # the Episode behind rows with episode == 12
+
+The embeddings come from the one cache in :mod:`fsl_xai.embeddings` (``embed_all`` and
+``clear_embedding_cache`` are also importable from here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
-from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .data.imageset import ImageSet
+from .embeddings import clear_embedding_cache, embed_all, embedding_fingerprint
 from .episodes import Episode, EpisodeSampler
 from .errors import DataError, ModelError
+from .intervals import Interval, cluster_bootstrap_proportion, mean_interval, proportion_interval, wilson_interval
 from .models.base import FewShotClassifier
 
-#: embeddings kept in memory, most recent last (a few image sets x a few models)
-_MEMORY_CACHE: "OrderedDict[tuple[str, str], torch.Tensor]" = OrderedDict()
-_MEMORY_CACHE_SIZE = 8
+#: a progress callback: called with (episodes done, episodes in all)
+Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------
-# confidence interval of a mean
-def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95, method: str = "normal") -> tuple[float, float, float]:
-    """Mean of ``values`` with a confidence interval: ``(mean, low, high)``.
-
-    ``method="normal"`` gives ``mean +- z * s / sqrt(n)`` (z = 1.96 at 95%), the interval the
-    few-shot literature reports over episodes; ``"t"`` uses Student's t quantile with n - 1 degrees
-    of freedom (wider for few values). ``s`` is the sample standard deviation (ddof = 1), which
-    differs from ``np.std`` by sqrt(n / (n - 1)), under 0.1% at 600 episodes. With one value
-    the interval is undefined and both ends are NaN. The interval is not clipped to [0, 1].
-    """
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    if x.size == 0:
-        raise DataError("cannot compute a mean and confidence interval of no values; evaluate at least one episode")
-    if not 0 < level < 1:
-        raise DataError(f"the confidence level must lie between 0 and 1, got {level}")
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, float("nan"), float("nan")
-    if method == "normal":
-        # 1.96 at 95%: the rounded value the literature uses
-        q = 1.96 if level == 0.95 else NormalDist().inv_cdf(0.5 + level / 2)
-    elif method == "t":
-        from scipy.special import stdtrit  # the t quantile; far lighter to import than scipy.stats
-
-        q = float(stdtrit(x.size - 1, 0.5 + level / 2))
-    else:
-        raise DataError(f"unknown interval method {method!r}; choose 'normal' or 't'")
-    half = q * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return mean, mean - half, mean + half
-
-
-# ---------------------------------------------------------------------------------------------
-# embeddings
-def _hash_tensors(h, module: torch.nn.Module) -> None:
-    for key, tensor in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-
-
-def embedding_fingerprint(model: FewShotClassifier) -> str:
-    """A hash of what determines ``model.embed``: the backbone's class and weights and the
-    embedding function. Fitting a support set or SimpleShot's base mean does not change it, so
-    those reuse cached embeddings."""
-    h = hashlib.sha1()
-    embed = type(model).embed
-    h.update(f"{embed.__module__}.{embed.__qualname__}|{type(model.backbone).__module__}."
-             f"{type(model.backbone).__qualname__}".encode())
-    _hash_tensors(h, model.backbone)
-    return h.hexdigest()[:16]
-
-
-def _images_fingerprint(images: ImageSet | np.ndarray | torch.Tensor) -> str:
-    if isinstance(images, ImageSet):
-        return images.fingerprint()
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    h = hashlib.sha1(str(arr.shape).encode() + str(arr.dtype).encode())
-    h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()[:16]
-
-
-def clear_embedding_cache() -> None:
-    """Forget the embeddings kept in memory."""
-    _MEMORY_CACHE.clear()
-
-
-def embed_all(model: FewShotClassifier, images: ImageSet | np.ndarray | torch.Tensor, batch_size: int = 64,
-              progress: bool = False, cache: bool = True, disk_cache: bool = False) -> torch.Tensor:
-    """Embeddings (N, D) float32 of all images, computed once per (weights, images).
-
-    The model is put in eval mode (BatchNorm uses its running statistics) under ``no_grad`` and
-    put back in its previous mode. Results are kept in memory, keyed by
-    :func:`embedding_fingerprint` and the image set's fingerprint, so a second call with
-    unchanged weights and images costs a hash; changed weights give new embeddings. With
-    ``disk_cache=True`` they are also stored under ``fsl_xai.config.cache_dir() / "embeddings"``
-    and read back in later sessions. The returned tensor is a copy: changing it leaves the cache.
+# margins
+def margins(logits: np.ndarray) -> np.ndarray:
+    """How far each decision is from changing: the top logit minus the runner-up.
 
     Args:
-        model: a few-shot model (its ``embed`` is used).
-        images: an ImageSet, or an array/tensor (N, C, H, W) in [0, 1].
-        batch_size: images per forward pass.
-        progress: show a progress bar.
-        cache: use and fill the in-memory cache.
-        disk_cache: also use and fill the on-disk cache.
+        logits: (..., n_way) scores, higher = more likely.
 
-    Raises:
-        ModelError: the images do not fit the backbone (channels, shape).
-        DataError: batch_size is not positive or there are no images.
+    Returns:
+        (...,) margins, >= 0; zero with a single class.
     """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1, got {batch_size}")
-    pixels = images.images if isinstance(images, ImageSet) else images
-    if len(pixels) == 0:
-        raise DataError("there are no images to embed; check the image set or the class selection")
-    if getattr(pixels, "ndim", None) != 4:
-        raise ModelError(f"images must be (N, C, H, W), got shape {tuple(getattr(pixels, 'shape', ()))}")
-    key = (embedding_fingerprint(model), _images_fingerprint(images)) if (cache or disk_cache) else None
-    if cache and key in _MEMORY_CACHE:
-        _MEMORY_CACHE.move_to_end(key)
-        return _MEMORY_CACHE[key].clone()
-    path = None
-    if disk_cache:
-        from .config import cache_dir
-
-        path = cache_dir() / "embeddings" / f"{key[0]}-{key[1]}.pt"
-        if path.exists():
-            try:
-                emb = torch.load(path, weights_only=True)
-                if isinstance(emb, torch.Tensor) and emb.ndim == 2 and len(emb) == len(pixels):
-                    _remember(key, emb, cache)
-                    return emb.clone()
-            except Exception:  # an unreadable cache file is recomputed and replaced
-                pass
-    emb = _compute_embeddings(model, pixels, batch_size, progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(emb, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    _remember(key, emb, cache)
-    return emb.clone()
+    logits = np.asarray(logits)
+    if logits.shape[-1] < 2:
+        return np.zeros(logits.shape[:-1], dtype=np.float64)
+    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]).astype(np.float64)
 
 
-def _remember(key, emb: torch.Tensor, cache: bool) -> None:
-    if not cache:
-        return
-    _MEMORY_CACHE[key] = emb
-    _MEMORY_CACHE.move_to_end(key)
-    while len(_MEMORY_CACHE) > _MEMORY_CACHE_SIZE:
-        _MEMORY_CACHE.popitem(last=False)
+def true_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The true class's logit minus the best other class's: positive when the decision is right.
 
+    Args:
+        logits: (..., n_way) scores; labels: (...,) true episode labels 0..n_way-1.
 
-def _compute_embeddings(model: FewShotClassifier, pixels, batch_size: int, progress: bool) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with torch.no_grad():
-            starts = range(0, len(pixels), batch_size)
-            for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress, leave=False):
-                batch = pixels[start: start + batch_size]
-                batch = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
-                batch = batch.to(torch.float32)
-                model.check_images(batch, "images")
-                # channels_last and batches of 64 keep the activations in cache on this CPU: measured
-                # 0.32 s against 0.83 s (NCHW, batches of 256) for 996 PBC 28 px images with Conv-4
-                batch = batch.contiguous(memory_format=torch.channels_last)
-                chunks.append(model.embed(batch).to(torch.float32).contiguous())
-    finally:
-        model.train(was_training)
-    emb = torch.cat(chunks)
-    if not torch.isfinite(emb).all():
-        raise ModelError("the model produced NaN or infinite embeddings; check the weights (a diverged training run?)")
-    return emb
+    Returns:
+        (...,) signed margins.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)[..., None]
+    true_logit = np.take_along_axis(logits, labels, -1)[..., 0]
+    others = logits.copy()
+    np.put_along_axis(others, labels, -np.inf, -1)
+    return true_logit - others.max(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +135,7 @@ class EvaluationResult:
 
 def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int, n_query: int,
              episodes: int = 600, seed: int = 0, classes: Sequence[str | int] | None = None,
-             progress: bool = True, batch_size: int = 64, disk_cache: bool = False) -> EvaluationResult:
+             progress: bool | Progress = True, batch_size: int = 64, disk_cache: bool = False) -> EvaluationResult:
     """Evaluate a few-shot model on ``episodes`` episodes drawn from ``images``.
 
     Every image is embedded once (:func:`embed_all`); each episode then fits the support set from
@@ -275,8 +145,9 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
     classes, seed)``: episode ``i`` is ``sampler.sample(i)`` and its ``episode_id`` is in the table.
 
     SimpleShot uses its base mean as set by ``fit_base`` beforehand (centring is skipped without
-    it); the fine-tuning model trains its head on each episode's support embeddings. The model's
-    fitted support set (if any) and its train/eval mode are restored afterwards.
+    it); the fine-tuning model trains its head on each episode's support embeddings. Each episode
+    gets its own fitted episode: the model is not changed (its train/eval mode is restored after
+    embedding).
 
     Args:
         model: a few-shot model with trained weights.
@@ -285,7 +156,8 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
         episodes: number of episodes.
         seed: sampler seed; the same seed gives the same episodes and results.
         classes: restrict episodes to these classes (names or indices).
-        progress: show progress bars.
+        progress: True shows progress bars; a callable is called as ``progress(done, episodes)``
+            after each episode (for a progress widget) and no bar is shown.
         batch_size: images per forward pass when embedding.
         disk_cache: also cache embeddings on disk (see :func:`embed_all`).
 
@@ -302,7 +174,11 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
         raise DataError(f"episodes must be at least 1, got {episodes}")
     # the sampler checks the protocol against the data first, before any long computation
     sampler = EpisodeSampler(images, n_way, n_shot, n_query, classes=classes, seed=seed)
-    emb = embed_all(model, images, batch_size=batch_size, progress=progress, disk_cache=disk_cache)
+    report = progress if callable(progress) else None
+    show_bars = bool(progress) and report is None
+    if report is not None:
+        report(0, episodes)
+    emb = embed_all(model, images, batch_size=batch_size, progress=show_bars, disk_cache=disk_cache)
 
     n_q = n_way * n_query
     logits = np.empty((episodes, n_q, n_way), dtype=np.float64)
@@ -315,9 +191,12 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
     class_names = images.class_names
     dataset_fp = images.fingerprint()
     with torch.no_grad():
-        for i in tqdm(range(episodes), desc=f"evaluating {model.name}", unit="episode", disable=not progress):
+        for i in tqdm(range(episodes), desc=f"evaluating {model.name}", unit="episode", disable=not show_bars):
             cls, s, sl, q, ql = sampler.sample_indices(i)
-            out = model.fit_embeddings(emb[s], torch.from_numpy(sl)).logits_from_embeddings(emb[q])
+            # index_select rather than emb[s]: advanced indexing stalls now and then on a busy machine
+            support = torch.index_select(emb, 0, torch.from_numpy(s))
+            query = torch.index_select(emb, 0, torch.from_numpy(q))
+            out = model.fit_embeddings(support, torch.from_numpy(sl)).logits_from_embeddings(query)
             logits[i] = out.detach().to(torch.float64).numpy()
             chosen[i], query_idx[i], query_lab[i] = cls, q, ql
             # the same Episode that sampler.sample(i) builds, without drawing it a second time
@@ -326,17 +205,19 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
                 support_labels=tuple(sl.tolist()), query_ids=tuple(sample_ids[q]),
                 query_labels=tuple(ql.tolist()), dataset=images.name, dataset_fingerprint=dataset_fp,
                 seed=seed, index=i).episode_id)
+            if report is not None:
+                report(i + 1, episodes)
 
     if not np.isfinite(logits).all():
         raise ModelError(f"{model.name} produced NaN or infinite logits; check the weights and model options")
     predictions, per_episode = _query_table(logits, chosen, query_idx, query_lab, episode_ids, images)
-    mean, low, high = mean_ci(per_episode)
+    interval = mean_interval(per_episode, method="normal")  # mean +- 1.96 s / sqrt(episodes)
+    chosen_classes = None if classes is None else tuple(images.class_names[images.class_index(c)] for c in classes)
     return EvaluationResult(
-        accuracy=mean, ci95=(low, high), half_width=(high - low) / 2, episodes=episodes, n_way=n_way,
-        n_shot=n_shot, n_query=n_query, per_episode=per_episode, predictions=predictions, model=model.name,
-        dataset=images.name, model_fingerprint=model.fingerprint(), dataset_fingerprint=images.fingerprint(),
-        seed=seed, classes=None if classes is None else tuple(images.class_names[images.class_index(c)] for c in classes),
-        sampler=sampler,
+        accuracy=interval.estimate, ci95=interval.as_tuple(), half_width=(interval.high - interval.low) / 2,
+        episodes=episodes, n_way=n_way, n_shot=n_shot, n_query=n_query, per_episode=per_episode,
+        predictions=predictions, model=model.name, dataset=images.name, model_fingerprint=model.fingerprint(),
+        dataset_fingerprint=images.fingerprint(), seed=seed, classes=chosen_classes, sampler=sampler,
     )
 
 
@@ -351,12 +232,8 @@ def _query_table(logits: np.ndarray, chosen: np.ndarray, query_idx: np.ndarray, 
     correct = pred == query_lab
     per_episode = correct.mean(1)
 
-    order = np.sort(logits, axis=-1)
-    margin = order[..., -1] - order[..., -2]
-    true_logit = np.take_along_axis(logits, query_lab[..., None], -1)[..., 0]
-    others = logits.copy()
-    np.put_along_axis(others, query_lab[..., None], -np.inf, -1)
-    true_margin = true_logit - others.max(-1)
+    margin = margins(logits)
+    true_margin = true_margins(logits, query_lab)
 
     rows = n_ep * n_q
     flat_q = query_idx.reshape(-1)
@@ -388,3 +265,88 @@ def _query_table(logits: np.ndarray, chosen: np.ndarray, query_idx: np.ndarray, 
     if clash:
         meta = meta.rename(columns={c: f"meta_{c}" for c in clash})
     return pd.concat([table, dist_table, meta], axis=1), per_episode
+
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries of a per-query table
+def accuracy_interval(predictions: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000,
+                      seed: int = 0) -> Interval:
+    """Pooled accuracy of a per-query table with its confidence interval.
+
+    Queries of one episode share a support set, so with an ``episode`` column the interval is a
+    cluster bootstrap over episodes (:func:`fsl_xai.intervals.proportion_interval`); without one
+    (a single episode's queries) it is Wilson's.
+    """
+    correct = predictions["correct"].to_numpy(dtype=np.float64)
+    if "episode" not in predictions.columns:
+        return proportion_interval([correct.sum()], [len(correct)], ci="wilson", confidence=confidence)
+    codes, _ = pd.factorize(predictions["episode"])
+    events = np.bincount(codes, weights=correct)
+    totals = np.bincount(codes).astype(np.float64)
+    return proportion_interval(events, totals, n_boot=n_boot, seed=seed, confidence=confidence)
+
+
+@dataclass(frozen=True)
+class ConfusionMatrix:
+    """Row-normalised confusion matrix of a per-query table, with an interval for every rate.
+
+    Attributes:
+        classes: class names, the order of rows (true) and columns (predicted).
+        counts: (K, K) queries of true class i predicted as j.
+        rates: (K, K) counts divided by the row total (0 in an empty row).
+        low, high: (K, K) confidence interval of each rate (NaN in an empty row).
+        method: how the intervals were computed.
+    """
+
+    classes: tuple[str, ...]
+    counts: np.ndarray
+    rates: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    method: str
+
+
+def confusion_matrix(predictions: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> ConfusionMatrix:
+    """The confusion matrix of a per-query table (columns ``true_class``, ``pred_class`` and, for
+    many episodes, ``episode``).
+
+    With an ``episode`` column each rate's interval is a cluster bootstrap over the episodes that
+    contain the row's class (queries of one episode are not independent); a cell whose per-episode
+    rates are all equal (all 0 or all 1, typically) and a row seen in fewer than two episodes get
+    Wilson's interval on the pooled counts instead. Without an ``episode`` column every cell gets
+    Wilson's interval.
+    """
+    classes = tuple(sorted(set(predictions["true_class"]) | set(predictions["pred_class"])))
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    true = predictions["true_class"].map(index).to_numpy()
+    pred = predictions["pred_class"].map(index).to_numpy()
+    episode = pd.factorize(predictions["episode"])[0] if "episode" in predictions.columns else np.zeros(len(true), int)
+    per_episode = np.zeros((episode.max() + 1 if len(episode) else 0, k, k))
+    np.add.at(per_episode, (episode, true, pred), 1)
+    counts = per_episode.sum(0)
+    totals = counts.sum(1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros((k, k)), where=totals > 0)
+    low, high = wilson_interval(counts, np.broadcast_to(totals, (k, k)), confidence)
+    method = "wilson"
+    if "episode" in predictions.columns:
+        method = "cluster_bootstrap (wilson where degenerate)"
+        for i in range(k):
+            seen = per_episode[:, i, :].sum(1) > 0
+            if seen.sum() < 2:
+                continue
+            events = per_episode[seen, i, :].T  # (K, episodes with class i)
+            row_totals = np.broadcast_to(events.sum(0), events.shape)
+            rate = events / row_totals
+            spread = rate.max(1) > rate.min(1)  # equal rates everywhere: the bootstrap has no spread
+            if spread.any():
+                _, lo, hi = cluster_bootstrap_proportion(events[spread], row_totals[spread], n_boot=n_boot,
+                                                         seed=seed, confidence=confidence)
+                low[i, spread], high[i, spread] = lo, hi
+    return ConfusionMatrix(classes, counts.astype(np.int64), rates, np.asarray(low), np.asarray(high), method)
+
+
+__all__ = ["ConfusionMatrix", "EvaluationResult", "Progress", "accuracy_interval", "clear_embedding_cache",
+           "confusion_matrix", "embed_all", "embedding_fingerprint", "evaluate", "margins", "true_margins"]

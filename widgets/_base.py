@@ -10,7 +10,7 @@ import functools
 import html
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import ipywidgets as w
 import plotly.graph_objects as go
@@ -68,16 +68,19 @@ class View(w.VBox):
 def thumbnail(state: WorkbenchState, sample_id: str, size: int = THUMB) -> bytes:
     """PNG bytes of one image of the state's image set (cached per image set)."""
     cache = state.__dict__.setdefault("_thumbs", {})
-    key = (id(state.images), sample_id, size)
+    images = state.loaded()[0]
+    key = (id(images), sample_id, size)
     if key not in cache:
-        idx = int(state.images.indices_of([sample_id])[0])
-        cache[key] = png_bytes(state.images.images[idx], size)
+        idx = int(images.indices_of([sample_id])[0])
+        cache[key] = png_bytes(images.images[idx], size)
     return cache[key]
 
 
 def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
-    meta = state.metadata_of(sample_id)
-    lines = [sample_id] + [f"{k}: {v}" for k, v in meta.items() if k not in ("split", "filenames")]
+    """Hover text of an image: its sample id and metadata (and ``extra``)."""
+    images = state.loaded()[0]
+    row = images.metadata.iloc[int(images.indices_of([sample_id])[0])]
+    lines = [sample_id] + [f"{k}: {v}" for k, v in row.items() if k not in ("sample_id", "split", "filenames")]
     return "\n".join(lines + ([extra] if extra else []))
 
 
@@ -160,7 +163,7 @@ class FigureSlot(w.Box):
         loop.call_later(self.ack_timeout_s, self._check_ack, fw, fw._last_layout_edit_id)
 
     def _check_ack(self, fw: go.FigureWidget, edit_id: int) -> None:
-        if self.figure is not fw or fw._last_layout_edit_id != edit_id or not fw._layout_edit_in_process:
+        if fw._last_layout_edit_id != edit_id or not fw._layout_edit_in_process or self.figure is not fw:
             return  # redrawn again since, or confirmed
         self.rebuilds += 1
         self._new_widget(go.Figure(fw))
@@ -230,7 +233,7 @@ class CardRow(w.HBox):
         while len(self._pool) < len(cards):
             self._pool.append(self._new_card(len(self._pool)))
         self._payloads = [c.payload for c in cards]
-        for box, c in zip(self._pool, cards):
+        for box, c in zip(self._pool, cards, strict=False):  # the pool may hold more cards than shown
             img, footer = box.children
             src = "data:image/png;base64," + base64.b64encode(c.png).decode()
             img.value = (f"<img src='{src}' title='{html.escape(c.tooltip, quote=True)}' width='{THUMB}' "

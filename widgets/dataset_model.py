@@ -6,7 +6,9 @@ import html
 
 import ipywidgets as w
 
-from . import _backend as backend
+from fsl_xai.data import list_datasets
+from fsl_xai.models import list_models
+
 from ._base import View
 from .figures import rate_text
 
@@ -16,11 +18,13 @@ class DatasetModelPicker(View):
 
     def __init__(self, state, **kwargs):
         super().__init__(state, **kwargs)
-        names = backend.list_dataset_names()
+        # what can be opened now: present here, downloadable, or built in
+        names = [i.name for i in list_datasets()
+                 if i.supported and (i.present or i.downloadable or i.kind == "builtin")]
         current = state.dataset_name if state.dataset_name in names else (names[0] if names else None)
         self.dataset = w.Dropdown(options=names, value=current, description="dataset",
                                   layout=w.Layout(width="260px"))
-        models = backend.list_model_names()
+        models = list_models()
         self.model = w.Dropdown(options=models, value=state.model_name if state.model_name in models else models[0],
                                 description="model", layout=w.Layout(width="220px"))
         style = {"description_width": "50px"}
@@ -47,7 +51,8 @@ class DatasetModelPicker(View):
         self.progress.bar_style = "info"
         self.progress.value, self.progress.max = 0, 2
         self.output.clear_output()
-        self.state.n_way, self.state.n_shot, self.state.n_query = self.n_way.value, self.n_shot.value, self.n_query.value
+        s = self.state
+        s.n_way, s.n_shot, s.n_query = self.n_way.value, self.n_shot.value, self.n_query.value
         try:
             with self.output:
                 # tqdm.auto inside an Output widget renders as a live ipywidgets progress bar

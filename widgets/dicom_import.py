@@ -13,13 +13,15 @@ from pathlib import Path
 
 import ipywidgets as w
 import numpy as np
+import pandas as pd
 
 from fsl_xai.data.dicom_presets import WINDOW_PRESETS
 from fsl_xai.data.imageset import ImageSet
+from fsl_xai.embeddings import images_for_model
+from fsl_xai.errors import DataError
 
 from ._base import View
 from .figures import png_bytes
-from .state import apply_images
 
 AUTO, RANGE, CUSTOM = "from the file's tags", "full value range", "custom (sliders)"
 
@@ -42,7 +44,8 @@ class DicomImportView(View):
         self.import_button = w.Button(description="import", icon="upload", button_style="primary")
         self.import_button.on_click(self.guard(lambda _: self.import_files()))
         self.window = w.Dropdown(options=[AUTO, RANGE] + sorted(WINDOW_PRESETS) + [CUSTOM], value=AUTO,
-                                 description="window", layout=w.Layout(width="260px"), style={"description_width": "50px"})
+                                 description="window", layout=w.Layout(width="260px"),
+                                 style={"description_width": "50px"})
         self.centre = w.FloatSlider(value=40, min=-1500, max=3000, step=10, description="centre",
                                     layout=w.Layout(width="320px"), style={"description_width": "45px"})
         self.width = w.FloatSlider(value=400, min=1, max=5000, step=10, description="width",
@@ -55,7 +58,8 @@ class DicomImportView(View):
         self.image = w.Image(format="png", layout=w.Layout(width="160px", height="160px"))
         self.meta = w.HTML()
         self.bad = w.HTML()
-        self.label = w.Dropdown(description="label", layout=w.Layout(width="260px"), style={"description_width": "40px"})
+        self.label = w.Dropdown(description="label", layout=w.Layout(width="260px"),
+                                style={"description_width": "40px"})
         self.add_support_button = w.Button(description="add to support", icon="plus")
         self.add_query_button = w.Button(description="add as query", icon="question")
         self.add_support_button.on_click(self.guard(lambda _: self.add(as_query=False)))
@@ -117,7 +121,8 @@ class DicomImportView(View):
         ids = result.images.sample_ids.tolist() if len(result.images) else []
         self.items.options = ids
         self.items.value = ids[0] if ids else None
-        bad = "".join(f"<li><code>{html.escape(str(f))}</code>: {html.escape(str(r))}</li>" for f, r in result.bad_files)
+        bad = "".join(f"<li><code>{html.escape(str(f))}</code>: {html.escape(str(r))}</li>"
+                      for f, r in result.bad_files)
         self.bad.value = (f"{len(ids)} image(s) imported from {result.n_files} file(s)"
                           + (f"; {len(result.bad_files)} not imported:<ul>{bad}</ul>" if result.bad_files else ""))
 
@@ -134,7 +139,8 @@ class DicomImportView(View):
         self.image.value = png_bytes(img.pixels, 160)
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in img.metadata.items())
-        win = "" if img.window is None else f"window centre {img.window[0]:.0f}, width {img.window[1]:.0f} ({img.window_source})"
+        win = ("" if img.window is None
+               else f"window centre {img.window[0]:.0f}, width {img.window[1]:.0f} ({img.window_source})")
         self.meta.value = f"<div style='font-size:85%'>{win}<table>{rows}</table></div>"
 
     def _selected_set(self) -> ImageSet:
@@ -143,7 +149,7 @@ class DicomImportView(View):
         size, channels = self._target_shape()
         img = self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
                                      size=size, channels=channels)
-        base = self.state.images
+        base = self.state.loaded()[0]
         meta = self.imported.images.metadata.iloc[[i]].reset_index(drop=True)
         meta["sample_id"] = "dicom:" + meta["sample_id"].astype(str)
         label = base.class_index(self.label.value)
@@ -154,13 +160,15 @@ class DicomImportView(View):
         if self.imported is None or not self.items.value:
             raise ValueError("import DICOM files and select one first")
         s = self.state
-        if self.label.value not in s.episode.classes:
-            raise ValueError(f"class {self.label.value!r} is not in this episode ({list(s.episode.classes)}); "
+        images, model, _ = s.loaded()
+        classes = s.shown()[1].classes
+        if self.label.value not in classes:
+            raise ValueError(f"class {self.label.value!r} is not in this episode ({list(classes)}); "
                              "choose one of its classes")
         one = self._selected_set()
         sid = one.sample_ids[0]
-        if sid not in set(s.images.sample_ids):
-            apply_images(s, one)
+        if sid not in set(images.sample_ids):
+            s.use_images(appended(images, images_for_model(one, model)))
         if as_query:
             s.add_query(sid, self.label.value)
         else:
@@ -173,3 +181,26 @@ class DicomImportView(View):
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
         super().close()
+
+
+def appended(base: ImageSet, extra: ImageSet) -> ImageSet:
+    """``base`` with the images of ``extra`` (same size and channels, labelled with classes of
+    ``base``) appended, so that they can join an episode of ``base``.
+
+    Raises:
+        DataError: a class that ``base`` does not have, or a sample id it has already.
+    """
+    mapping = np.array([base.class_names.index(c) if c in base.class_names else -1 for c in extra.class_names])
+    if (mapping[extra.labels] < 0).any():
+        missing = sorted({extra.class_names[i] for i in np.unique(extra.labels) if mapping[i] < 0})
+        raise DataError(f"classes {missing} are not classes of {base.name} ({list(base.class_names)}); "
+                        "label the imported images with one of those classes")
+    clash = set(extra.sample_ids) & set(base.sample_ids)
+    if clash:
+        raise DataError(f"sample ids {sorted(clash)[:3]} are already in {base.name}; these images were imported before")
+    masks = None
+    if base.masks is not None:
+        extra_masks = extra.masks if extra.masks is not None else np.zeros((len(extra), *base.image_size), dtype=bool)
+        masks = np.concatenate([base.masks, extra_masks])
+    return ImageSet(np.concatenate([base.images, extra.images]), np.concatenate([base.labels, mapping[extra.labels]]),
+                    base.class_names, pd.concat([base.metadata, extra.metadata], ignore_index=True), base.name, masks)

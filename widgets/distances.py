@@ -51,14 +51,16 @@ class DistanceView(View):
         s = self.state
         if s.result is None or s.query_index < 0:
             return
-        r, qi = s.result, s.query_index
-        self.bars_slot.show(distance_figure(s.episode.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi])))
+        _, ep, _, r = s.shown()
+        qi = s.query_index
+        self.bars_slot.show(distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi])))
 
     def redraw_map(self) -> None:
         s = self.state
         if s.result is None:
             return
-        self.map_slot.show(projection_figure(s.result, s.episode.support_ids, s.episode.query_ids, s.query_index))
+        _, ep, _, r = s.shown()
+        self.map_slot.show(projection_figure(r, ep.support_ids, ep.query_ids, s.query_index))
 
     def _wire_map(self, fig: go.FigureWidget) -> None:
         queries = next((t for t in fig.data if t.name == "queries"), None)

@@ -13,8 +13,10 @@ from pathlib import Path
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from fsl_xai.evaluation import accuracy_interval, confusion_matrix
+
 from ._base import View
-from .figures import distance_figure, heatmap_figure, projection_figure
+from .figures import confusion_figure, distance_figure, heatmap_figure, projection_figure
 
 
 def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:
@@ -25,13 +27,13 @@ def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figur
         figs["distances"] = distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]))
         maps, titles = [], []
         for m in (methods or state.methods):
-            maps.append(state.attribution(m).normalized[0])
+            maps.append(state.explanations.attribution(m).normalized[0])
             titles.append(m)
         figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask())
     if state.predictions is not None:
-        from .figures import confusion_figure
-
-        figs["confusion"] = confusion_figure(state.predictions)
+        table = state.predictions
+        figs["confusion"] = confusion_figure(confusion_matrix(table), accuracy_interval(table),
+                                             table["episode"].nunique())
     return figs
 
 
@@ -126,8 +128,10 @@ class ExportView(View):
             try:
                 data = json.loads(bytes(item["content"]).decode())
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{item['name']} is not a JSON state file ({exc}); upload a state.json from Export") from exc
+                raise ValueError(f"{item['name']} is not a JSON state file ({exc}); "
+                                 "upload a state.json from Export") from exc
             self.state.restore(data)
         else:
             self.state.restore(self.state_file.value)
-        self.result.value = f"re-opened episode <code>{self.state.episode.episode_id}</code>, query {self.state.query_index}"
+        episode_id = self.state.episode.episode_id if self.state.episode is not None else "?"
+        self.result.value = f"re-opened episode <code>{episode_id}</code>, query {self.state.query_index}"

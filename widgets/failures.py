@@ -6,8 +6,11 @@ from __future__ import annotations
 import html
 
 import ipywidgets as w
-import plotly.graph_objects as go
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+
+from fsl_xai.evaluation import accuracy_interval, confusion_matrix
 
 from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import confusion_figure, rate_text
@@ -26,7 +29,8 @@ class FailureExplorer(View):
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="200px"))
         self.summary = w.HTML()
         self.slot = FigureSlot(css_class="fsl-confusion", on_figure=self._wire)
-        self.true_class = w.Dropdown(description="true", layout=w.Layout(width="220px"), style={"description_width": "35px"})
+        self.true_class = w.Dropdown(description="true", layout=w.Layout(width="220px"),
+                                     style={"description_width": "35px"})
         self.pred_class = w.Dropdown(description="predicted", layout=w.Layout(width="240px"),
                                      style={"description_width": "60px"})
         for widget in (self.true_class, self.pred_class):
@@ -68,13 +72,16 @@ class FailureExplorer(View):
         names = sorted(set(table["true_class"]))
         self.true_class.options = names
         self.pred_class.options = sorted(set(table["pred_class"]) | set(names))
-        self.slot.show(confusion_figure(table))
-        self.summary.value = (f"{table['episode'].nunique()} episodes, {len(table)} queries · "
-                              + rate_text(int(table["correct"].sum()), len(table)))
+        # queries of one episode share a support set: the interval resamples whole episodes
+        accuracy, n_episodes = accuracy_interval(table), table["episode"].nunique()
+        self.slot.show(confusion_figure(confusion_matrix(table), accuracy, n_episodes))
+        self.summary.value = (f"{n_episodes} episodes, {len(table)} queries · "
+                              + rate_text(int(table["correct"].sum()), len(table), interval=accuracy)
+                              + " (episode-level bootstrap)")
         wrong = table[~table["correct"]]
         if len(wrong):
-            worst = wrong.groupby(["true_class", "pred_class"]).size().idxmax()
-            self.true_class.value, self.pred_class.value = worst
+            counts = wrong.groupby(["true_class", "pred_class"]).size()
+            self.true_class.value, self.pred_class.value = counts.index[int(np.argmax(counts.to_numpy()))]
         self._fill_cases()
 
     def _wire(self, fig) -> None:
@@ -102,9 +109,11 @@ class FailureExplorer(View):
     def _fill_cases(self) -> None:
         cases = self.case_table()
         extra = "".join(f" · {k}={v}" for k, v in self.extra_filter.items())
+        head = cases.head(300)
+        pairs = zip(head["episode"].astype(int), head["query_index"].astype(int), strict=True)
         self.cases.options = [
-            (f"episode {int(r.episode)} query {int(r.query_index)} · {r.sample_id} · margin {r.margin:.3f}{extra}",
-             (int(r.episode), int(r.query_index))) for r in cases.head(300).itertuples()]
+            (f"episode {e} query {q} · {sid} · margin {m:.3f}{extra}", (e, q))
+            for (e, q), sid, m in zip(pairs, head["sample_id"], head["margin"], strict=True)]
 
     def open_selected(self) -> None:
         if not self.cases.value:
@@ -116,7 +125,7 @@ class FailureExplorer(View):
         s.open_case(episode, query_index)
         if s.error:
             return
-        table = s.nearest_support(k=5)
+        table = s.explanations.nearest_support(k=5)
         self.nearest.show([
             Card(thumbnail(s, row["sample_id"]), tooltip_of(s, row["sample_id"], f"class {row['class']}"),
                  f"<span style='font-size:85%'>{html.escape(str(row['class']))[:10]} d={row['distance']:.2f}</span>")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,11 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ._backend import wilson
+from fsl_xai.evaluation import ConfusionMatrix
+from fsl_xai.intervals import Interval, wilson_interval
+
+if TYPE_CHECKING:  # the explain package (and captum) is imported only when a map is computed
+    from fsl_xai.explain import Badges
 
 PALETTE = qualitative.Plotly + qualitative.D3
 COLORMAPS = ("RdBu_r", "Viridis", "Inferno", "Jet", "Greys")
@@ -27,11 +31,12 @@ def class_color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def rate_text(k: int, n: int, what: str = "accuracy") -> str:
-    """'accuracy 72.0% (n=25, 95% CI 52.4-85.7%)' with a Wilson interval."""
+def rate_text(k: int, n: int, what: str = "accuracy", interval: Interval | None = None) -> str:
+    """'accuracy 72.0% (n=25, 95% CI 52.4-85.7%)': k of n with ``interval``, by default Wilson's (right
+    for the queries of one episode; pass an episode-level interval for queries of many episodes)."""
     if n == 0:
         return f"{what}: no labelled cases (n=0)"
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n) if interval is None else interval.as_tuple()
     return f"{what} {100 * k / n:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
 
 
@@ -52,7 +57,7 @@ def png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
 
     pil = Image.fromarray(to_rgb(image))
     if size and pil.width != size:
-        pil = pil.resize((size, int(round(size * pil.height / pil.width))), Image.NEAREST)
+        pil = pil.resize((size, int(round(size * pil.height / pil.width))), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
@@ -71,7 +76,7 @@ def overlay_colorscale(name: str, signed: bool, steps: int = 11) -> list[list]:
     ts = np.linspace(0, 1, steps)
     colors = sample_colorscale(name, list(ts))
     scale = []
-    for t, c in zip(ts, colors):
+    for t, c in zip(ts, colors, strict=True):
         r, g, b = (int(round(v)) for v in unlabel_rgb(c)) if c.startswith("rgb") else (0, 0, 0)
         alpha = abs(2 * t - 1) if signed else t
         scale.append([float(t), f"rgba({r},{g},{b},{alpha:.2f})"])
@@ -100,7 +105,8 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         m = np.asarray(m, dtype=np.float32)
         z = m if signed else np.abs(m)
         fig.add_trace(go.Image(z=rgb, hoverinfo="skip", name="image"), 1, i + 1)
-        fig.add_trace(go.Heatmap(z=z, zmin=-1 if signed else 0, zmax=1, colorscale=overlay_colorscale(colorscale, signed),
+        fig.add_trace(go.Heatmap(z=z, zmin=-1 if signed else 0, zmax=1,
+                                 colorscale=overlay_colorscale(colorscale, signed),
                                  opacity=opacity,
                                  showscale=(i == k - 1), name="attribution",
                                  hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>",
@@ -120,25 +126,28 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
     return fig
 
 
-def _finite(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+#: how each quality check is named on a map, and whether its value reads as a percentage
+_BADGE_LABELS = {"randomization": ("randomisation ρ", False), "deletion": ("deletion AUC", False),
+                 "insertion": ("insertion AUC", False), "pointing_game": ("pointing", True),
+                 "energy_inside": ("in mask", True)}
+_STATUS_MARKS = {"passed": "✔", "failed": "✘ FAILED", "undefined": "– undefined"}
 
 
-def badge_text(badges: dict) -> str:
-    """A short label for a map's quality badges ('' when none)."""
+def badge_text(badges: Badges | None) -> str:
+    """A short label for a map's quality badges ('' when none): per check its status, its value and
+    what the value was compared with, e.g. 'deletion AUC ✔ 0.21 (random 0.43)'."""
+    if badges is None:
+        return ""
     parts = []
-    rnd = badges.get("randomization")
-    passed = rnd.get("passed") if isinstance(rnd, dict) else rnd
-    if _finite(passed):
-        rho = rnd.get("spearman") if isinstance(rnd, dict) else None
-        parts.append(("randomisation ✔ passed" if bool(passed) else "randomisation ✘ FAILED")
-                     + (f" (ρ={rho:.2f})" if _finite(rho) else ""))
-    d, ref = badges.get("deletion_auc"), badges.get("random_deletion_auc")
-    if _finite(d):
-        parts.append(f"deletion AUC {float(d):.2f}" + (f" (random {float(ref):.2f})" if _finite(ref) else ""))
-    e, hit = badges.get("energy_inside"), badges.get("pointing_hit")
-    if _finite(e):
-        parts.append(f"in mask {100 * float(e):.0f}%" + (" · pointing ✔" if hit else " · pointing ✘" if _finite(hit) else ""))
+    for check in badges.checks:
+        label, percent = _BADGE_LABELS.get(check.name, (check.name, False))
+        text = f"{label} {_STATUS_MARKS.get(check.status, check.status)}"
+        if check.value is not None and check.threshold is not None:
+            value, ref = (f"{100 * check.value:.0f}%", f"{100 * check.threshold:.0f}%") if percent else \
+                (f"{check.value:.2f}", f"{check.threshold:.2f}")
+            reference = {"randomization": "limit", "deletion": "random", "insertion": "random"}.get(check.name, "mask")
+            text += f" {value} ({reference} {ref})"
+        parts.append(text)
     return " · ".join(parts)
 
 
@@ -149,7 +158,8 @@ def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, tr
     colors = [class_color(i) for i in range(len(classes))]
     line = ["black" if i == pred else "rgba(0,0,0,0)" for i in range(len(classes))]
     labels = [f"{c}{' (true)' if i == true else ''}" for i, c in enumerate(classes)]
-    fig = go.Figure(go.Bar(x=labels, y=np.asarray(distances, dtype=float), marker=dict(color=colors, line=dict(color=line, width=3)),
+    fig = go.Figure(go.Bar(x=labels, y=np.asarray(distances, dtype=float),
+                           marker=dict(color=colors, line=dict(color=line, width=3)),
                            text=[f"{d:.2f}" for d in distances], textposition="outside", name="distance",
                            hovertemplate="%{x}: distance %{y:.3f}<extra></extra>"))
     fig.update_layout(height=height, width=460, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
@@ -172,16 +182,18 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
         idx = np.flatnonzero(result.support_labels == c)
         fig.add_trace(go.Scatter(x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
                                  marker=dict(color=class_color(c), size=8, opacity=0.7), name=f"support: {name}",
-                                 text=[support_ids[i] for i in idx], hovertemplate="support %{text}<extra></extra>"))
+                                 text=[support_ids[int(i)] for i in idx],
+                                 hovertemplate="support %{text}<extra></extra>"))
     if result.prev_proto_xy is not None:
         moved = np.linalg.norm(result.prev_proto_xy - result.proto_xy, axis=1) > 1e-9
         xs, ys = [], []
-        for c in np.flatnonzero(moved):
+        for c in np.flatnonzero(moved).tolist():
             xs += [result.prev_proto_xy[c, 0], result.proto_xy[c, 0], None]
             ys += [result.prev_proto_xy[c, 1], result.proto_xy[c, 1], None]
         fig.add_trace(go.Scatter(x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
-                                 marker=dict(symbol="star", size=14, color=[class_color(c) for c in range(len(classes))],
-                                             opacity=0.3), name="previous prototypes", hoverinfo="skip"))
+                                 marker=dict(symbol="star", size=14, opacity=0.3,
+                                             color=[class_color(c) for c in range(len(classes))]),
+                                 name="previous prototypes", hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"), name="prototype moved",
                                  hoverinfo="skip"))
     correct = result.correct
@@ -192,7 +204,7 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
                     line=dict(width=2, color=qcol)),
         customdata=np.arange(len(query_ids)),
         text=[f"query #{i}: {query_ids[i]}<br>true {classes[t] if t >= 0 else '?'}, predicted {classes[p]}"
-              for i, (t, p) in enumerate(zip(result.true, result.pred))],
+              for i, (t, p) in enumerate(zip(result.true, result.pred, strict=True))],
         hovertemplate="%{text}<extra>click to select</extra>"))
     fig.add_trace(go.Scatter(x=result.proto_xy[:, 0], y=result.proto_xy[:, 1], mode="markers+text",
                              marker=dict(symbol="star", size=20, color=[class_color(c) for c in range(len(classes))],
@@ -207,43 +219,32 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
                       legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.02, x=0),
                       title=dict(text=f"embedding map ({'PCA' if result.projection == 'pca' else 't-SNE'}; "
                                       "stars: prototypes, click a query)", font=dict(size=13)),
-                      xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
+                      xaxis=dict(showticklabels=False, zeroline=False),
+                      yaxis=dict(showticklabels=False, zeroline=False))
     return fig
 
 
 # ---------------------------------------------------------------------------------------- many episodes
-def confusion_counts(predictions: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """(class names, counts[true, predicted]) over the per-query table."""
-    names = sorted(set(predictions["true_class"]) | set(predictions["pred_class"]))
-    index = {c: i for i, c in enumerate(names)}
-    counts = np.zeros((len(names), len(names)), dtype=np.int64)
-    np.add.at(counts, (predictions["true_class"].map(index).to_numpy(), predictions["pred_class"].map(index).to_numpy()), 1)
-    return names, counts
-
-
-def confusion_figure(predictions: pd.DataFrame, height: int = 420) -> go.Figure:
-    """Row-normalised confusion matrix; each cell shows its rate, n and 95% CI; click a cell for its cases."""
-    names, counts = confusion_counts(predictions)
-    totals = counts.sum(1, keepdims=True)
-    rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+def confusion_figure(matrix: ConfusionMatrix, accuracy: Interval, n_episodes: int, height: int = 420) -> go.Figure:
+    """Row-normalised confusion matrix (``fsl_xai.evaluation.confusion_matrix``); each cell shows its rate
+    and n, its hover text the 95% CI; the title gives the accuracy with its interval. Click a cell for
+    its cases."""
+    names, counts, rates = list(matrix.classes), matrix.counts, matrix.rates
+    totals = counts.sum(1)
     text, hover = [], []
     for i in range(len(names)):
-        trow, hrow = [], []
-        for j in range(len(names)):
-            lo, hi = wilson(int(counts[i, j]), int(totals[i, 0]))
-            trow.append(f"{100 * rates[i, j]:.0f}%<br>{counts[i, j]}/{totals[i, 0]}")
-            hrow.append(f"true {names[i]}, predicted {names[j]}: {counts[i, j]} of {totals[i, 0]} "
-                        f"({100 * rates[i, j]:.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
-        text.append(trow)
-        hover.append(hrow)
-    k = int(predictions["correct"].sum())
+        text.append([f"{100 * rates[i, j]:.0f}%<br>{counts[i, j]}/{totals[i]}" for j in range(len(names))])
+        hover.append([f"true {names[i]}, predicted {names[j]}: {counts[i, j]} of {totals[i]} "
+                      f"({100 * rates[i, j]:.1f}%, 95% CI {100 * matrix.low[i, j]:.1f}-{100 * matrix.high[i, j]:.1f}%)"
+                      for j in range(len(names))])
     fig = go.Figure(go.Heatmap(z=rates, x=names, y=names, text=text, texttemplate="%{text}", customdata=hover,
                                hovertemplate="%{customdata}<extra>click for the cases</extra>",
                                colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="rate")))
-    n_ep = predictions["episode"].nunique() if "episode" in predictions else 0
+    n = int(totals.sum())
+    correct = int(np.trace(counts))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=f"confusion over {n_ep} episodes — {rate_text(k, len(predictions))}",
-                                 font=dict(size=13)),
+                      title=dict(text=f"confusion over {n_episodes} episodes — "
+                                      f"{rate_text(correct, n, interval=accuracy)}", font=dict(size=13)),
                       xaxis=dict(title="predicted"), yaxis=dict(title="true", autorange="reversed"))
     return fig
 
@@ -257,9 +258,10 @@ def subgroup_figure(table: pd.DataFrame, by: Sequence[str], disparity: dict | No
     rate = table["error_rate"].to_numpy(dtype=float)
     small = table["too_small"].astype(bool).to_numpy() if "too_small" in table.columns else np.zeros(len(table), bool)
     worst = disparity.get("worst_group") if disparity and disparity.get("flagged") else None
-    colors = ["#999999" if s else ("#d62728" if lab == worst else "#1f77b4") for lab, s in zip(labels, small)]
+    colors = ["#999999" if s else ("#d62728" if lab == worst else "#1f77b4")
+              for lab, s in zip(labels, small, strict=True)]
     text = [f"n={n}" + (" (too small)" if s else "") + (" ⚑ disparity" if lab == worst else "")
-            for n, s, lab in zip(table["n"], small, labels)]
+            for n, s, lab in zip(table["n"], small, labels, strict=True)]
     method = str(table["ci_method"].iloc[0]) if "ci_method" in table.columns and len(table) else ""
     fig = go.Figure(go.Bar(
         x=labels, y=rate, marker_color=colors, name="error rate", text=text, textposition="outside",

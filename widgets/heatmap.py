@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import html
 import time
+from typing import Any
 
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from . import _backend as backend
+from fsl_xai.explain import list_methods, method_spec
+
 from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import COLORMAPS, badge_text, heatmap_figure
 
 MAX_METHODS = 4
-# the main parameter of each method family, as (param name, label, min, max, default)
-MAIN_PARAMS = {
-    "integrated_gradients": ("n_steps", "IG steps", 4, 200, 20),
-    "gradient_shap": ("n_samples", "samples", 2, 100, 20),
-    "smoothgrad": ("nt_samples", "noise samples", 2, 100, 16),
-    "feature_ablation": ("n_segments", "segments", 4, 256, 64),
-}
 
 
 class HeatmapViewer(View):
@@ -28,12 +23,16 @@ class HeatmapViewer(View):
 
     def __init__(self, state, methods: list[str] | None = None, badges: bool = True, **kwargs):
         super().__init__(state, **kwargs)
-        available = backend.list_methods()
-        self.methods = w.SelectMultiple(options=available, rows=min(6, len(available)), description="methods",
-                                        value=tuple(m for m in (methods or state.methods) if m in available)[:MAX_METHODS]
-                                        or (available[0],), layout=w.Layout(width="280px"),
+        available = list_methods()
+        # menu labels come from the registry; the values stay the method names
+        self.methods = w.SelectMultiple(options=[(method_spec(m).label, m) for m in available],
+                                        rows=min(6, len(available)), description="methods",
+                                        value=tuple(m for m in (methods or state.methods)
+                                                    if m in available)[:MAX_METHODS] or (available[0],),
+                                        layout=w.Layout(width="280px"),
                                         style={"description_width": "55px"})
-        self.target = w.Dropdown(description="explain", layout=w.Layout(width="230px"), style={"description_width": "50px"})
+        self.target = w.Dropdown(description="explain", layout=w.Layout(width="230px"),
+                                 style={"description_width": "50px"})
         self.contrast = w.Dropdown(description="rather than", layout=w.Layout(width="230px"),
                                    style={"description_width": "75px"})
         self.opacity = w.FloatSlider(value=0.8, min=0, max=1, step=0.05, description="opacity",
@@ -50,7 +49,9 @@ class HeatmapViewer(View):
         self.badge_html.add_class("fsl-heatmap-caption")
         self.influence_box = CardRow()
         self.timing = w.HTML()
-        self.last_maps: dict[str, object] = {}
+        self.last_maps: dict[str, Any] = {}
+        self._badges: dict[str, Any] = {}  # method -> fsl_xai.explain.Badges of the shown map
+        self._badge_errors: dict[str, str] = {}
         self._busy = False
         self.methods.observe(self.guard(self._on_methods), names="value")
         for widget in (self.target, self.contrast):
@@ -95,6 +96,8 @@ class HeatmapViewer(View):
 
     def _sync_from_state(self, change=None) -> None:
         s = self.state
+        if s.episode is None:
+            return
         values = [v for _, v in self.target.options]
         tgt = s.target if not isinstance(s.target, int) else s.episode.classes[s.target]
         if tgt in values:
@@ -103,7 +106,8 @@ class HeatmapViewer(View):
                                                  else s.episode.classes[s.contrast])
         if con in [v for _, v in self.contrast.options]:
             self.contrast.value = con
-        wanted = tuple(m for m in s.methods if m in self.methods.options)[:MAX_METHODS]
+        names = [value for _, value in self.methods.options]
+        wanted = tuple(m for m in s.methods if m in names)[:MAX_METHODS]
         if wanted and wanted != self.methods.value:
             self.methods.value = wanted
         self._update_param_box()
@@ -129,28 +133,29 @@ class HeatmapViewer(View):
             self.refresh()
 
     def _param_method(self) -> str | None:
-        return next((m for m in self.state.methods if m in MAIN_PARAMS), None)
+        """The first shown method that has a main parameter (the one the slider sets)."""
+        return next((m for m in self.state.methods if method_spec(m).main_param is not None), None)
 
     def _update_param_box(self) -> None:
         m = self._param_method()
-        if m is None:
+        main = None if m is None else method_spec(m).main_param
+        if m is None or main is None:
             self.param.layout.visibility = "hidden"
             return
-        name, label, lo, hi, default = MAIN_PARAMS[m]
         self.param.layout.visibility = "visible"
-        self.param.description = label
-        self.param.min, self.param.max = lo, hi
+        self.param.description = main.label
+        self.param.min, self.param.max = main.low, main.high
         self._busy = True
-        self.param.value = int(self.state.params.get(m, {}).get(name, default))
+        self.param.value = int(self.state.params.get(m, {}).get(main.name, main.default))
         self._busy = False
 
     def _on_param(self, change) -> None:
         m = self._param_method()
-        if m is None or self._busy:
+        main = None if m is None else method_spec(m).main_param
+        if m is None or main is None or self._busy:
             return
-        name = MAIN_PARAMS[m][0]
         params = dict(self.state.params)
-        params[m] = dict(params.get(m, {}), **{name: int(self.param.value)})
+        params[m] = dict(params.get(m, {}), **{main.name: int(self.param.value)})
         self.state.params = params
         self.refresh()
 
@@ -172,29 +177,28 @@ class HeatmapViewer(View):
         self.last_maps, errors = {}, []
         for m in s.methods[:MAX_METHODS]:
             try:
-                self.last_maps[m] = s.attribution(m)
+                self.last_maps[m] = s.explanations.attribution(m)
             except Exception as exc:  # noqa: BLE001 - one failing method must not hide the others
                 errors.append(f"{m}: {type(exc).__name__}: {exc}")
         if errors:
             self.show_error("; ".join(errors))
         else:
             self.clear_error()
-        self._badges = {}
+        self._badges, self._badge_errors = {}, {}
         self._draw()
         elapsed = time.perf_counter() - t0
         self._draw_influence()
         if with_badges and self.show_badges.value and self.last_maps:
             for m in self.last_maps:
                 try:
-                    self._badges[m] = s.badges(m)
-                except Exception as exc:  # noqa: BLE001
-                    self._badges[m] = {"error": f"{type(exc).__name__}: {exc}"}
+                    self._badges[m] = s.explanations.badges(m)
+                except Exception as exc:  # noqa: BLE001 - a failing check is shown, the map stays
+                    self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
             self._update_titles()
         self.timing.value = f"<span style='color:#888;font-size:90%'>maps ready in {1000 * elapsed:.0f} ms</span>"
 
     def _titles(self) -> list[str]:
-        s = self.state
-        ep, r, qi = s.episode, s.result, s.query_index
+        ep = self.state.shown()[1]
         titles = []
         for m, amap in self.last_maps.items():
             tgt = getattr(amap, "targets", ()) or ()
@@ -202,9 +206,10 @@ class HeatmapViewer(View):
             what = ep.classes[tgt[0]] if tgt else ""
             if con:
                 what += f" rather than {ep.classes[con[0]]}"
-            badge = badge_text(getattr(self, "_badges", {}).get(m, {}))
+            badge = badge_text(self._badges.get(m))
             # one badge per line: side-by-side maps are narrow
-            titles.append(f"{m} — why {what}" + ("<br>" + badge.replace(" · ", "<br>") if badge else ""))
+            titles.append(f"{method_spec(m).label} — why {what}"
+                          + ("<br>" + badge.replace(" · ", "<br>") if badge else ""))
         return titles
 
     def _update_titles(self) -> None:
@@ -213,7 +218,7 @@ class HeatmapViewer(View):
         if self.figure is None:
             return
         with self.figure.batch_update():
-            for ann, text in zip(self.figure.layout.annotations, titles):
+            for ann, text in zip(self.figure.layout.annotations, titles, strict=False):  # titles come first
                 ann.text = text
         self._caption()
 
@@ -230,10 +235,11 @@ class HeatmapViewer(View):
     def _caption(self) -> None:
         s = self.state
         rows = []
-        for m, b in getattr(self, "_badges", {}).items():
-            if "error" in b:
-                rows.append(f"<span style='color:#a00'>{html.escape(m)}: quality check failed ({html.escape(b['error'])})</span>")
-        ep, r, qi = s.episode, s.result, s.query_index
+        for m, error in self._badge_errors.items():
+            rows.append(f"<span style='color:#a00'>{html.escape(m)}: quality check failed "
+                        f"({html.escape(error)})</span>")
+        _, ep, _, r = s.shown()
+        qi = s.query_index
         true = ep.classes[r.true[qi]] if r.true[qi] >= 0 else "unknown"
         head = (f"query #{qi} <code>{html.escape(ep.query_ids[qi])}</code>: true <b>{html.escape(true)}</b>, "
                 f"predicted <b>{html.escape(ep.classes[r.pred[qi]])}</b> (margin {r.margin[qi]:.3f})")
@@ -241,7 +247,7 @@ class HeatmapViewer(View):
 
     def _draw_influence(self, k: int = 8) -> None:
         s = self.state
-        table = s.influence().head(k)
+        table = s.explanations.influence().head(k)
         self.influence_box.show([
             Card(thumbnail(s, row["sample_id"]),
                  tooltip_of(s, row["sample_id"], f"class {row['class']}, influence {row['influence']:+.4f}"),
@@ -249,8 +255,3 @@ class HeatmapViewer(View):
                  border="#2ca02c" if row["influence"] > 0 else "#d62728")
             for _, row in table.iterrows()])
 
-
-def _blank():
-    import numpy as np
-
-    return np.zeros((1, 8, 8), dtype=np.float32)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from . import _backend as backend
+from fsl_xai.data import list_datasets
+
 from .state import WorkbenchState
 
 
@@ -24,14 +25,16 @@ def open_state(*preferred: str, n_way: int = 5, n_shot: int = 5, n_query: int = 
         n_way, n_shot, n_query, seed: the first episode.
         all_classes: draw episodes from every class, not only the classes the model was not trained on.
     """
-    name = backend.pick_dataset(*preferred)
+    present = {i.name for i in list_datasets() if i.present and i.supported}
+    name = next((p for p in preferred if p in present), "synthetic")  # no download from a notebook's first cell
     state = WorkbenchState(n_way=n_way, n_shot=n_shot, n_query=n_query, seed=seed)
     # smoke mode shrinks episode counts in the notebooks, never the model: CI trains (once, cached)
     # the same default model a user gets, so what the notebooks show is a trained model's behaviour
     state.load(name, progress=True)
     if all_classes:
-        state.episode_classes = list(state.images.class_names)
-        state.n_way = min(n_way, state.images.n_classes)
+        images = state.loaded()[0]
+        state.episode_classes = list(images.class_names)
+        state.n_way = min(n_way, images.n_classes)
         state.resample(seed)
     if state.error:
         raise RuntimeError(state.error)

@@ -40,38 +40,37 @@ class QueryGallery(View):
 
     def visible_indices(self) -> list[int]:
         """Query indices shown under the current filters, in display order."""
-        s = self.state
-        r = s.result
+        _, ep, _, r = self.state.shown()
         idx = list(range(len(r.pred)))
         if self.show.value == "wrong":
             idx = [i for i in idx if not r.correct[i]]
         elif self.show.value == "correct":
             idx = [i for i in idx if r.correct[i]]
         if self.true_class.value not in (None, ANY):
-            c = s.episode.classes.index(self.true_class.value)
+            c = ep.classes.index(self.true_class.value)
             idx = [i for i in idx if r.true[i] == c]
         if self.sort.value == "margin":
             idx.sort(key=lambda i: r.margin[i])
         return idx
 
     def _on_result(self, change=None) -> None:
-        s = self.state
-        if s.result is None:
+        if self.state.result is None:
             return
-        options = [ANY] + list(s.episode.classes)
+        _, ep, _, r = self.state.shown()
+        options = [ANY] + list(ep.classes)
         if tuple(self.true_class.options) != tuple(options):
             self.true_class.options = options
             self.true_class.value = ANY
-        r = s.result
         known = r.true >= 0
         self.summary.value = (f"<b>queries</b> · {rate_text(int(r.correct[known].sum()), int(known.sum()))} · "
                               f"{int((~r.correct[known]).sum())} wrong")
         self._render()
 
     def _render(self) -> None:
-        s, r, ep = self.state, self.state.result, self.state.episode
-        if r is None:
+        s = self.state
+        if s.result is None:
             return
+        _, ep, _, r = s.shown()
         cards = []
         shown = self.visible_indices()
         for i in shown:
@@ -86,7 +85,7 @@ class QueryGallery(View):
                               button_style="info" if i == s.query_index else self._style(i),
                               button_tooltip=f"query #{i}: {note}", payload=i))
         self.cards.show(cards)
-        self.buttons = dict(zip(shown, self.cards.footers))
+        self.buttons = dict(zip(shown, self.cards.footers, strict=True))
         self.empty.layout.display = "none" if cards else ""
 
     def _on_select(self, change=None) -> None:
@@ -94,7 +93,7 @@ class QueryGallery(View):
             self._render()  # only the borders and button styles that changed are sent
 
     def _style(self, i: int) -> str:
-        r = self.state.result
+        r = self.state.shown()[3]
         if r.true[i] < 0:
             return "warning"  # true class unknown (e.g. an imported image)
         return "success" if r.correct[i] else "danger"

@@ -63,10 +63,10 @@ class RaterApp(W.VBox):
         self.back_button.on_click(lambda _: self._back())
         self.next_button.on_click(lambda _: self._render())
         self.add_class("fsl-rater-app")
+        self.session: RaterSession | None = None
         try:
-            self.session = RaterSession(store, token, design)
+            self.session = RaterSession(store, token or "", design)  # no token: AccessDenied says what to do
         except AccessDenied as exc:
-            self.session = None
             self.children = [W.HTML(f"<h3>Access denied</h3><p>{html.escape(str(exc))}</p>")]
             return
         self.back_button.layout.display = "" if design.allow_back else "none"
@@ -76,14 +76,20 @@ class RaterApp(W.VBox):
         self._render()
 
     # ------------------------------------------------------------------ rendering
+    def _session(self) -> RaterSession:
+        if self.session is None:  # the buttons are shown only with a session
+            raise AccessDenied("no rater session; open the link you were given")
+        return self.session
+
     def _render(self) -> None:
-        s = self.session
+        s = self._session()
         done, total = s.progress
         self.progress.max, self.progress.value = max(total, 1), done
         self.next_button.layout.display = "none"
         self.submit_button.disabled = False
         if s.done:
-            self.header.value = f"<h3>Thank you, {html.escape(s.rater.pseudonym)}</h3><p>All {total} cases are answered.</p>"
+            self.header.value = (f"<h3>Thank you, {html.escape(s.rater.pseudonym)}</h3>"
+                                 f"<p>All {total} cases are answered.</p>")
             self.case_area.children, self.advice_area.children, self.question_area.children = (), (), ()
             self.submit_button.layout.display = "none"
             self.back_button.layout.display = "none"
@@ -112,7 +118,8 @@ class RaterApp(W.VBox):
                      for t in shown["nearest_support"]]
             out.append(W.VBox([W.HTML("<b>Most similar reference cases</b>"), W.HBox(tiles)]))
         if "badges" in panels and shown.get("badges"):
-            items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in shown["badges"].items())
+            items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
+                            for k, v in shown["badges"].items())
             out.append(W.HTML(f"<b>Explanation checks</b><ul>{items}</ul>"))
         return out
 
@@ -148,7 +155,7 @@ class RaterApp(W.VBox):
     def _submit(self) -> None:
         self.submit_button.disabled = True
         try:
-            self.session.submit(self.answers())
+            self._session().submit(self.answers())
         except (StudyStoreError, AccessDenied) as exc:
             self.status.value = f"<span class='fsl-error' style='color:#b00020'>{html.escape(str(exc))}</span>"
             self.submit_button.disabled = False
@@ -167,15 +174,16 @@ class RaterApp(W.VBox):
         given = self.inputs[self.design.questions[0].id].value
         truth = shown.get("true_class")
         verdict = "correct" if given == truth else "not correct"
-        self.advice_area.children = [W.HTML(
+        feedback = [W.HTML(
             f"<div class='fsl-feedback'><b>Your answer is {verdict}.</b> You said {html.escape(str(given))}; "
-            f"the label is {html.escape(str(truth))}.</div>")] + self._advice(["prediction", "heatmap", "prototypes", "badges"], shown)
+            f"the label is {html.escape(str(truth))}.</div>")]
+        self.advice_area.children = feedback + self._advice(["prediction", "heatmap", "prototypes", "badges"], shown)
         self.submit_button.disabled = True
         self.next_button.layout.display = ""
 
     def _back(self) -> None:
         try:
-            self.session.back()
+            self._session().back()
         except StudyStoreError as exc:
             self.status.value = f"<span class='fsl-error'>{html.escape(str(exc))}</span>"
             return
@@ -187,7 +195,7 @@ def class_summary(store: ResponseStore, question: str = "diagnosis"):
     share correct (with n and a 95% Wilson interval)."""
     import pandas as pd
 
-    from fsl_xai.study.analysis import wilson
+    from fsl_xai.intervals import wilson_interval
 
     rows = [r for r in store.all_answers() if r["question"] == question and r["role"] == "rater"]
     if not rows:
@@ -197,11 +205,13 @@ def class_summary(store: ResponseStore, question: str = "diagnosis"):
     for item_id in frame["item_id"].unique():
         truth[item_id] = store.item(item_id)["shown"].get("true_class")
     frame["correct"] = frame.apply(lambda r: r["value"] == truth[r["item_id"]], axis=1)
-    counts = frame.groupby(["case_id", "value"]).size().rename("count").reset_index().rename(columns={"value": "answer"})
+    counts = (frame.groupby(["case_id", "value"]).size().rename("count").reset_index()
+              .rename(columns={"value": "answer"}))
     per_case = frame.groupby("case_id")["correct"].agg(["sum", "count"]).reset_index()
     per_case["share_correct"] = per_case["sum"] / per_case["count"]
-    cis = [wilson(k, n) for k, n in zip(per_case["sum"], per_case["count"])]
-    per_case["ci_low"], per_case["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+    # each student answers a case once, independently of the others: a plain proportion (Wilson)
+    low, high = wilson_interval(per_case["sum"].to_numpy(), per_case["count"].to_numpy())
+    per_case["ci_low"], per_case["ci_high"] = low, high
     return counts, per_case.rename(columns={"count": "n", "sum": "n_correct"})
 
 

@@ -38,12 +38,16 @@ class SupportSetView(View):
         self.classes_box = w.VBox()
         self._class_rows: list[w.HBox] = []
         # pool
-        self.pool_class = w.Dropdown(description="class", layout=w.Layout(width="220px"), style={"description_width": "40px"})
-        self.pool_column = w.Dropdown(description="filter", layout=w.Layout(width="200px"), style={"description_width": "40px"})
-        self.pool_value = w.Dropdown(description="=", layout=w.Layout(width="180px"), style={"description_width": "15px"})
+        self.pool_class = w.Dropdown(description="class", layout=w.Layout(width="220px"),
+                                     style={"description_width": "40px"})
+        self.pool_column = w.Dropdown(description="filter", layout=w.Layout(width="200px"),
+                                      style={"description_width": "40px"})
+        self.pool_value = w.Dropdown(description="=", layout=w.Layout(width="180px"),
+                                     style={"description_width": "15px"})
         self.pool_list = w.Select(rows=6, layout=w.Layout(width="420px"))
         self.pool_preview = w.Image(format="png", layout=w.Layout(width="96px", height="96px"))
-        self.as_class = w.Dropdown(description="as class", layout=w.Layout(width="220px"), style={"description_width": "55px"})
+        self.as_class = w.Dropdown(description="as class", layout=w.Layout(width="220px"),
+                                   style={"description_width": "55px"})
         self.swap_button = w.Button(description="swap with selected", icon="exchange",
                                     tooltip="replace the selected support image with this pool image")
         self.add_button = w.Button(description="add to support", icon="plus")
@@ -78,8 +82,9 @@ class SupportSetView(View):
         if position is None:
             self.selection_label.value = "<i>no support image selected</i>"
         else:
-            ep = self.state.episode
-            self.selection_label.value = (f"selected support image #{position}: <b>{html.escape(ep.support_ids[position])}</b>"
+            ep = self.state.shown()[1]
+            self.selection_label.value = (f"selected support image #{position}: "
+                                          f"<b>{html.escape(ep.support_ids[position])}</b>"
                                           f" ({html.escape(ep.classes[ep.support_labels[position]])})")
         self._render_cards()
 
@@ -134,14 +139,15 @@ class SupportSetView(View):
         self._fill_pool()
 
     def _render_cards(self) -> None:
-        s, ep = self.state, self.state.episode
+        s = self.state
+        images, ep, _, _ = s.shown()
         while len(self._class_rows) < ep.n_way:  # an HBox(label, cards) per class, kept across episodes
             pick = self.guard(lambda p: self.select(None if p == self.selected_position else p))
             self._class_rows.append(w.HBox([w.HTML(), CardRow(on_pick=pick, button_width="70px")]))
-        true_names = np.asarray(s.images.class_names)[s.images.labels[s.images.indices_of(list(ep.support_ids))]]
+        true_names = np.asarray(images.class_names)[images.labels[images.indices_of(list(ep.support_ids))]]
         for c, name in enumerate(ep.classes):
             cards = []
-            for pos, (sid, lab) in enumerate(zip(ep.support_ids, ep.support_labels)):
+            for pos, (sid, lab) in enumerate(zip(ep.support_ids, ep.support_labels, strict=True)):
                 if lab != c:
                     continue
                 chosen = pos == self.selected_position
@@ -161,7 +167,7 @@ class SupportSetView(View):
         if col in (None, ANY):
             self.pool_value.options = [ANY]
         else:
-            values = sorted(self.state.images.metadata[col].astype(str).unique())
+            values = sorted(self.state.loaded()[0].metadata[col].astype(str).unique())
             self.pool_value.options = [ANY] + values
         self.pool_value.value = ANY
         self._fill_pool()
@@ -188,7 +194,7 @@ class SupportSetView(View):
             for m in meta[1:]:
                 joined = joined + ", " + m
             labels = labels + " · " + joined
-        options = list(zip(labels.tolist(), head["sample_id"].tolist()))
+        options = list(zip(labels.tolist(), head["sample_id"].tolist(), strict=True))
         self.pool_list.options = options
         self.pool_list.value = options[0][1] if options else None
 
@@ -196,6 +202,7 @@ class SupportSetView(View):
         sid = self.pool_list.value
         if sid:
             self.pool_preview.value = thumbnail(self.state, sid, 96)
-            cls = self.state.images.class_names[self.state.images.labels[self.state.images.indices_of([sid])[0]]]
+            images = self.state.loaded()[0]
+            cls = images.class_names[images.labels[images.indices_of([sid])[0]]]
             if cls in self.as_class.options:
                 self.as_class.value = cls

@@ -63,8 +63,10 @@ class Workbench(w.VBox):
         self.children = [
             self.status,
             self.picker,
-            w.HBox([w.VBox([self.support], layout=w.Layout(**half)), w.VBox([self.queries], layout=w.Layout(**half))]),
-            w.HBox([w.VBox([self.heatmaps], layout=w.Layout(**half)), w.VBox([self.distances], layout=w.Layout(**half))]),
+            w.HBox([w.VBox([self.support], layout=w.Layout(**half)),
+                    w.VBox([self.queries], layout=w.Layout(**half))]),
+            w.HBox([w.VBox([self.heatmaps], layout=w.Layout(**half)),
+                    w.VBox([self.distances], layout=w.Layout(**half))]),
             self.tabs,
         ]
         self.add_class("fsl-workbench")

@@ -13,7 +13,7 @@ import torch
 from fsl_xai.data.npz import read_npz
 from fsl_xai.episodes import EpisodeSampler
 from fsl_xai.errors import DataError, EpisodeError, ModelError
-from fsl_xai.evaluation import clear_embedding_cache, embed_all, evaluate, mean_ci
+from fsl_xai.evaluation import clear_embedding_cache, embed_all, evaluate
 from fsl_xai.models import MODELS, make_backbone, make_model
 
 FIXED = ["episode", "episode_id", "query_index", "sample_id", "true_label", "pred_label", "true_class",
@@ -121,19 +121,15 @@ def test_accuracy_and_ci_formula(pbc):
     assert "95% CI" in result.summary() and "n = 450" in result.summary()
 
 
-def test_mean_ci_by_hand():
-    mean, low, high = mean_ci([0.5, 1.0])
-    # s = 0.35355, half width 1.96 * s / sqrt(2) = 0.49
-    assert (mean, low, high) == pytest.approx((0.75, 0.26, 1.24))
-    _, low_t, high_t = mean_ci([0.5, 1.0], method="t")
-    assert high_t - 0.75 == pytest.approx(12.7062047 * 0.25, rel=1e-6)  # t(0.975, df=1) * s / sqrt(2)
-    assert mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
-    m, lo, hi = mean_ci([0.7])
-    assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
-    with pytest.raises(DataError, match="no values"):
-        mean_ci([])
-    with pytest.raises(DataError, match="method"):
-        mean_ci([0.1, 0.2], method="wilson")
+def test_accuracy_interval_is_the_normal_interval_over_episodes(pbc):
+    """The hand-computed values of the interval live in tests/fsl_xai/test_intervals.py; here the
+    result's interval is that function applied to the per-episode accuracies."""
+    result = evaluate(build(), pbc, 3, 1, 2, episodes=6, progress=False)
+    acc = result.per_episode
+    half = 1.96 * acc.std(ddof=1) / math.sqrt(len(acc))
+    assert result.accuracy == pytest.approx(acc.mean())
+    assert result.ci95 == pytest.approx((acc.mean() - half, acc.mean() + half))
+    assert result.half_width == pytest.approx(half)
 
 
 def test_deterministic_and_seed_dependent(pbc):

@@ -35,9 +35,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -352,7 +352,8 @@ def page(browser, page_errors: PageErrors, request: pytest.FixtureRequest) -> It
     # from a CDN) gets an empty answer instead of a DNS failure, and is listed for the test.
     def _outside(route, request) -> None:
         page_errors.external.append(request.url)
-        route.fulfill(status=200, body="", content_type="text/css" if request.resource_type == "stylesheet" else "text/plain")
+        content_type = "text/css" if request.resource_type == "stylesheet" else "text/plain"
+        route.fulfill(status=200, body="", content_type=content_type)
 
     context.route(OUTSIDE, _outside)
     new_page = context.new_page()

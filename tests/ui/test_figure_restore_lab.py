@@ -42,4 +42,5 @@ def test_a_figure_renders_again_after_a_page_reload(servers, page, page_errors, 
     page.wait_for_timeout(2_000)
     page.reload()
     expect(title).to_have_count(1, timeout=STEP_MS)
-    page_errors.assert_none(ignore=[r"Failed to load resource: the server responded with a status of 404 .*(favicon|translations|lab/api/)"])
+    page_errors.assert_none(ignore=[r"Failed to load resource: the server responded with a status of 404 "
+                                    r".*(favicon|translations|lab/api/)"])

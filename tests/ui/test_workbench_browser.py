@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +62,7 @@ def _drive_workbench(page, prefix: str) -> None:
     expect(page.locator(".fsl-distance-bars .bartext").first).to_be_attached(timeout=STEP_MS)
     _show(page, ".fsl-heatmap-figure")
     _shot(page, f"{prefix}-1-rendered.png")
-    episode_before, heat_before, bars_before = header.inner_text(), _heatmap_pixels(page), _bar_texts(page)
+    episode_before, heat_before = header.inner_text(), _heatmap_pixels(page)
 
     header.scroll_into_view_if_needed()
     page.get_by_role("button", name="resample").first.click()

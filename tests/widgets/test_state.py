@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fsl_xai.episodes import EpisodeSampler
-from widgets.state import Projection, WorkbenchState
+from fsl_xai.projection import Projection
+from widgets.state import WorkbenchState
 
 
 def test_resample_is_deterministic_and_shows_the_seed(state, synthetic_images):
@@ -26,7 +27,7 @@ def test_predictions_match_the_model_on_pixels(state):
     s_img, s_lab, q_img, _ = state.episode.tensors(state.images)
     model = state.model
     with torch.no_grad():
-        expected = model.fit_support(s_img, s_lab)(q_img).numpy()
+        expected = model.fit(s_img, s_lab)(q_img).numpy()
     np.testing.assert_allclose(state.result.logits, expected, rtol=1e-4, atol=1e-4)
     assert (state.result.pred == expected.argmax(1)).all()
     assert np.all(state.result.margin >= 0)
@@ -34,13 +35,15 @@ def test_predictions_match_the_model_on_pixels(state):
 
 def test_swap_moves_only_that_prototype_and_embeds_one_image(state):
     before = state.result.proto_xy.copy()
-    have_before = state._have.sum()
+    embedded_before = state.embedding_table.n_embedded
     label = state.episode.support_labels[0]
-    new_id = state.pool(state.episode.classes[label]).sample_id[0]
+    pool = state.pool(state.episode.classes[label]).sample_id
+    # the embedding table is shared (tests with the same model and images reuse it): pick an image it lacks
+    new_id = next(i for i in pool if not state.embedding_table.is_embedded(state.images.indices_of([i]))[0])
     state.swap_support(0, new_id)
     assert state.error == ""
     assert state.episode.support_ids[0] == new_id
-    assert state._have.sum() == have_before + 1  # only the new image was embedded
+    assert state.embedding_table.n_embedded == embedded_before + 1  # only the new image was embedded
     moved = np.linalg.norm(state.result.proto_xy - before, axis=1) > 1e-9
     assert moved.tolist() == [c == label for c in range(state.episode.n_way)]
     np.testing.assert_allclose(state.result.prev_proto_xy, before)
@@ -54,10 +57,9 @@ def test_confirm_query_is_the_incremental_update_of_a_refit(state):
     assert state.error == ""
     assert state.episode.support_ids[-1] == qid and state.episode.support_labels[-1] == qlab
     assert qid not in state.episode.query_ids and state.episode.n_query == n_query - 1
-    incremental = state.model.prototypes_.clone()
-    state.model.fit_support_embeddings(state.embeddings(state.episode.support_indices(state.images)),
+    refit = state.model.fit_embeddings(state.embeddings(state.episode.support_indices(state.images)),
                                        torch.tensor(state.episode.support_labels))
-    torch.testing.assert_close(incremental, state.model.prototypes_, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.fitted.prototypes_, refit.prototypes_, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_edits_become_inline_errors_and_change_nothing(state):
@@ -94,22 +96,23 @@ def test_pool_filters_by_class_and_metadata(state):
 
 
 def test_attribution_cache_is_keyed_by_model_episode_query_method_and_target(state):
-    a = state.attribution("saliency", 0)
-    assert state.attribution("saliency", 0) is a
-    assert state.attribution("saliency", 1) is not a
-    assert state.attribution("saliency", 0, target=0 if a.targets[0] != 0 else 1) is not a
+    explain = state.explanations
+    a = explain.attribution("saliency", 0)
+    assert explain.attribution("saliency", 0) is a
+    assert explain.attribution("saliency", 1) is not a
+    assert explain.attribution("saliency", 0, target=0 if a.targets[0] != 0 else 1) is not a
     state.resample()
-    assert state.attribution("saliency", 0) is not a
+    assert explain.attribution("saliency", 0) is not a
     assert a.normalized.shape == (1, 32, 32)
     assert np.abs(a.normalized).max() <= 1.0 + 1e-6
 
 
 def test_influence_and_nearest_support(state):
-    table = state.influence(0)
+    table = state.explanations.influence(0)
     assert len(table) == len(state.episode.support_ids)
     assert set(table.sample_id) == set(state.episode.support_ids)
     assert table["influence"].abs().is_monotonic_decreasing
-    near = state.nearest_support(0, k=3)
+    near = state.explanations.nearest_support(0, k=3)
     assert near["distance"].is_monotonic_increasing and len(near) == 3
 
 
@@ -155,3 +158,38 @@ def test_evaluate_many_and_open_case(state):
     state.open_case(int(row.episode), int(row.query_index))
     assert state.error == ""
     assert state.episode.query_ids[state.query_index] == row.sample_id
+
+
+def test_edits_and_explanations_never_change_the_model(state):
+    weights = state.fingerprint
+    fitted = state.fitted
+    protos = fitted.prototypes_.clone()
+    state.explanations.attribution("saliency", 0)
+    state.explanations.influence(0)
+    state.evaluate_many(3)
+    label = state.episode.support_labels[0]
+    state.swap_support(0, state.pool(state.episode.classes[label]).sample_id[0])
+    state.add_support(state.pool().sample_id[0], 1)
+    state.confirm_query(0)
+    assert state.error == ""
+    # every edit swapped in a new fitted episode; the first one and the model are as they were
+    assert state.fitted is not fitted and torch.equal(fitted.prototypes_, protos)
+    assert state.model.fingerprint() == weights
+    assert not [k for k in vars(state.model) if k.endswith("_") and not k.startswith("_")]
+
+
+def test_a_transductive_model_is_explained_frozen_with_its_queries(synthetic_images):
+    from fsl_xai.models import make_backbone, make_model
+
+    torch.manual_seed(0)
+    model = make_model("transductive", make_backbone("conv4", 1, 32, width=8)).eval()
+    s = WorkbenchState(n_way=3, n_shot=3, n_query=3).load("synthetic", images=synthetic_images, model=model)
+    assert s.error == ""
+    frozen = s.explanations.fitted()
+    assert frozen is not s.fitted and "refined_prototypes" in frozen.extras_
+    q = s.embeddings(s.episode.query_indices(s.images))
+    # frozen with this episode's queries: one query alone scores as it does among all of them
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.logits_from_embeddings(q[:1]), frozen.logits_from_embeddings(q)[:1])
+        np.testing.assert_allclose(frozen.logits_from_embeddings(q).numpy(), s.result.logits, rtol=1e-5, atol=1e-5)
+    assert s.explanations.attribution("saliency", 0).normalized.shape == (1, 32, 32)

@@ -3,13 +3,12 @@ on the figures' data, without a browser."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from widgets import _backend as backend
+from fsl_xai.explain import method_spec
 from widgets.dataset_model import DatasetModelPicker
 from widgets.distances import DistanceView
 from widgets.export import ExportView
@@ -35,7 +34,7 @@ def test_query_click_drives_heatmap_and_distances(bench):
     bench.queries.buttons[4].click()
     assert s.query_index == 4
     heat = _trace(bench.heatmaps.figure, "attribution")
-    np.testing.assert_allclose(np.asarray(heat.z), s.attribution("saliency", 4).normalized[0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(heat.z), s.explanations.attribution("saliency", 4).normalized[0], atol=1e-6)
     bars = bench.distances.bars.data[0]
     np.testing.assert_allclose(np.asarray(bars.y, dtype=float), s.result.distances[4])
     sel = _trace(bench.distances.map, "selected")
@@ -107,7 +106,7 @@ def test_resample_button_and_seed(bench):
     s, view = bench.state, bench.support
     view.seed.value = 11
     view.seed_button.click()
-    assert s.seed == 11 and f"seed 11" in view.header.value
+    assert s.seed == 11 and "seed 11" in view.header.value
     view.resample_button.click()
     assert s.seed == 12
 
@@ -137,7 +136,7 @@ def test_heatmap_controls(bench):
     h.colormap.value = "Viridis"
     h.target.value = s.episode.classes[0]
     h.contrast.value = "runner_up"
-    amap = s.attribution("saliency")
+    amap = s.explanations.attribution("saliency")
     assert amap.targets == (0,) and amap.contrasts is not None and amap.contrasts[0] != 0
     assert "rather than" in h.figure.layout.annotations[0].text
     assert len(h.influence_box.children) > 0
@@ -147,24 +146,29 @@ def test_heatmap_controls(bench):
 
 def test_integrated_gradients_steps_parameter(bench):
     s, h = bench.state, bench.heatmaps
-    if "integrated_gradients" not in h.methods.options:
-        pytest.skip("no integrated gradients in this build")
+    assert "integrated_gradients" in [name for _, name in h.methods.options]
     h.methods.value = ("integrated_gradients",)
+    # the slider is the registry's main parameter of the method, with its label and range
+    main = method_spec("integrated_gradients").main_param
+    assert h.param.layout.visibility == "visible" and h.param.description == main.label
+    assert (h.param.min, h.param.max) == (main.low, main.high)
     h.param.value = 8
     assert s.params["integrated_gradients"]["n_steps"] == 8
-    assert s.attribution("integrated_gradients").params.get("n_steps") == 8
+    assert s.explanations.attribution("integrated_gradients").params.get("n_steps") == 8
 
 
 def test_a_failing_method_is_shown_inline_and_others_still_draw(bench, monkeypatch):
-    s, h = bench.state, bench.heatmaps
-    real = backend.explain
+    h = bench.heatmaps
+    import fsl_xai.explain as xai
 
-    def flaky(model, x, method, **kw):
+    real = xai.explain
+
+    def flaky(fitted, x, method, **kw):
         if method == "gradcam":
             raise RuntimeError("layer not found")
-        return real(model, x, method, **kw)
+        return real(fitted, x, method, **kw)
 
-    monkeypatch.setattr(backend, "explain", flaky)
+    monkeypatch.setattr(xai, "explain", flaky)
     h.methods.value = ("saliency", "gradcam")
     assert "gradcam: RuntimeError: layer not found" in h.error_area.value
     assert sum(t.name == "attribution" for t in h.figure.data) == 1
@@ -200,7 +204,8 @@ def test_subgroup_dashboard(bench):
     assert d.error_area.value == ""
     table = d.table
     assert set(table["site"]) == {"A", "B"}
-    assert (table["error_ci_low"] <= table["error_rate"]).all() and (table["error_rate"] <= table["error_ci_high"]).all()
+    assert (table["error_ci_low"] <= table["error_rate"]).all()
+    assert (table["error_rate"] <= table["error_ci_high"]).all()
     bar = d.figure.data[0]
     assert list(bar.x) == table["group"].tolist()
     assert "95% CI" in d.table_html.value
@@ -264,11 +269,13 @@ def test_reopen_a_bad_file_is_inline(bench, tmp_path):
 
 
 def test_picker_loads_with_progress(state, monkeypatch, synthetic_images):
+    import fsl_xai.training as training
+    from fsl_xai.data import registry
     from fsl_xai.testing import tiny_model
 
-    monkeypatch.setattr(backend, "load_images", lambda name, split="test", progress=False: synthetic_images)
-    monkeypatch.setattr(backend, "load_model", lambda *a, **k: (tiny_model(channels=1, size=32, width=8, seed=3),
-                                                               backend.ModelInfo("synthetic", "protonet", True)))
+    monkeypatch.setattr(registry, "load_dataset", lambda name, split="test", progress=False: synthetic_images)
+    monkeypatch.setattr(training, "default_model", lambda *a, **k: (tiny_model(channels=1, size=32, width=8, seed=3),
+                                                                   None))
     picker = DatasetModelPicker(state)
     picker.dataset.value = "synthetic"
     picker.n_shot.value = 2
@@ -285,3 +292,28 @@ def test_views_work_alone(state):
         view = cls(state)
         assert view.children
     state.resample()
+
+
+def test_heatmap_badges_are_drawn_from_the_library_result(state):
+    viewer = HeatmapViewer(state, methods=["saliency"], badges=True)
+    viewer.refresh()
+    assert viewer.error_area.value == ""
+    badges = state.explanations.badges("saliency")
+    assert [c.name for c in badges.checks][:3] == ["randomization", "deletion", "insertion"]
+    title = viewer.figure.layout.annotations[0].text
+    # every check is on the map with its status ("✔", "✘ FAILED" or "– undefined")
+    for label in ("randomisation", "deletion AUC", "insertion AUC", "pointing", "in mask"):
+        assert label in title
+    assert state.explanations.badges("saliency") is badges  # cached
+
+
+def test_failure_explorer_progress_bar_follows_the_evaluation(bench):
+    f = bench.failures
+    f.episodes.value = 8
+    seen = []
+    f.progress.observe(lambda change: seen.append(change["new"]), names="value")
+    f.run_button.click()
+    assert f.error_area.value == ""
+    # the bar moved through the episodes as they were scored, not only at the end
+    assert seen[-1] == 8 and len([v for v in seen if 0 < v < 8]) >= 3
+    assert seen == sorted(seen)

@@ -1,0 +1,152 @@
+"""Explanations of the workbench's current queries: attribution maps, quality badges, support
+influence and nearest support images, computed by ``fsl_xai.explain`` on the state's fitted episode
+and cached.
+
+Reached as ``state.explanations``. Arguments left out come from the state's settings (the selected
+query, the target and contrast, the method's parameters). A map is cached under (model fingerprint,
+episode id, query, method, parameters, target, contrast), so going back to an episode or a setting
+shows its map at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from fsl_xai.errors import EpisodeError
+from fsl_xai.models import FittedEpisode
+
+from .support_edits import episode_label
+
+if TYPE_CHECKING:  # fsl_xai.explain (and captum) is imported when the first map is asked for
+    from fsl_xai.explain import AttributionMap, Badges
+
+    from .state import WorkbenchState
+
+
+class Explanations:
+    """The explanation side of a :class:`~widgets.state.WorkbenchState` (one per state).
+
+    Args:
+        state: the workbench state whose current episode is explained.
+    """
+
+    def __init__(self, state: WorkbenchState):
+        self.state = state
+        self.maps: dict[tuple, AttributionMap] = {}
+        self.badge_cache: dict[tuple, Badges] = {}
+        self._frozen: tuple[FittedEpisode, FittedEpisode] | None = None  # (fitted, frozen with the queries)
+
+    def clear(self) -> None:
+        """Forget every cached map and badge (a new model or image set)."""
+        self.maps.clear()
+        self.badge_cache.clear()
+
+    # ------------------------------------------------------------------ what is explained
+    def _query(self, query_index: int | None) -> int:
+        qi = self.state.query_index if query_index is None else query_index
+        n = len(self.state.shown()[1].query_ids)
+        if not 0 <= qi < n:
+            raise EpisodeError("select a query first" if qi < 0 else f"query {qi} does not exist (0..{n - 1})")
+        return qi
+
+    def fitted(self) -> FittedEpisode:
+        """The fitted episode explanations use: for a model that refines its prototypes with the query
+        batch, frozen with this episode's queries (so an explainer's perturbed copies take no part)."""
+        images, episode, fitted, _ = self.state.shown()
+        if self._frozen is None or self._frozen[0] is not fitted:
+            queries = self.state.embeddings(episode.query_indices(images))
+            self._frozen = (fitted, fitted.with_query_embeddings(queries))
+        return self._frozen[1]
+
+    def query_tensor(self, query_index: int | None = None) -> torch.Tensor:
+        """(1, C, H, W) pixels of a query (default: the selected one)."""
+        return torch.from_numpy(self.state.query_image(self._query(query_index))[None].copy())
+
+    def support_tensor(self) -> torch.Tensor:
+        """(n_support, C, H, W) pixels of the support set."""
+        images, episode, _, _ = self.state.shown()
+        return torch.from_numpy(images.images[episode.support_indices(images)])
+
+    def classes(self, target: Any = None, contrast: Any = None, query_index: int | None = None) -> tuple[Any, Any]:
+        """The explained class and the contrast class as ``fsl_xai.explain`` takes them: "predicted"
+        or an episode label; None, "runner_up" or an episode label. Defaults: the state's settings;
+        "true" becomes the query's label, a class name its episode label."""
+        episode = self.state.shown()[1]
+        s = self.state
+        target = s.target if target is None else target
+        contrast = s.contrast if contrast is None else contrast
+        if target == "true":
+            target = episode.query_labels[self._query(query_index)]
+            if target < 0:
+                raise EpisodeError("this query's true class is unknown; explain the predicted class instead")
+        if isinstance(target, str) and target != "predicted":
+            target = episode_label(episode, target)
+        if contrast == "none":
+            contrast = None
+        if isinstance(contrast, str) and contrast != "runner_up":
+            contrast = episode_label(episode, contrast)
+        return target, contrast
+
+    def _key(self, method: str, qi: int, target: Any, contrast: Any, params: dict) -> tuple:
+        episode = self.state.shown()[1]
+        return (self.state.fingerprint, episode.episode_id, qi, method, json.dumps(params, sort_keys=True, default=str),
+                *self.classes(target, contrast, qi))
+
+    # ------------------------------------------------------------------ explanations
+    def attribution(self, method: str, query_index: int | None = None, target: Any = None, contrast: Any = None,
+                    params: dict | None = None) -> AttributionMap:
+        """The attribution map (``fsl_xai.explain.AttributionMap``) of one query (cached); raises on a
+        failing method."""
+        import fsl_xai.explain as xai
+
+        qi = self._query(query_index)
+        p: dict[str, Any] = dict(self.state.params.get(method, {}) if params is None else params)
+        key = self._key(method, qi, target, contrast, p)
+        if key not in self.maps:
+            t0 = time.perf_counter()
+            self.maps[key] = xai.explain(self.fitted(), self.query_tensor(qi), method, target=key[5],
+                                         contrast=key[6], seed=self.state.seed, episode_id=key[1],
+                                         query_indices=[qi], **p)
+            self.state.timings[f"explain:{method}"] = time.perf_counter() - t0
+        return self.maps[key]
+
+    def badges(self, method: str, query_index: int | None = None) -> Badges:
+        """Quality badges (``fsl_xai.explain.Badges``) of the map shown for ``method`` (cached)."""
+        from fsl_xai.explain.quality import badges as quality_badges
+
+        qi = self._query(query_index)
+        p: dict[str, Any] = dict(self.state.params.get(method, {}))
+        key = self._key(method, qi, None, None, p)
+        if key not in self.badge_cache:
+            amap = self.attribution(method, qi)
+            self.badge_cache[key] = quality_badges(
+                self.fitted(), self.query_tensor(qi)[0], method, self.support_tensor(), mask=self.state.query_mask(qi),
+                target=key[5], contrast=key[6], seed=self.state.seed, attribution=amap, **p)
+        return self.badge_cache[key]
+
+    def influence(self, query_index: int | None = None) -> pd.DataFrame:
+        """Support images ranked by |influence| on this query's decision (``fsl_xai.explain.support_influence``'s
+        table: ``sample_id``, ``class``, ``influence`` = how much the margin drops without the image, NaN
+        and last for a class's only image)."""
+        import fsl_xai.explain as xai
+
+        images, episode, _, _ = self.state.shown()
+        qi = self._query(query_index)
+        query = self.state.embeddings(episode.query_indices(images)[[qi]])[0]
+        return xai.support_influence(self.fitted(), query, sample_ids=episode.support_ids,
+                                     class_names=episode.classes).table
+
+    def nearest_support(self, query_index: int | None = None, k: int = 5) -> pd.DataFrame:
+        """The k support images nearest to the query by the model's own distance (``sample_id``,
+        ``class``, ``distance``, and the most similar patches)."""
+        import fsl_xai.explain as xai
+
+        episode = self.state.shown()[1]
+        return xai.nearest_support(self.fitted(), self.query_tensor(query_index)[0], k=k,
+                                   support_images=self.support_tensor(), sample_ids=episode.support_ids,
+                                   class_names=episode.classes)
