@@ -6,9 +6,9 @@ Each check lives in its own module; this one gathers their public names:
 - :mod:`~fsl_xai.explain.localization`: ``localization`` (pointing game, energy inside a mask);
 - :mod:`~fsl_xai.explain.randomization`: ``randomization_check`` (Adebayo et al. 2018);
 - :mod:`~fsl_xai.explain.infidelity`: ``infidelity_sensitivity`` (Yeh et al. 2019);
-- :mod:`~fsl_xai.explain.quality_table`: ``quality_table``, every metric for several methods with
+- :mod:`~fsl_xai.explain.quality_report`: ``quality_table``, every metric for several methods with
   n, the undefined count and a 95% confidence interval;
-- :mod:`~fsl_xai.explain.badges`: ``badges``, the per-map checks shown next to a heatmap.
+- :mod:`~fsl_xai.explain.badge_checks`: ``badges``, the per-map checks shown next to a heatmap.
 
 Every check takes a fitted episode and changes neither it nor its model; every metric is defined
 on degenerate maps (flat, all zero, all negative) as a value or an explicit undefined (NaN, counted
@@ -17,12 +17,12 @@ in the table), never silently dropped.
 
 from __future__ import annotations
 
-from .badges import BadgeCheck, Badges, badges
+from .badge_checks import BadgeCheck, Badges, badges
 from .deletion import DeletionInsertionResult, deletion_insertion, pixel_ranks
 from .infidelity import InfidelitySensitivityResult, infidelity_sensitivity
 from .localization import LocalizationResult, localization
 from .method_maps import MethodLike, as_maps, flat_maps, method_attributions, method_maps, method_name, random_maps
-from .quality_table import ALL_METRICS, COLUMNS, HIGHER_IS_BETTER, quality_table
+from .quality_report import ALL_METRICS, COLUMNS, HIGHER_IS_BETTER, quality_table
 from .randomization import (
                             RandomizationResult,
                             layer_groups,

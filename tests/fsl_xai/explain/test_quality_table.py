@@ -146,3 +146,13 @@ def test_a_flat_map_never_passes_a_badge(trained):
     # an all-negative map has no positive energy: that badge is undefined, the others are judged
     neg = badges(model, q, negative_maps, s_img, mask=masks)
     assert neg["energy_inside"].status == "undefined" and neg["randomization"].status == "failed"
+
+
+def test_package_names_are_the_functions_after_the_modules_are_imported():
+    import importlib
+
+    import fsl_xai.explain as explain
+
+    importlib.import_module("fsl_xai.explain.quality")
+    assert callable(explain.badges) and callable(explain.quality_table)
+    assert explain.badges.__module__ == "fsl_xai.explain.badge_checks"
