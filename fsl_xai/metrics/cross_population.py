@@ -21,6 +21,7 @@ import torch
 
 from ..data.imageset import ImageSet
 from ..errors import EpisodeError
+from ..evaluation import margins, true_margins
 from ..intervals import Interval, cluster_bootstrap, proportion_interval
 
 Where = Mapping[str, object] | Callable[[pd.DataFrame], pd.Series] | None
@@ -109,15 +110,13 @@ def _table(parts: list, src: ImageSet, pos: np.ndarray, class_names: tuple[str, 
     logits = np.concatenate([p[5] for p in parts])
     n = len(rows)
     pred_label = logits.argmax(1)
-    order = np.sort(logits, axis=1)
-    other = np.where(np.eye(logits.shape[1], dtype=bool)[true_label], -np.inf, logits).max(1)
     names = np.asarray(class_names, dtype=object)
     table = pd.DataFrame({
         "episode": episode, "episode_id": episode_id, "query_index": query_index,
         "sample_id": src.sample_ids[rows], "true_label": true_label, "pred_label": pred_label,
         "true_class": names[chosen[np.arange(n), true_label]], "pred_class": names[chosen[np.arange(n), pred_label]],
-        "correct": pred_label == true_label, "margin": order[:, -1] - order[:, -2],
-        "true_margin": logits[np.arange(n), true_label] - other,
+        "correct": pred_label == true_label, "margin": margins(logits),
+        "true_margin": true_margins(logits, true_label),
     })
     dist = np.full((n, len(class_names)), np.nan)
     dist[np.arange(n)[:, None], chosen] = -logits
