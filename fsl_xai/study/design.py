@@ -217,15 +217,8 @@ def _question(q: Any, i: int) -> Question:
 
 def parse_design(data: Any) -> StudyDesign:
     """Validate a study dict; StudyDesignError names the first problem and how to fix it."""
-    if not isinstance(data, dict):
-        raise StudyDesignError("a study file must be a mapping of fields (YAML or JSON object), "
-                               "starting with e.g. study_id: my-study")
-    unknown = sorted(str(k) for k in data if k not in TOP_FIELDS)
-    if unknown:
-        raise StudyDesignError(f"unknown field(s) {unknown}; known fields: {sorted(TOP_FIELDS)}")
-    for name, required in TOP_FIELDS.items():
-        if required and name not in data:
-            raise StudyDesignError(f"study file: missing field {name!r}; see the example in fsl_xai.study.design")
+    data = check_mapping(data, "a study file (a YAML or JSON object)", TOP_FIELDS,
+                         "the example in fsl_xai.study.design (study_id: my-study, ...)")
     study_id = check_text(data["study_id"], "study_id", "study_id: blood-cells-2026")
     for name in ("title", "description"):
         if name in data:
