@@ -7,6 +7,9 @@ Typical use::
     result.predictions                   # the per-query table (docs/CONTRACTS.md)
     result.episode(12)                   # the Episode behind rows with episode == 12
 
+With a domain guard (:mod:`fsl_xai.guard`) the table also gets ``ood_score`` and ``ood_flag``;
+prediction sets come from :mod:`fsl_xai.conformal`, applied to the table afterwards.
+
 The embeddings come from the one cache in :mod:`fsl_xai.embeddings` (``embed_all`` and
 ``clear_embedding_cache`` are also importable from here).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +29,7 @@ from .data.imageset import ImageSet
 from .embeddings import clear_embedding_cache, embed_all, embedding_fingerprint
 from .episodes import Episode, EpisodeSampler
 from .errors import DataError, ModelError
+from .guard import DomainGuard, add_guard_columns
 from .intervals import Interval, cluster_bootstrap_proportion, mean_interval, proportion_interval, wilson_interval
 from .models.base import FewShotClassifier
 
@@ -122,11 +127,8 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no per-query table); an undefined interval (one episode) is null."""
-        def num(x: float) -> float | None:
-            return None if math.isnan(x) else float(x)
-
-        return {"accuracy": self.accuracy, "ci95": [num(self.ci95[0]), num(self.ci95[1])],
-                "half_width": num(self.half_width),
+        return {"accuracy": self.accuracy, "ci95": [_json_number(self.ci95[0]), _json_number(self.ci95[1])],
+                "half_width": _json_number(self.half_width),
                 "episodes": self.episodes, "n_way": self.n_way, "n_shot": self.n_shot, "n_query": self.n_query,
                 "n_queries": self.n_queries, "model": self.model, "dataset": self.dataset,
                 "model_fingerprint": self.model_fingerprint, "dataset_fingerprint": self.dataset_fingerprint,
@@ -135,7 +137,8 @@ class EvaluationResult:
 
 def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int, n_query: int,
              episodes: int = 600, seed: int = 0, classes: Sequence[str | int] | None = None,
-             progress: bool | Progress = True, batch_size: int = 64, disk_cache: bool = False) -> EvaluationResult:
+             progress: bool | Progress = True, batch_size: int = 64, disk_cache: bool = False,
+             guard: DomainGuard | None = None) -> EvaluationResult:
     """Evaluate a few-shot model on ``episodes`` episodes drawn from ``images``.
 
     Every image is embedded once (:func:`embed_all`); each episode then fits the support set from
@@ -160,13 +163,17 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
             after each episode (for a progress widget) and no bar is shown.
         batch_size: images per forward pass when embedding.
         disk_cache: also cache embeddings on disk (see :func:`embed_all`).
+        guard: a domain guard fitted for this model; the table then gets ``ood_score`` and
+            ``ood_flag``, each query scored against the guard's reference and its episode's
+            support (:func:`fsl_xai.guard.add_guard_columns`). The accuracies still count every
+            query, flagged or not.
 
     Returns:
         EvaluationResult with accuracy, ci95, per_episode and the per-query ``predictions`` table.
 
     Raises:
         EpisodeError: the protocol asks for more classes or images than the set has.
-        ModelError: the images do not fit the model.
+        ModelError: the images do not fit the model, or the guard was fitted for another model.
     """
     from tqdm.auto import tqdm
 
@@ -174,6 +181,11 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
         raise DataError(f"episodes must be at least 1, got {episodes}")
     # the sampler checks the protocol against the data first, before any long computation
     sampler = EpisodeSampler(images, n_way, n_shot, n_query, classes=classes, seed=seed)
+    if guard is not None:
+        guard.check_model(model)
+        if guard.reference_ is None:  # found now, not after every episode has been scored
+            raise ModelError("the domain guard has no reference embeddings (its .npz file was not beside its JSON); "
+                             "load it with DomainGuard.load(path) with the .npz beside, or fit it again")
     report = progress if callable(progress) else None
     show_bars = bool(progress) and report is None
     if report is not None:
@@ -185,6 +197,8 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
     chosen = np.empty((episodes, n_way), dtype=np.int64)
     query_idx = np.empty((episodes, n_q), dtype=np.int64)
     query_lab = np.empty((episodes, n_q), dtype=np.int64)
+    # the guard scores each query against its own episode's support as well
+    support_idx = np.empty((episodes, n_way * n_shot), dtype=np.int64) if guard is not None else None
     episode_ids: list[str] = []
     # plain arrays once: reading pandas columns inside the loop costs milliseconds per episode
     sample_ids = np.asarray(images.sample_ids, dtype=object)
@@ -199,6 +213,8 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
             out = model.fit_embeddings(support, torch.from_numpy(sl)).logits_from_embeddings(query)
             logits[i] = out.detach().to(torch.float64).numpy()
             chosen[i], query_idx[i], query_lab[i] = cls, q, ql
+            if support_idx is not None:
+                support_idx[i] = s
             # the same Episode that sampler.sample(i) builds, without drawing it a second time
             episode_ids.append(Episode(
                 classes=tuple(class_names[c] for c in cls), support_ids=tuple(sample_ids[s]),
@@ -211,6 +227,9 @@ def evaluate(model: FewShotClassifier, images: ImageSet, n_way: int, n_shot: int
     if not np.isfinite(logits).all():
         raise ModelError(f"{model.name} produced NaN or infinite logits; check the weights and model options")
     predictions, per_episode = _query_table(logits, chosen, query_idx, query_lab, episode_ids, images)
+    if guard is not None and support_idx is not None:
+        supports = {i: emb[torch.from_numpy(row)] for i, row in enumerate(support_idx)}
+        predictions = add_guard_columns(predictions, guard, emb[torch.from_numpy(query_idx.reshape(-1))], supports)
     interval = mean_interval(per_episode, method="normal")  # mean +- 1.96 s / sqrt(episodes)
     chosen_classes = None if classes is None else tuple(images.class_names[images.class_index(c)] for c in classes)
     return EvaluationResult(
@@ -270,6 +289,19 @@ def _query_table(logits: np.ndarray, chosen: np.ndarray, query_idx: np.ndarray, 
 
 # ---------------------------------------------------------------------------------------------
 # summaries of a per-query table
+def _json_number(x: float) -> float | None:
+    """x as a JSON number; NaN (an undefined interval end) as null."""
+    return None if math.isnan(x) else float(x)
+
+
+def interval_dict(interval: Interval) -> dict[str, Any]:
+    """A 95% :class:`~fsl_xai.intervals.Interval` as JSON-ready values (NaN as null): ``estimate``,
+    ``ci95`` ([low, high]), ``method`` and ``n``."""
+    return {"estimate": _json_number(interval.estimate),
+            "ci95": [_json_number(interval.low), _json_number(interval.high)], "method": interval.method,
+            "n": interval.n}
+
+
 def accuracy_interval(predictions: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000,
                       seed: int = 0) -> Interval:
     """Pooled accuracy of a per-query table with its confidence interval.
@@ -349,4 +381,5 @@ def confusion_matrix(predictions: pd.DataFrame, confidence: float = 0.95, n_boot
 
 
 __all__ = ["ConfusionMatrix", "EvaluationResult", "Progress", "accuracy_interval", "clear_embedding_cache",
-           "confusion_matrix", "embed_all", "embedding_fingerprint", "evaluate", "margins", "true_margins"]
+           "confusion_matrix", "embed_all", "embedding_fingerprint", "evaluate", "interval_dict", "margins",
+           "true_margins"]

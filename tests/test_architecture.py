@@ -80,7 +80,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("episodes", ("fsl_xai.episodes",)),
     ("models", ("fsl_xai.models",)),
     ("model services", ("fsl_xai.embeddings", "fsl_xai.projection", "fsl_xai.checkpoints", "fsl_xai.guard")),
-    ("evaluation and training", ("fsl_xai.evaluation", "fsl_xai.training")),
+    ("evaluation and training", ("fsl_xai.evaluation", "fsl_xai.conformal", "fsl_xai.training")),
     ("explanations and metrics", ("fsl_xai.explain", "fsl_xai.metrics")),
     ("user studies", ("fsl_xai.study",)),
     ("entry points and test helpers", ("fsl_xai.cli", "fsl_xai.testing")),

@@ -71,6 +71,39 @@ def test_evaluate_json_and_predictions(tiny_checkpoint, tmp_path, capsys):
     assert table["correct"].mean() == pytest.approx(summary["accuracy"])
 
 
+def test_evaluate_conformal_sets(tiny_checkpoint, tmp_path, capsys):
+    preds = tmp_path / "sets.csv"
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "pbc-blood", "--n-shot", "2",
+            "--n-query", "3", "--episodes", "30", "--seed", "1", "--no-progress", "--conformal", "0.1"]
+    assert main([*args, "--json", "--predictions", str(preds)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    conformal = summary["conformal"]
+    assert conformal["alpha"] == 0.1 and conformal["n_queries"] == 30 * 9 and conformal["n_episodes"] == 30
+    cov, size = conformal["coverage"], conformal["mean_set_size"]
+    assert cov["n"] == size["n"] == 270 and cov["method"].startswith(("cluster_bootstrap", "wilson"))
+    assert cov["ci95"][0] <= cov["estimate"] <= cov["ci95"][1] and 1 <= size["estimate"] <= 3
+    calibration = conformal["calibration"]
+    # calibrated on episodes of the val split with the same classes and protocol
+    assert (calibration["split"], calibration["episodes"], calibration["seed"]) == ("val", 30, 1)
+    assert calibration["n_calibration"] == 270 and calibration["threshold"] > 0
+    table = pd.read_csv(preds)
+    assert {"pred_set", "set_size"} <= set(table.columns) and table.set_size.between(1, 3).all()
+    hit = [t in s.split("|") for t, s in zip(table.true_class, table.pred_set, strict=True)]
+    assert sum(hit) / len(hit) == pytest.approx(cov["estimate"])
+    # the accuracy is the plain evaluation's: the sets add to it, they change nothing
+    assert main([*args[:-2], "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["accuracy"] == summary["accuracy"] and "conformal" not in plain
+    # same split: other episodes (seed + 1); text output names coverage and set size
+    assert main([*args, "--calibration-split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage" in out and "mean set size" in out and "test split, 30 episodes (seed 2)" in out
+    assert main([*args[:-1], "1.5"]) == 2
+    assert "strictly between 0 and 1" in _one_line_error(capsys)
+    assert main([*args[:-1], "0.01"]) == 2  # 30 episodes cannot place a 99% threshold
+    assert "at least 99 are needed" in _one_line_error(capsys)
+
+
 def test_evaluate_is_deterministic_by_seed(tiny_checkpoint, capsys):
     args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "pbc-blood", "--n-shot", "1",
             "--n-query", "2", "--episodes", "8", "--json", "--no-progress"]
@@ -197,20 +230,20 @@ def test_lab_prepares_the_default_model_and_starts_jupyterlab_on_notebooks(tmp_p
 
 
 def test_lab_runs_as_root_and_passes_jupyter_options_through(tmp_path, monkeypatch, capsys):
-    import fsl_xai.cli as cli
+    import fsl_xai.cli.lab as lab
 
-    monkeypatch.setattr(cli, "_prepare", lambda datasets, model: None)
+    monkeypatch.setattr(lab, "prepare", lambda datasets, model: None)
     (tmp_path / "notebooks").mkdir()
     argv = ["lab", "--notebooks", str(tmp_path / "notebooks"), "--ip", "127.0.0.1", "--dry-run", "--",
             "--ServerApp.token=abc", "--ServerApp.open_browser=False"]
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 0)
     assert main(argv) == 0
     out = capsys.readouterr()
     cmd = out.out.split()
     assert "--allow-root" in cmd and "--ip=127.0.0.1" in cmd and "--" not in cmd
     assert cmd[-2:] == ["--ServerApp.token=abc", "--ServerApp.open_browser=False"]
     assert "running as root" in out.err
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
     assert main(argv) == 0
     assert "--allow-root" not in capsys.readouterr().out.split()
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fsl_xai.cli import main
@@ -96,3 +97,47 @@ def test_guard_needs_an_out_of_distribution_set(checkpoint, capsys):
         main(["guard", "--checkpoint", str(checkpoint), "--dataset", "pbc-blood", "--json"])
     assert exit_info.value.code == 2
     assert "--ood-dataset" in capsys.readouterr().err
+
+
+def test_evaluate_with_a_saved_guard(checkpoint, tmp_path, capsys):
+    card = tmp_path / "guard.json"
+    assert main(["guard", "--checkpoint", str(checkpoint), "--dataset", "pbc-blood", "--ood-dataset", "retinamnist",
+                 "--json", "--no-progress", "--save-guard", str(card)]) == 0
+    capsys.readouterr()
+    preds = tmp_path / "preds.csv"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--dataset", "pbc-blood", "--n-shot", "2", "--n-query", "3",
+            "--episodes", "20", "--no-progress"]
+    assert main([*args, "--guard", str(card), "--json", "--predictions", str(preds)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    guard = summary["guard"]
+    table = pd.read_csv(preds)
+    assert {"ood_score", "ood_flag"} <= set(table.columns) and len(table) == 20 * 9 == guard["n_queries"]
+    assert guard["n_flagged"] == table.ood_flag.sum() == summary["flagged_included"]
+    assert guard["n_flagged"] < 0.2 * len(table)  # held-in queries: about 5% flagged
+    assert guard["threshold"] == DomainGuard.load(card).threshold and guard["file"] == str(card)
+    with_flagged, without = guard["accuracy_with_flagged"], guard["accuracy_without_flagged"]
+    assert with_flagged["flagged_included"] == guard["n_flagged"] and without["flagged_included"] == 0
+    assert with_flagged["n"] == 180 and without["n"] == 180 - guard["n_flagged"]
+    assert with_flagged["estimate"] == pytest.approx(table.correct.mean())
+    assert without["estimate"] == pytest.approx(table.correct[~table.ood_flag].mean())
+    assert guard["flagged_rate"]["estimate"] == pytest.approx(table.ood_flag.mean())
+    for interval in (with_flagged, without, guard["flagged_rate"]):
+        low, high = interval["ci95"]
+        assert low <= interval["estimate"] <= high
+    assert main([*args, "--json"]) == 0  # without the guard: the same accuracy, no guard keys
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["accuracy"] == summary["accuracy"] and "guard" not in plain and "flagged_included" not in plain
+    assert main([*args, "--guard", str(card)]) == 0
+    assert "flagged queries included" in capsys.readouterr().out
+    # a guard of another model is refused with a way out
+    other = tmp_path / "other.pt"
+    assert main(["train", "--dataset", "pbc-blood", "--n-way", "3", "--n-shot", "1", "--n-query", "2",
+                 "--episodes", "1", "--seed", "5", "--no-val", "--no-progress", "--out", str(other)]) == 0
+    capsys.readouterr()
+    args[2] = str(other)
+    assert main([*args, "--guard", str(card)]) == 2
+    assert "another model's embeddings" in _one_line_error(capsys)
+    card.with_suffix(".npz").unlink()  # a guard without its reference embeddings cannot score
+    args[2] = str(checkpoint)
+    assert main([*args, "--guard", str(card)]) == 2
+    assert ".npz" in _one_line_error(capsys)

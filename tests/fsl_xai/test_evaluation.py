@@ -281,3 +281,25 @@ def test_one_episode_has_no_interval(pbc):
     d = result.to_dict()
     assert d["ci95"] == [None, None] and d["half_width"] is None
     json.dumps(d, allow_nan=False)
+
+
+def test_guard_columns_score_each_query_against_its_own_episode(pbc):
+    from fsl_xai.guard import fit_guard
+
+    model = build()
+    guard = fit_guard(model, pbc.subset(np.arange(0, 2000)), pbc.subset(np.arange(2000, 2400)))
+    result = evaluate(model, pbc, 3, 2, 4, episodes=6, seed=3, progress=False, guard=guard)
+    t = result.predictions
+    plain = evaluate(model, pbc, 3, 2, 4, episodes=6, seed=3, progress=False).predictions
+    assert list(t.columns) == [*plain.columns, "ood_score", "ood_flag"]
+    pd.testing.assert_frame_equal(t[plain.columns], plain)  # the guard changes nothing else
+    assert t.ood_flag.dtype == bool and (t.ood_flag == (t.ood_score > guard.threshold)).all()
+    emb = embed_all(model, pbc, progress=False)
+    sampler = EpisodeSampler(pbc, 3, 2, 4, seed=3)
+    for i in range(6):
+        episode = sampler.sample(i)
+        support = emb[torch.from_numpy(episode.support_indices(pbc))]
+        query = emb[torch.from_numpy(episode.query_indices(pbc))]
+        np.testing.assert_allclose(t.ood_score[t.episode == i], guard.score(query, support), rtol=1e-6)
+    with pytest.raises(ModelError, match="another model"):
+        evaluate(build(seed=1), pbc, 3, 2, 4, episodes=2, progress=False, guard=guard)

@@ -1,0 +1,104 @@
+"""``fsl-xai guard``: how well the domain guard tells held-in images from another kind (AUROC), and
+the fitted guard saved for ``fsl-xai evaluate --guard``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import DataError
+from .common import images_for_checkpoint, load_images, set_torch_threads
+
+if TYPE_CHECKING:
+    from ..data import ImageSet
+
+#: share of the train split held out for calibration when a held-in set has no val split
+GUARD_HELD_OUT = 0.2
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``guard`` command to the subparsers."""
+    p = sub.add_parser("guard", help="how well the domain guard tells held-in images from another kind (AUROC)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="held-in dataset name: its train split is the reference, val calibrates")
+    src.add_argument("--data-file", help="held-in MedMNIST-format .npz file (train: reference, val: calibration)")
+    p.add_argument("--split", default="test", help="held-in split to test (default: test; not train or val)")
+    ood = p.add_mutually_exclusive_group(required=True)
+    ood.add_argument("--ood-dataset", help="out-of-distribution dataset name (see `fsl-xai datasets`)")
+    ood.add_argument("--ood-data-file", help="out-of-distribution MedMNIST-format .npz file")
+    p.add_argument("--ood-split", default="test", help="split of the out-of-distribution set (default: test)")
+    p.add_argument("--k", type=int, help="the neighbour whose distance is the score (default: the guard's, 5)")
+    p.add_argument("--quantile", type=float,
+                   help="share of held-in calibration images below the threshold (default: the guard's, 0.95)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration images held out of train when there is no val split")
+    p.add_argument("--convert", action="store_true",
+                   help="convert images to the checkpoint's channels and size when they differ")
+    p.add_argument("--save-guard", metavar="GUARD.json",
+                   help="write the fitted guard (JSON, with its reference embeddings in GUARD.npz beside)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_guard)
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..checkpoints import load_checkpoint
+    from ..embeddings import embed_all, embedding_fingerprint
+    from ..guard import DEFAULT_K, DEFAULT_QUANTILE, DomainGuard, detection_summary
+
+    if args.split in ("train", "val", "all"):
+        raise DataError(f"--split {args.split} overlaps the guard's reference (train) or calibration (val) images; "
+                        "test on held-out images: --split test")
+    set_torch_threads(args.threads)
+    progress = not args.no_progress
+    model, info = load_checkpoint(args.checkpoint)
+
+    def held_in(split: str) -> ImageSet:
+        return images_for_checkpoint(load_images(args.dataset, args.data_file, split, progress), info, args.convert)
+
+    reference = held_in("train")
+    try:
+        calibration = held_in("val")
+        where = "val split"
+    except DataError:  # no val split: hold a seeded part of train out of the reference
+        order = np.random.default_rng(args.seed).permutation(len(reference))
+        n_cal = max(1, round(GUARD_HELD_OUT * len(reference)))
+        calibration, reference = reference.subset(order[:n_cal]), reference.subset(order[n_cal:])
+        where = f"{GUARD_HELD_OUT:.0%} of the train split (seed {args.seed})"
+    tested = held_in(args.split)
+    ood = images_for_checkpoint(load_images(args.ood_dataset, args.ood_data_file, args.ood_split, progress), info,
+                                args.convert)
+
+    def emb(images: ImageSet) -> torch.Tensor:
+        return embed_all(model, images, progress=progress)
+
+    k = DEFAULT_K if args.k is None else args.k
+    quantile = DEFAULT_QUANTILE if args.quantile is None else args.quantile
+    guard = DomainGuard.fit(emb(reference), emb(calibration), k=k, quantile=quantile,
+                            embedding_fingerprint=embedding_fingerprint(model),
+                            reference_data=f"{reference.name} train ({len(reference)} images)",
+                            calibration_data=f"{calibration.name} {where} ({len(calibration)} images)")
+    summary = detection_summary(guard, emb(tested), emb(ood))
+    summary.update({"dataset": tested.name, "split": args.split, "ood_dataset": ood.name, "ood_split": args.ood_split,
+                    "checkpoint": str(Path(args.checkpoint)), "model": info.model, "backbone": info.backbone,
+                    "model_fingerprint": model.fingerprint(), "guard_file": args.save_guard})
+    if args.save_guard:
+        guard.save(args.save_guard)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"domain guard ({guard.method}, k={guard.k}, threshold {guard.threshold:.4f} = the {guard.quantile:.0%} "
+              f"quantile of {guard.n_calibration} held-in images): AUROC {summary['auroc']:.4f}, FPR at 95% TPR "
+              f"{summary['fpr_at_95_tpr']:.4f}; flagged {summary['in_flag_rate']:.1%} of {summary['n_in']} "
+              f"{tested.name} {args.split} images and {summary['ood_flag_rate']:.1%} of {summary['n_ood']} "
+              f"{ood.name} {args.ood_split} images")
+        if args.save_guard:
+            print(f"guard written to {Path(args.save_guard).resolve()}")
+    return 0
