@@ -49,7 +49,6 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .evaluation import interval_dict
 from .intervals import Interval, cluster_bootstrap, proportion_interval
 
 #: the nonconformity score: one minus the softmax probability of the true class
@@ -273,8 +272,8 @@ class ConformalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values; an undefined interval end is null."""
-        return {"alpha": self.alpha, "coverage": interval_dict(self.coverage),
-                "mean_set_size": interval_dict(self.mean_set_size), "n_queries": self.n_queries,
+        return {"alpha": self.alpha, "coverage": self.coverage.to_dict(),
+                "mean_set_size": self.mean_set_size.to_dict(), "n_queries": self.n_queries,
                 "n_episodes": self.n_episodes, "calibration": self.calibration.to_dict()}
 
 

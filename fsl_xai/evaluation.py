@@ -16,10 +16,8 @@ The embeddings come from the one cache in :mod:`fsl_xai.embeddings` (``embed_all
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +28,14 @@ from .embeddings import clear_embedding_cache, embed_all, embedding_fingerprint
 from .episodes import Episode, EpisodeSampler
 from .errors import DataError, ModelError
 from .guard import DomainGuard, add_guard_columns
-from .intervals import Interval, cluster_bootstrap_proportion, mean_interval, proportion_interval, wilson_interval
+from .intervals import (
+    Interval,
+    cluster_bootstrap_proportion,
+    json_number,
+    mean_interval,
+    proportion_interval,
+    wilson_interval,
+)
 from .models.base import FewShotClassifier
 
 #: a progress callback: called with (episodes done, episodes in all)
@@ -127,8 +132,8 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no per-query table); an undefined interval (one episode) is null."""
-        return {"accuracy": self.accuracy, "ci95": [_json_number(self.ci95[0]), _json_number(self.ci95[1])],
-                "half_width": _json_number(self.half_width),
+        return {"accuracy": self.accuracy, "ci95": [json_number(self.ci95[0]), json_number(self.ci95[1])],
+                "half_width": json_number(self.half_width),
                 "episodes": self.episodes, "n_way": self.n_way, "n_shot": self.n_shot, "n_query": self.n_query,
                 "n_queries": self.n_queries, "model": self.model, "dataset": self.dataset,
                 "model_fingerprint": self.model_fingerprint, "dataset_fingerprint": self.dataset_fingerprint,
@@ -289,19 +294,6 @@ def _query_table(logits: np.ndarray, chosen: np.ndarray, query_idx: np.ndarray, 
 
 # ---------------------------------------------------------------------------------------------
 # summaries of a per-query table
-def _json_number(x: float) -> float | None:
-    """x as a JSON number; NaN (an undefined interval end) as null."""
-    return None if math.isnan(x) else float(x)
-
-
-def interval_dict(interval: Interval) -> dict[str, Any]:
-    """A 95% :class:`~fsl_xai.intervals.Interval` as JSON-ready values (NaN as null): ``estimate``,
-    ``ci95`` ([low, high]), ``method`` and ``n``."""
-    return {"estimate": _json_number(interval.estimate),
-            "ci95": [_json_number(interval.low), _json_number(interval.high)], "method": interval.method,
-            "n": interval.n}
-
-
 def accuracy_interval(predictions: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000,
                       seed: int = 0) -> Interval:
     """Pooled accuracy of a per-query table with its confidence interval.
@@ -381,5 +373,5 @@ def confusion_matrix(predictions: pd.DataFrame, confidence: float = 0.95, n_boot
 
 
 __all__ = ["ConfusionMatrix", "EvaluationResult", "Progress", "accuracy_interval", "clear_embedding_cache",
-           "confusion_matrix", "embed_all", "embedding_fingerprint", "evaluate", "interval_dict", "margins",
+           "confusion_matrix", "embed_all", "embedding_fingerprint", "evaluate", "margins",
            "true_margins"]

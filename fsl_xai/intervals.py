@@ -84,6 +84,16 @@ class Interval:
         """The ends ``(low, high)``."""
         return self.low, self.high
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (NaN as null): ``estimate``, ``ci95`` ([low, high]), ``method``, ``n``."""
+        return {"estimate": json_number(self.estimate), "ci95": [json_number(self.low), json_number(self.high)],
+                "method": self.method, "n": self.n}
+
+
+def json_number(x: float | None) -> float | None:
+    """A float for JSON: NaN and infinities (which JSON cannot hold) become None."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
 
 def _z(confidence: float) -> float:
     _check_confidence(confidence)

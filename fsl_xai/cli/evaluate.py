@@ -107,7 +107,7 @@ def _calibrate(args: argparse.Namespace, model: FewShotClassifier, info: Checkpo
 
 def _guard_summary(predictions: pd.DataFrame, guard: DomainGuard, path: str) -> dict[str, Any]:
     """How many queries the guard flagged, and the accuracy with and without them (cluster bootstrap)."""
-    from ..evaluation import accuracy_interval, interval_dict
+    from ..evaluation import accuracy_interval
     from ..intervals import proportion_interval
 
     flags = predictions["ood_flag"].to_numpy(dtype=bool)
@@ -115,9 +115,9 @@ def _guard_summary(predictions: pd.DataFrame, guard: DomainGuard, path: str) -> 
     per_episode = predictions.assign(ood_flag=flags).groupby("episode", sort=False)["ood_flag"].agg(["sum", "size"])
     flagged = proportion_interval(per_episode["sum"].to_numpy(), per_episode["size"].to_numpy())
     return {"file": path, "threshold": guard.threshold, "k": guard.k, "quantile": guard.quantile,
-            "n_queries": len(predictions), "n_flagged": n_flagged, "flagged_rate": interval_dict(flagged),
-            "accuracy_with_flagged": {**interval_dict(accuracy_interval(predictions)), "flagged_included": n_flagged},
-            "accuracy_without_flagged": {**interval_dict(accuracy_interval(predictions[~flags])),
+            "n_queries": len(predictions), "n_flagged": n_flagged, "flagged_rate": flagged.to_dict(),
+            "accuracy_with_flagged": {**accuracy_interval(predictions).to_dict(), "flagged_included": n_flagged},
+            "accuracy_without_flagged": {**accuracy_interval(predictions[~flags]).to_dict(),
                                          "flagged_included": 0}}
 
 
