@@ -4,6 +4,14 @@ A thin view over :class:`fsl_xai.study.session.RaterSession`: it shows the curre
 assigned condition, collects the answers, and confirms only after the store committed them.
 Where the rater is comes from the store, so a closed browser or a restarted server resumes at
 the first unanswered case.
+
+Nothing on the screen identifies a case before the design reveals it: the header shows the rater's
+position and the case's neutral label from the freeze (``C07``), never its sample id; the answer
+options are the same buttons, in the same order, for every case; and the model's advice appears
+only in the panels of the case's condition. Every widget of a panel carries the CSS class
+``fsl-panel-<panel>`` (``fsl-panel-feedback`` for teaching mode's reveal) and every answer widget
+``fsl-q-<question id>``, so a test can tell which part of the page is which. The key of the shown
+screen stays in the kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import ipywidgets as W
 
 from fsl_xai.study.design import StudyDesign, load_design
 from fsl_xai.study.session import RaterSession
-from fsl_xai.study.store import AccessDenied, ResponseStore, StudyStoreError
+from fsl_xai.study.store import AccessDenied, AlreadyAnswered, ResponseStore, StudyStoreError
 
 STUDY_DB_ENV = "FSL_XAI_STUDY_DB"
 STUDY_FILE_ENV = "FSL_XAI_STUDY_FILE"
@@ -35,6 +43,19 @@ def _png(data_b64: str | None, width: int = 256) -> W.Widget:
     if not data_b64:
         return W.HTML("")
     return W.Image(value=base64.b64decode(data_b64), format="png", width=width, height=width)
+
+
+def _in_panel(widget: W.Widget, panel: str) -> W.Widget:
+    """Mark ``widget`` and every widget inside it as part of ``panel`` (CSS class fsl-panel-<panel>)."""
+    widget.add_class(f"fsl-panel-{panel}")
+    for child in getattr(widget, "children", ()):
+        _in_panel(child, panel)
+    return widget
+
+
+def _message(css_class: str, text: str) -> str:
+    colour = {"fsl-saved": "#1b7f3b", "fsl-error": "#b00020", "fsl-notice": "#8a5a00"}[css_class]
+    return f"<span class='{css_class}' style='color:{colour}'>{html.escape(text)}</span>"
 
 
 class RaterApp(W.VBox):
@@ -96,8 +117,10 @@ class RaterApp(W.VBox):
             return
         self.item = s.current()
         shown = self.item["shown"]
-        self.header.value = (f"<h3>Case {s.position + 1} of {total}</h3>"
-                             f"<p class='fsl-case-id'>case {html.escape(str(self.item['case_id']))}</p>")
+        # the position and the neutral label from the freeze: never the sample id
+        label = shown.get("case_label")
+        reference = f"<p class='fsl-case-label'>Reference {html.escape(str(label))}</p>" if label else ""
+        self.header.value = f"<h3>Case {s.position + 1} of {total}</h3>{reference}"
         self.case_area.children = [_png(shown.get("image_png"), 256)]
         teaching = self.design.mode == "teaching"
         self.advice_area.children = [] if teaching else self._advice(self.item["panels"], shown)
@@ -108,19 +131,23 @@ class RaterApp(W.VBox):
         out: list[W.Widget] = []
         if "prediction" in panels and "prediction" in shown:
             p = shown["prediction"]
-            out.append(W.HTML(f"<div class='fsl-advice'><b>Model suggests:</b> {html.escape(str(p['class']))} "
-                              f"(probability {p.get('probability', float('nan')):.2f})</div>"))
+            out.append(_in_panel(W.HTML(
+                f"<div class='fsl-advice'><b>Model suggests:</b> {html.escape(str(p['class']))} "
+                f"(probability {p.get('probability', float('nan')):.2f})</div>"), "prediction"))
         if "heatmap" in panels and shown.get("heatmap_png"):
-            out.append(W.VBox([W.HTML(f"<b>Where the model looked</b> ({html.escape(shown.get('method', ''))})"),
-                               _png(shown["heatmap_png"], 256)]))
+            out.append(_in_panel(W.VBox([
+                W.HTML(f"<b>Where the model looked</b> ({html.escape(shown.get('method', ''))})"),
+                _png(shown["heatmap_png"], 256)]), "heatmap"))
         if "prototypes" in panels and shown.get("nearest_support"):
+            # the reference images by class only: their sample ids stay in the provenance
             tiles = [W.VBox([_png(t["image_png"], 96), W.HTML(f"<small>{html.escape(str(t['class']))}</small>")])
                      for t in shown["nearest_support"]]
-            out.append(W.VBox([W.HTML("<b>Most similar reference cases</b>"), W.HBox(tiles)]))
+            out.append(_in_panel(W.VBox([W.HTML("<b>Most similar reference cases</b>"), W.HBox(tiles)]),
+                                 "prototypes"))
         if "badges" in panels and shown.get("badges"):
             items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
                             for k, v in shown["badges"].items())
-            out.append(W.HTML(f"<b>Explanation checks</b><ul>{items}</ul>"))
+            out.append(_in_panel(W.HTML(f"<b>Explanation checks</b><ul>{items}</ul>"), "badges"))
         return out
 
     def _questions(self, shown: dict, previous: dict) -> list[W.Widget]:
@@ -155,18 +182,25 @@ class RaterApp(W.VBox):
     def _submit(self) -> None:
         self.submit_button.disabled = True
         try:
-            self._session().submit(self.answers())
+            # the key of this screen: a second tab on the same case has its own, and the store
+            # refuses the later one instead of replacing a confirmed answer
+            self._session().submit(self.answers(), shown_key=self.item["shown_key"])
+        except AlreadyAnswered as exc:
+            # nothing was stored; the session has moved on to the next unanswered case
+            self._render()
+            self.status.value = _message("fsl-notice", str(exc))
+            return
         except (StudyStoreError, AccessDenied) as exc:
-            self.status.value = f"<span class='fsl-error' style='color:#b00020'>{html.escape(str(exc))}</span>"
+            self.status.value = _message("fsl-error", str(exc))
             self.submit_button.disabled = False
             return
         # committed: only now confirm
-        self.status.value = "<span class='fsl-saved' style='color:#1b7f3b'>Answer saved.</span>"
         if self.design.mode == "teaching":
+            self.status.value = _message("fsl-saved", "Answer saved.")
             self._reveal()
         else:
             self._render()
-            self.status.value = "<span class='fsl-saved' style='color:#1b7f3b'>Answer saved.</span>"
+            self.status.value = _message("fsl-saved", "Answer saved.")
 
     def _reveal(self) -> None:
         """Teaching mode: after answering, show the truth, the model's advice and explanation."""
@@ -174,9 +208,9 @@ class RaterApp(W.VBox):
         given = self.inputs[self.design.questions[0].id].value
         truth = shown.get("true_class")
         verdict = "correct" if given == truth else "not correct"
-        feedback = [W.HTML(
+        feedback = [_in_panel(W.HTML(
             f"<div class='fsl-feedback'><b>Your answer is {verdict}.</b> You said {html.escape(str(given))}; "
-            f"the label is {html.escape(str(truth))}.</div>")]
+            f"the label is {html.escape(str(truth))}.</div>"), "feedback")]
         self.advice_area.children = feedback + self._advice(["prediction", "heatmap", "prototypes", "badges"], shown)
         self.submit_button.disabled = True
         self.next_button.layout.display = ""
@@ -185,29 +219,35 @@ class RaterApp(W.VBox):
         try:
             self._session().back()
         except StudyStoreError as exc:
-            self.status.value = f"<span class='fsl-error'>{html.escape(str(exc))}</span>"
+            self.status.value = _message("fsl-error", str(exc))
             return
         self._render()
 
 
 def class_summary(store: ResponseStore, question: str = "diagnosis"):
     """Teaching mode, instructor side: per case, how many students gave each answer and the
-    share correct (with n and a 95% Wilson interval)."""
+    share correct (with n and a 95% Wilson interval).
+
+    Cases are named by their neutral label (``case_label``, what students saw; the instructor's
+    screen may be projected) next to their sample id (``case_id``, for the instructor's records).
+    """
     import pandas as pd
 
     from fsl_xai.intervals import wilson_interval
 
     rows = [r for r in store.all_answers() if r["question"] == question and r["role"] == "rater"]
     if not rows:
-        return pd.DataFrame(columns=["case_id", "answer", "count"]), pd.DataFrame()
+        return pd.DataFrame(columns=["case_label", "case_id", "answer", "count"]), pd.DataFrame()
     frame = pd.DataFrame(rows).sort_values("answer_id").groupby(["rater", "item_id"], as_index=False).last()
-    truth = {}
-    for item_id in frame["item_id"].unique():
-        truth[item_id] = store.item(item_id)["shown"].get("true_class")
+    truth, label = {}, {}
+    for item_id, case_id in frame[["item_id", "case_id"]].drop_duplicates().itertuples(index=False):
+        shown = store.item(item_id)["shown"]
+        truth[item_id], label[item_id] = shown.get("true_class"), shown.get("case_label", case_id)
     frame["correct"] = frame.apply(lambda r: r["value"] == truth[r["item_id"]], axis=1)
-    counts = (frame.groupby(["case_id", "value"]).size().rename("count").reset_index()
+    frame["case_label"] = frame["item_id"].map(label)
+    counts = (frame.groupby(["case_label", "case_id", "value"]).size().rename("count").reset_index()
               .rename(columns={"value": "answer"}))
-    per_case = frame.groupby("case_id")["correct"].agg(["sum", "count"]).reset_index()
+    per_case = frame.groupby(["case_label", "case_id"])["correct"].agg(["sum", "count"]).reset_index()
     per_case["share_correct"] = per_case["sum"] / per_case["count"]
     # each student answers a case once, independently of the others: a plain proportion (Wilson)
     low, high = wilson_interval(per_case["sum"].to_numpy(), per_case["count"].to_numpy())
@@ -233,7 +273,7 @@ class InstructorDashboard(W.VBox):
             self.table.value = "<p>No answers yet.</p>"
             return
         rows = "".join(
-            f"<tr><td>{html.escape(str(r.case_id))}</td><td>{r.n_correct}/{r.n}</td>"
+            f"<tr><td>{html.escape(str(r.case_label))}</td><td>{r.n_correct}/{r.n}</td>"
             f"<td>{r.share_correct:.0%} (95% CI {r.ci_low:.0%} to {r.ci_high:.0%})</td></tr>"
             for r in per_case.itertuples())
         self.table.value = f"<table><tr><th>case</th><th>correct</th><th>share</th></tr>{rows}</table>"

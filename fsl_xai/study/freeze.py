@@ -2,6 +2,12 @@
 rater will see, with its provenance, so answers link to what was shown and the app never
 recomputes.
 
+Raters never see a sample id: each case gets a neutral label (``C01``, ``C02``, ...) from a random
+permutation drawn from the operating system's entropy at freeze time, so neither the label nor the
+order of labels says anything about the case's class, file or patient. Item ids are built from the
+label (``C07|heatmap``); the store keeps the sample id in the item's ``case_id`` for the analyst,
+and the export maps labels to sample ids.
+
 A freeze is atomic: it is built in a hidden sibling folder (``.NAME.freezing-PID-RANDOM``) and
 renamed into place only when complete, so a freeze that fails or is killed leaves no half-made
 study at the target, and the next freeze removes the leftover folder of a dead one.
@@ -111,6 +117,18 @@ def _episode_and_cases(design: StudyDesign, images):
     order = np.random.default_rng(int(design.cases.get("seed", seed))).permutation(episode.n_query)[:n]
     order = np.sort(order)
     return episode.with_queries([episode.query_ids[i] for i in order], [episode.query_labels[i] for i in order])
+
+
+def case_labels(n: int) -> list[str]:
+    """Neutral labels for n cases, in a random order: the i-th case gets the i-th label.
+
+    The labels are ``C01`` ... (zero-padded to the width of n, at least two digits) assigned by a
+    permutation from the operating system's entropy, never from a seed in the study file or from
+    the sample ids, so a label says nothing about its case.
+    """
+    width = max(2, len(str(n)))
+    order = secrets.SystemRandom().sample(range(n), n)
+    return [f"C{k + 1:0{width}d}" for k in order]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -267,10 +285,12 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
             "dataset": images.name, "dataset_fingerprint": images.fingerprint(), "study_id": design.study_id,
         }
         support_np = s_img.numpy()
+        labels = case_labels(episode.n_query)
         for i in tqdm(range(episode.n_query), desc="freezing cases", disable=not progress):
-            case_id = episode.query_ids[i]
+            case_id, label = episode.query_ids[i], labels[i]
+            # true_class is for teaching mode's reveal and the analysis; the app shows it only there
             full: dict[str, Any] = {
-                "image_png": _png_b64(q_img[i].numpy()), "classes": list(episode.classes),
+                "case_label": label, "image_png": _png_b64(q_img[i].numpy()), "classes": list(episode.classes),
                 "true_class": episode.classes[episode.query_labels[i]],
             }
             extra: dict[str, Any] = {
@@ -282,9 +302,11 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
             if "prototypes" in panels:
                 near = nearest_support(fitted, q_img[i], k=3, support_images=s_img, sample_ids=episode.support_ids,
                                        class_names=episode.classes)
-                extra["nearest_support"] = [{"sample_id": str(row["sample_id"]), "class": str(row["class"]),
+                # the support images' sample ids name files and patients: provenance only, never shown
+                extra["nearest_support"] = [{"class": str(row["class"]),
                                              "image_png": _png_b64(support_np[int(row["support_index"])])}
                                             for _, row in near.iterrows()]
+                extra["nearest_support_ids"] = [str(row["sample_id"]) for _, row in near.iterrows()]
             if "badges" in panels and maps is not None:  # maps are computed whenever badges are shown
                 from ..explain.quality import badges
 
@@ -303,13 +325,18 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
                                     ("badges", ("badges",))):
                     if panel in cond.show:
                         shown.update({k: extra[k] for k in keys if k in extra})
-                items.append({"item_id": f"{case_id}|{cond.name}", "case_id": case_id, "condition": cond.name,
-                              "shown": shown,
-                              "provenance": provenance_common | {"query_index": i, "shown_panels": list(cond.show),
-                                                                 "model_prediction": extra["prediction"]["class"]}})
+                provenance = provenance_common | {"query_index": i, "sample_id": case_id, "case_label": label,
+                                                  "shown_panels": list(cond.show),
+                                                  "model_prediction": extra["prediction"]["class"]}
+                if "prototypes" in cond.show and "nearest_support_ids" in extra:
+                    provenance["nearest_support_ids"] = extra["nearest_support_ids"]
+                items.append({"item_id": f"{label}|{cond.name}", "case_id": case_id, "condition": cond.name,
+                              "shown": shown, "provenance": provenance})
             # one case at a time: memory stays bounded by one case's images however large the study
             store.add_items(items)
         store.set_meta("case_ids", json.dumps(list(episode.query_ids)))
+        # in the same order as case_ids (the episode's), so the counterbalancing is unchanged
+        store.set_meta("case_labels", json.dumps(labels))
     shutil.copyfile(study_file, folder / study_file.name)
 
 
@@ -332,7 +359,8 @@ def add_raters(db: str | Path, n: int, role: str = "rater") -> list[tuple[str, s
         if design_json is None or cases_json is None:
             raise StudyStoreError(f"{db} holds no frozen study design; run `fsl-xai study freeze` on it first")
         design = parse_design(json.loads(design_json))
-        cases = json.loads(cases_json)
+        # item ids are built from the case labels (stores frozen before labels existed: sample ids)
+        cases = json.loads(store.meta("case_labels") or cases_json)
         existing = store.n_raters()
         out = []
         for r in range(existing, existing + n):

@@ -64,11 +64,18 @@ class RaterSession:
         return len(self.store.current_answers(self.token)), len(self.items)
 
     def current(self) -> dict[str, Any]:
-        """The item to show now (what is shown, its condition and panels) with the ``shown_key``
-        to submit its answers under; starts its timer."""
+        """The item to show now with the ``shown_key`` to submit its answers under; starts its timer.
+
+        Returns:
+            ``item_id``, ``condition``, ``shown`` (what the screen may show, as frozen), ``panels``
+            (the condition's panels), ``position``, ``previous_answers`` and ``shown_key``. The
+            item's sample id (``case_id``) and provenance stay in the store: a rater's screen is
+            built from this and must not identify the case (its label is ``shown["case_label"]``).
+        """
         if self.done:
             raise StudyStoreError("all items are answered; the study is complete for this rater")
-        item = self.store.item(self.items[self.position])
+        stored = self.store.item(self.items[self.position])
+        item = {key: stored[key] for key in ("item_id", "condition", "shown")}
         item["panels"] = list(self.design.condition(item["condition"]).show)
         item["position"] = self.position
         item["previous_answers"] = self.store.current_answers(self.token).get(item["item_id"], {})

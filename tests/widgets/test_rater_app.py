@@ -7,9 +7,11 @@ import pytest
 import fsl_xai as F
 from fsl_xai.checkpoints import save_checkpoint
 from fsl_xai.study import ResponseStore
-from fsl_xai.study.design import load_design
+from fsl_xai.study.design import CONDITION_PANELS, load_design
 from fsl_xai.study.freeze import add_raters, freeze_study
 from widgets.rater_app import InstructorDashboard, RaterApp, class_summary
+
+from .screen_check import identifying_strings, python_widget_states, widget_state_problems
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,10 @@ def test_teaching_mode_reveals_after_answer_and_instructor_sees_summary(study):
         assert per_case["n"].sum() == 1 and per_case["n_correct"].sum() == 1
         dash = InstructorDashboard(store)
         assert "1/1" in dash.table.value and "95% CI" in dash.table.value
+        # the instructor's screen (often projected to the class) names cases by label, not sample id
+        assert per_case["case_label"].str.fullmatch(r"C\d{2}").all()
+        assert per_case["case_label"].iloc[0] in dash.table.value
+        assert not [c for c in per_case["case_id"] if c in dash.table.value]
 
 
 def test_instructor_token_opens_the_class_summary(study, monkeypatch):
@@ -96,3 +102,83 @@ def test_instructor_token_opens_the_class_summary(study, monkeypatch):
     assert isinstance(app, InstructorDashboard)
     monkeypatch.setenv("QUERY_STRING", "token=nope")
     assert "Access denied" in app_from_environment().children[0].value
+
+
+def _state_text(app) -> str:
+    return json.dumps([{k: v for k, v in state.items() if isinstance(v, (str, list, dict, int, float, type(None)))}
+                       for state in python_widget_states(app).values()], default=str)
+
+
+def test_two_tabs_of_one_rater_never_replace_a_confirmed_answer(study):
+    """Two pages of the same rater on the same case: the second submit is refused, says so inline,
+    and that page moves on to the next unanswered case; the first answer stays."""
+    db, design, raters = study["study"]
+    (_, token), = add_raters(db, 1)
+    with ResponseStore(db) as store:
+        tab_a, tab_b = RaterApp(store, design, token), RaterApp(store, design, token)
+        first = tab_a.item["item_id"]
+        assert tab_b.item["item_id"] == first and tab_a.item["shown_key"] != tab_b.item["shown_key"]
+        classes = tab_a.item["shown"]["classes"]
+        _answer(tab_a, classes[0], "2")
+        assert "Answer saved" in tab_a.status.value and "Case 2 of 2" in tab_a.header.value
+        _answer(tab_b, classes[1], "5")
+        assert "fsl-notice" in tab_b.status.value and "already answered" in tab_b.status.value
+        assert "Traceback" not in tab_b.status.value
+        assert "Case 2 of 2" in tab_b.header.value and tab_b.item["item_id"] == tab_a.item["item_id"] != first
+        assert not tab_b.submit_button.disabled
+        assert store.current_answers(token)[first] == {"diagnosis": classes[0], "confidence": 2}
+        # the other way round on the second case: B answers first, A is refused and is done
+        _answer(tab_b, classes[1], "4")
+        _answer(tab_a, classes[0], "1")
+        assert "already answered" in tab_a.status.value and "All 2 cases are answered" in tab_a.header.value
+        assert store.current_answers(token)[tab_b.item["item_id"]] == {"diagnosis": classes[1], "confidence": 4}
+        assert len(store.my_answers(token)) == 4  # 2 cases x 2 questions, nothing replaced
+        # the screen's key never reaches the page
+        for tab in (tab_a, tab_b):
+            assert tab.item["shown_key"].split("#", 1)[1] not in _state_text(tab)
+
+
+@pytest.fixture(scope="module")
+def blood_study(tmp_path_factory, shared_file):
+    """A study on real file-named images (``monocyte/MO_898317.jpg``) in every condition, one
+    case per condition for the first rater."""
+    shared_file("pbc_blood/pbc_bloodlike_64_200perclass.npz")
+    d = tmp_path_factory.mktemp("blood")
+    save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 3, 64)))
+    conditions = list(CONDITION_PANELS)
+    study = {
+        "study_id": "blood", "dataset": {"name": "pbc-blood-64", "split": "test"},
+        "model": {"checkpoint": str(d / "model.pt")},
+        "episode": {"n_way": 3, "n_shot": 2, "seed": 0, "classes": ["lymphocyte", "monocyte", "neutrophil"]},
+        "cases": {"n": len(conditions), "seed": 0}, "conditions": conditions, "method": "saliency",
+        "questions": [{"id": "diagnosis", "type": "choice"}, {"id": "confidence", "type": "likert", "scale": 5},
+                      {"id": "comment", "type": "text", "required": False}],
+    }
+    (d / "blood.json").write_text(json.dumps(study))
+    db = freeze_study(d / "blood.json", d / "frozen", progress=False)
+    return db, load_design(d / "frozen" / "blood.json"), add_raters(db, 1)
+
+
+def test_no_widget_of_any_condition_identifies_the_case(blood_study):
+    from fsl_xai.data.registry import load_dataset
+
+    db, design, ((_, token),) = blood_study
+    sample_ids = load_dataset("pbc-blood-64", split="test", progress=False).sample_ids.tolist()
+    assert any(s.startswith("monocyte/") for s in sample_ids)  # the ids name the class and the file
+    seen = set()
+    with ResponseStore(db) as store:
+        app = RaterApp(store, design, token)
+        while app.session is not None and not app.session.done:
+            item, panels = app.item, set(CONDITION_PANELS[app.item["condition"]])
+            seen.add(item["condition"])
+            classes = item["shown"]["classes"]
+            problems = widget_state_problems(python_widget_states(app), sample_ids, classes, panels)
+            assert not problems, "\n".join(problems)
+            text = _state_text(app)
+            assert ("Model suggests" in text) == ("prediction" in panels)
+            assert item["shown"]["case_label"] in app.header.value
+            assert not [s for s in identifying_strings(sample_ids) if s in item["shown_key"]]
+            options = app.inputs["diagnosis"]
+            assert list(options.options) == classes and options.value is None and not options.tooltips
+            _answer(app, classes[0])
+    assert seen == set(CONDITION_PANELS)

@@ -8,7 +8,7 @@ from fsl_xai.checkpoints import save_checkpoint
 from fsl_xai.study import ResponseStore
 from fsl_xai.study.design import load_design
 from fsl_xai.study.export import export_study
-from fsl_xai.study.freeze import add_raters, freeze_study
+from fsl_xai.study.freeze import add_raters, case_labels, freeze_study
 from fsl_xai.study.session import RaterSession
 
 
@@ -30,12 +30,28 @@ def frozen(tmp_path_factory):
 
 
 def test_items_store_exactly_what_each_condition_shows(frozen):
+    from fsl_xai.data.registry import load_dataset
+
     _, db, fingerprint = frozen
+    sample_ids = load_dataset("synthetic", split="test", progress=False).sample_ids.tolist()
+    label_of: dict[str, str] = {}
     with ResponseStore(db) as store:
         assert store.n_items() == 4 * 5
         for item in store.all_items():
             shown, cond = item["shown"], item["condition"]
             assert "image_png" in shown and shown["true_class"] in shown["classes"]
+            # a neutral label, the same in every condition of a case; the sample id stays out of
+            # what is shown and out of the item id (it is the item's case_id, for the analyst)
+            label = shown["case_label"]
+            assert label_of.setdefault(item["case_id"], label) == label
+            assert item["item_id"] == f"{label}|{cond}" and item["case_id"] in sample_ids
+            text = json.dumps(shown)
+            assert not [s for s in sample_ids if s in text or s in item["item_id"]]
+            if "nearest_support" in shown:
+                assert all(set(tile) == {"class", "image_png"} for tile in shown["nearest_support"])
+                assert set(item["provenance"]["nearest_support_ids"]) <= set(sample_ids)
+            assert item["provenance"]["sample_id"] == item["case_id"]
+            assert item["provenance"]["case_label"] == label
             assert ("prediction" in shown) == (cond != "no_ai")
             assert ("heatmap_png" in shown) == (cond in ("heatmap", "heatmap_badges"))
             assert ("nearest_support" in shown) == (cond == "prototypes")
@@ -51,6 +67,16 @@ def test_items_store_exactly_what_each_condition_shows(frozen):
                                             "heatmap": ["prediction", "heatmap"],
                                             "prototypes": ["prediction", "prototypes"],
                                             "heatmap_badges": ["prediction", "heatmap", "badges"]}[cond]
+        assert sorted(label_of.values()) == ["C01", "C02", "C03", "C04"]
+        assert json.loads(store.meta("case_labels")) == [label_of[c] for c in json.loads(store.meta("case_ids"))]
+
+
+def test_case_labels_are_a_random_permutation_not_derived_from_the_cases():
+    labels = case_labels(24)
+    assert sorted(labels) == [f"C{k:02d}" for k in range(1, 25)]
+    draws = {tuple(case_labels(24)) for _ in range(5)}
+    assert len(draws) == 5  # drawn afresh: 5 equal draws of 24! orders would be chance 1e-93
+    assert sorted(case_labels(120))[-1] == "C120" and case_labels(1) == ["C01"]
 
 
 def test_freezing_twice_is_refused(frozen):
@@ -78,8 +104,15 @@ def test_raters_get_counterbalanced_items_and_export_is_pseudonymous(frozen, tmp
     for _, token in raters:
         assert token not in csv_text
     items = pd.read_csv(written["items.csv"])
-    assert {"item_id", "condition", "provenance"} <= set(items.columns)
+    assert {"item_id", "case_label", "case_id", "condition", "provenance"} <= set(items.columns)
     assert written["study"].exists()
+    # the export maps each label to its sample id for the analyst, the same in both tables
+    label_to_case = dict(zip(items["case_label"], items["case_id"], strict=True))
+    assert len(label_to_case) == 4 and len(set(label_to_case.values())) == 4
+    assert (answers["case_label"].map(label_to_case) == answers["case_id"]).all()
+    assert all(json.loads(p)["sample_id"] == c for p, c in zip(items["provenance"], items["case_id"], strict=True))
+    # the tables hold what was shown without its pixels, nested ones included
+    assert "image_png" not in written["items.csv"].read_text()
 
 
 def _cheap_study(frozen, folder, name="cheap.json", n_cases=2, conditions=("no_ai", "prediction")):
