@@ -13,6 +13,9 @@ module in a page-wide promise, starts loading it when the first view needs it, a
 model's plotly state only then, so a model's own setup never waits for plotly. Updates that arrive
 before plotly is ready are not lost: the figure's full state (``_widget_data``, ``_widget_layout``)
 is what the late view draws, and plotly's first render confirms the latest edit id to the kernel.
+
+Every figure also carries ``figures.PLOTLY_CONFIG``: no "Share chart" button and no plotly logo link, so
+nothing on a figure leads off the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import ipywidgets
 import plotly
 import plotly.graph_objects as go
 import traitlets
+
+from .figures import PLOTLY_CONFIG
 
 _BUNDLE = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
 
@@ -116,7 +121,8 @@ def plotly_module() -> PlotlyModule:
 
 
 class FigureWidget(go.FigureWidget):
-    """A ``plotly.graph_objects.FigureWidget`` whose front-end module comes once per page."""
+    """A ``plotly.graph_objects.FigureWidget`` whose front-end module comes once per page, with
+    ``PLOTLY_CONFIG`` (no cloud links) under any config it is given."""
 
     _esm = _LOADER.replace("{key}", plotly.__version__)
     _plotly_module = traitlets.Unicode().tag(sync=True)  # model id of the PlotlyModule
@@ -124,3 +130,12 @@ class FigureWidget(go.FigureWidget):
     @traitlets.default("_plotly_module")
     def _default_plotly_module(self) -> str:  # part of the state the widget opens with
         return plotly_module().model_id
+
+    @traitlets.default("_config")
+    def _default_config(self) -> dict:  # part of the state the widget opens with
+        return dict(PLOTLY_CONFIG)
+
+    @traitlets.validate("_config")
+    def _offline_config(self, proposal: traitlets.Bunch) -> dict:
+        # plotly's constructor assigns its own (empty) config: the offline keys always win
+        return {**proposal["value"], **PLOTLY_CONFIG}

@@ -1,22 +1,25 @@
 """View 8: export the current state (episode JSON, model fingerprint, method and parameters, selected
-query) and the figures (standalone HTML; PNG when a static renderer is installed) for a report; a saved
-state re-opens to the same view."""
+query) and the figures (standalone HTML that opens offline and links nowhere off the machine; PNG when a
+static renderer is installed) for a report; a saved state re-opens to the same view."""
 
 from __future__ import annotations
 
 import html
 import json
 import os
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import ipywidgets as w
+import plotly
 import plotly.graph_objects as go
 
 from fsl_xai.evaluation import accuracy_interval, confusion_matrix
 
 from ._base import View
-from .figures import confusion_figure, distance_figure, heatmap_figure, projection_figure
+from .figures import PLOTLY_CONFIG, confusion_figure, distance_figure, heatmap_figure, projection_figure
 
 
 def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:
@@ -35,6 +38,85 @@ def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figur
         figs["confusion"] = confusion_figure(confusion_matrix(table), accuracy_interval(table),
                                              table["episode"].nunique())
     return figs
+
+
+# ---------------------------------------------------------------------------------------- offline HTML
+#: an address off this machine: http(s), ws(s) or ftp, or protocol-relative (//host/...)
+_REMOTE = re.compile(r"^\s*(?:(?:https?|wss?|ftp):)?//", re.IGNORECASE)
+_CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+['"]([^'"]+)['"]""", re.IGNORECASE)
+#: attributes whose value the browser loads (or, for a link or form, goes to) by itself
+_URL_ATTRIBUTES = frozenset({"src", "href", "xlink:href", "poster", "data", "background", "action", "formaction",
+                             "ping", "manifest", "cite", "longdesc"})
+
+
+class _AddressCollector(HTMLParser):
+    """Every address in an HTML page that a browser would load: attributes (src, href, srcset, ...), a meta
+    refresh, and CSS ``url()`` / ``@import`` in style elements and style attributes. Script text is code,
+    not markup: an address inside it is loaded only if the code asks for it (the browser test checks that)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.addresses: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in _URL_ATTRIBUTES:
+                self.addresses.append(value)
+            elif name in ("srcset", "imagesrcset"):
+                self.addresses.extend(part.split()[0] for part in value.split(",") if part.strip())
+            elif name == "style":
+                self.addresses.extend(_css_addresses(value))
+            elif name == "content" and tag == "meta" and "url=" in value.lower():
+                self.addresses.append(value[value.lower().index("url=") + 4:].strip("'\" "))
+        self._in_style = tag == "style"
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        self._in_style = False
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.addresses.extend(_css_addresses(data))
+
+
+def _css_addresses(css: str) -> list[str]:
+    return [a or b for a, b in _CSS_URL.findall(css)]
+
+
+def off_machine_addresses(page: str) -> list[str]:
+    """The addresses off this machine that an HTML page would load or link to (each once, in order):
+    http(s), ws(s), ftp and protocol-relative URLs in loading attributes, meta refresh and CSS."""
+    collector = _AddressCollector()
+    collector.feed(page)
+    collector.close()
+    return list(dict.fromkeys(a for a in collector.addresses if _REMOTE.match(a)))
+
+
+def write_figure_html(fig: go.Figure, path: str | Path) -> Path:
+    """One figure as a standalone HTML file that opens offline and leads nowhere off the machine:
+    plotly.js inlined, no MathJax, ``PLOTLY_CONFIG`` (no "Share chart", no logo link).
+
+    Raises:
+        RuntimeError: the written page would still load something from another machine (a plotly
+            release that links a CDN); the file is removed.
+    """
+    path = Path(path)
+    # plotly.js is embedded so the file opens offline, e.g. attached to a report
+    fig.write_html(path, include_plotlyjs=True, include_mathjax=False, full_html=True, config=dict(PLOTLY_CONFIG))
+    outside = off_machine_addresses(path.read_text(encoding="utf-8"))
+    if outside:
+        path.unlink()
+        raise RuntimeError(f"the figure page {path.name} would load {', '.join(outside)} from another machine, "
+                           f"so it was not kept: plotly {plotly.__version__} writes pages that are not "
+                           "self-contained; use a plotly whose write_html(include_plotlyjs=True) inlines "
+                           "everything (7.1 does)")
+    return path
 
 
 #: Chrome or Chromium executables kaleido can drive (it finds them on PATH or via BROWSER_PATH)
@@ -74,10 +156,7 @@ def export_state(state, folder: str | Path, png: bool | None = None) -> list[Pat
     png = png_available() if png is None else png
     figs = state_figures(state)
     for name, fig in figs.items():
-        path = folder / f"{name}.html"
-        # plotly.js is embedded so the file opens offline, e.g. attached to a report
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
-        written.append(path)
+        written.append(write_figure_html(fig, folder / f"{name}.html"))
     if png:
         try:
             written.extend(_write_pngs(figs, folder))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,14 @@ from fsl_xai.intervals import Interval, wilson_interval
 
 if TYPE_CHECKING:  # the explain package (and captum) is imported only when a map is computed
     from fsl_xai.explain import Badges
+
+#: plotly's config for every figure on a page or in an exported file: nothing on it leads off this machine.
+#: plotly.js (4.1, with plotly 7.1) offers "Share chart..." (an upload to Plotly's cloud, ``plotlyServerURL``)
+#: unless ``showSendToCloud`` is off, and its modebar logo links to plotly.com. (The older ``showLink``,
+#: ``linkText`` and ``showEditInChartStudio`` no longer exist in plotly.js, and plotly.py warns on them.)
+#: Pass ``dict(PLOTLY_CONFIG)``: plotly adds keys to the dict it is given.
+PLOTLY_CONFIG: Mapping[str, object] = MappingProxyType(
+    {"showSendToCloud": False, "displaylogo": False, "plotlyServerURL": ""})
 
 PALETTE = qualitative.Plotly + qualitative.D3
 COLORMAPS = ("RdBu_r", "Viridis", "Inferno", "Jet", "Greys")

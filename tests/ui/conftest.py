@@ -18,7 +18,13 @@ Every test in tests/ui is marked ``ui`` (deselect with ``-m "not ui"``). Fixture
   and uncaught page errors; requests to hosts other than this machine are answered empty and
   listed in ``page_errors.external``; a screenshot of the page is saved to
   ``artifacts/screenshots/<test>.png`` after every test.
-- ``page_errors``: ``page_errors.assert_none(ignore=[regex, ...])`` fails listing every error.
+- ``page_errors``: ``page_errors.assert_none(ignore=[regex, ...])`` fails listing every error and
+  every request off the machine.
+
+No page may ask anything of another machine (the workbench shows patient images): a test whose page
+did fails, in ``assert_none`` or, if the test never called it, when the test ends. Voila serves its
+pages with the project's ``fsl-xai`` template (share/jupyter/voila/templates/fsl-xai), which drops
+the lab template's Font Awesome links to a CDN (Voila's own bundle serves the icons).
 
 Server output goes to a log file; when a server does not come up, the error shows its log.
 """
@@ -51,6 +57,9 @@ CHROMIUM_FLAGS = [
 START_TIMEOUT_S = 120.0  # generous: the team's 2 cores may be busy
 STOP_TIMEOUT_S = 15.0
 UI_DIR = Path(__file__).resolve().parent
+#: the project's Jupyter data folder: its Voila template serves pages with nothing from another machine
+SHARE = ROOT / "share" / "jupyter"
+VOILA_TEMPLATE = "fsl-xai"
 OUTSIDE = re.compile(r"^(https?|wss?)://(?!(127\.\d+\.\d+\.\d+|localhost|\[::1\])[:/])")
 
 
@@ -205,6 +214,8 @@ def _server_env(home: Path) -> dict[str, str]:
     env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
     env["JUPYTER_PLATFORM_DIRS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # the project's Voila template (Voila looks for templates in the Jupyter data folders)
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(SHARE), env.get("JUPYTER_PATH", "")) if p)
     env.setdefault("PYTHONPATH", "")
     # notebooks import fsl_xai and widgets from the checkout even without an editable install
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env["PYTHONPATH"]) if p)
@@ -246,13 +257,15 @@ class Servers:
         return server
 
     def voila(self, notebook: Path | str, timeout: float = START_TIMEOUT_S, extra_args: tuple[str, ...] = ()) -> Server:
-        """Voila on one notebook; its page is ``server.url``."""
+        """Voila on one notebook, with the project's template; its page is ``server.url``."""
         nb = Path(notebook).resolve()
         if not nb.is_file():
             raise FileNotFoundError(f"no notebook {nb} to serve with Voila")
+        if not (SHARE / "voila" / "templates" / VOILA_TEMPLATE / "index.html.j2").is_file():
+            raise FileNotFoundError(f"the Voila template {VOILA_TEMPLATE} is missing from {SHARE}")
         port = free_port()
         argv = [sys.executable, "-m", "voila", str(nb), "--no-browser", f"--port={port}",
-                "--Voila.ip=127.0.0.1", "--ServerApp.port_retries=0", *extra_args]
+                "--Voila.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--template={VOILA_TEMPLATE}", *extra_args]
         server = self._start("voila", argv, port, nb.parent)
         # a static file answers as soon as Voila listens; probing "/" would start a kernel
         server.wait_ready("voila/static/voila.js", timeout)
@@ -316,9 +329,16 @@ class PageErrors:
         return [e for e in errors if not any(re.search(p, e) for p in ignore)]
 
     def assert_none(self, ignore: list[str] | tuple[str, ...] = ()) -> None:
-        """Fail listing every error not matched by one of the ``ignore`` regexes."""
+        """Fail listing every error not matched by one of the ``ignore`` regexes, and every request
+        off the machine (``ignore`` never excuses those)."""
+        self.assert_local()
         errors = self.all(ignore)
         assert not errors, "the page reported errors:\n" + "\n".join(errors)
+
+    def assert_local(self) -> None:
+        """Fail listing every address off this machine that the page asked for."""
+        assert not self.external, ("the page asked another machine for (answered empty here; nothing may leave "
+                                   "the machine):\n" + "\n".join(dict.fromkeys(self.external)))
 
 
 @pytest.fixture(scope="session")
@@ -348,8 +368,8 @@ def page(browser, page_errors: PageErrors, request: pytest.FixtureRequest) -> It
     saved to artifacts/screenshots/ after the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
-    # Nothing leaves the machine: an outside request (Voila's lab template links Font Awesome
-    # from a CDN) gets an empty answer instead of a DNS failure, and is listed for the test.
+    # Nothing leaves the machine: an outside request gets an empty answer instead of a DNS failure
+    # (so the page does not hang on it) and is listed; the test fails on it.
     def _outside(route, request) -> None:
         page_errors.external.append(request.url)
         content_type = "text/css" if request.resource_type == "stylesheet" else "text/plain"
@@ -360,8 +380,13 @@ def page(browser, page_errors: PageErrors, request: pytest.FixtureRequest) -> It
     new_page.on("console", lambda msg: page_errors.console.append(f"{msg.text} ({msg.location.get('url', '')})")
                 if msg.type == "error" else None)
     new_page.on("pageerror", lambda exc: page_errors.page.append(str(exc)))
+    # WebSockets do not pass through context.route: list the outside ones too
+    new_page.on("websocket", lambda ws: page_errors.external.append(ws.url) if OUTSIDE.match(ws.url) else None)
     try:
         yield new_page
+        # a test that passed without calling assert_none still fails on a request off the machine
+        if getattr(request.node, "report_call", None) is not None and request.node.report_call.passed:
+            page_errors.assert_local()
     finally:
         try:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -228,7 +228,11 @@ def test_export_and_reopen(bench, tmp_path, synthetic_images):
     for name in ("state.json", "projection.html", "distances.html", "heatmaps.html"):
         assert (tmp_path / "out" / name).exists()
     assert "plotly" in (tmp_path / "out" / "heatmaps.html").read_text()[:20000].lower()
-    from widgets.export import png_available
+    from widgets.export import off_machine_addresses, png_available
+
+    for name in ("projection", "distances", "heatmaps"):  # opens offline, offers no cloud links
+        page = (tmp_path / "out" / f"{name}.html").read_text()
+        assert off_machine_addresses(page) == [] and '"showSendToCloud": false' in page
 
     if png_available():  # kaleido and Chromium are installed by `make test` (the export extra)
         for name in ("projection", "distances", "heatmaps"):
