@@ -203,10 +203,25 @@ def stop_children(process: subprocess.Popen, tracker: ChildTracker, hurry: Calla
 
 
 # ---------------------------------------------------------------------------------------- serving
+#: the Voila template of the source tree (share/jupyter/voila/templates/fsl-xai): Voila's lab
+#: template without its links to CDNs, so a rater's page makes no request off the machine
+VOILA_TEMPLATE = "fsl-xai"
+
+
+def template_path(notebook: Path) -> Path:
+    """The ``share/jupyter`` folder beside the notebooks that holds the offline Voila template."""
+    share = notebook.resolve().parent.parent / "share" / "jupyter"
+    if not (share / "voila" / "templates" / VOILA_TEMPLATE / "conf.json").is_file():
+        raise ServeError(f"the offline Voila template is missing under {share}; without it the rater page would "
+                         "load icons from the internet; run fsl-xai from its source folder (a git clone)")
+    return share
+
+
 def voila_command(notebook: Path, host: str, port: int) -> list[str]:
-    """The Voila command line for the rater notebook (no moving to another port, no sources)."""
+    """The Voila command line for the rater notebook (the offline template, no moving to another
+    port, no sources)."""
     return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}", f"--Voila.ip={host}",
-            "--Voila.port_retries=0", "--strip_sources=True"]
+            "--Voila.port_retries=0", "--strip_sources=True", f"--template={VOILA_TEMPLATE}"]
 
 
 def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127.0.0.1", port: int = 8866) -> int:
@@ -226,7 +241,9 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
     with ResponseStore(db):  # raters' answers must be writable before anyone gets a page
         pass
     check_port_free(host, port)
-    env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()), "FSL_XAI_STUDY_FILE": str(study_file.resolve())}
+    share = template_path(notebook)
+    env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()), "FSL_XAI_STUDY_FILE": str(study_file.resolve()),
+                        "JUPYTER_PATH": os.pathsep.join(p for p in (str(share), os.environ.get("JUPYTER_PATH")) if p)}
 
     received: list[int] = []
 

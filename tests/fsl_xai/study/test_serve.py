@@ -175,3 +175,18 @@ def test_serve_on_a_taken_port_is_a_clear_error(study_folder, tmp_path):
     assert err == (f"fsl-xai study: error: port {port} on 127.0.0.1 is already in use (by another server, perhaps "
                    "an earlier `fsl-xai study serve` still running); stop it, or choose another port with --port\n")
     assert out == ""  # no address printed: nothing is served
+
+
+def test_the_rater_page_is_served_with_the_offline_template(tmp_path):
+    from fsl_xai.study.serve import VOILA_TEMPLATE, ServeError, template_path, voila_command
+    from widgets.export import off_machine_addresses
+
+    notebook = ROOT / "notebooks" / "study_rater.ipynb"
+    share = template_path(notebook)
+    assert f"--template={VOILA_TEMPLATE}" in voila_command(notebook, "127.0.0.1", 8866)
+    pages = [f for f in (share / "voila" / "templates" / VOILA_TEMPLATE).iterdir() if f.suffix in (".j2", ".html")]
+    assert pages and all(not off_machine_addresses(f.read_text()) for f in pages)
+    # a notebook without the template beside it is refused, not served with CDN links
+    (tmp_path / "notebooks").mkdir()
+    with pytest.raises(ServeError, match="offline Voila template is missing"):
+        template_path(tmp_path / "notebooks" / "study_rater.ipynb")
