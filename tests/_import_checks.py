@@ -97,7 +97,13 @@ def top_level(names: set[str]) -> set[str]:
 
 
 def python_files(package: str) -> list[Path]:
-    return sorted(p for p in (ROOT / package).rglob("*.py") if ".ipynb_checkpoints" not in p.parts)
+    """The project's own Python files under a folder: hidden folders (a benchmark's peer venv,
+    .ipynb_checkpoints) and __pycache__ are not the project's."""
+    def own(path: Path) -> bool:
+        parts = path.relative_to(ROOT).parts[:-1]
+        return not any(part.startswith(".") or part == "__pycache__" for part in parts)
+
+    return sorted(p for p in (ROOT / package).rglob("*.py") if own(p))
 
 
 def module_name(path: Path) -> str:
