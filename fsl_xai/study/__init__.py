@@ -15,6 +15,7 @@ _EXPORTS = {
     "AccessDenied": "store", "AlreadyAnswered": "store", "ResponseStore": "store", "StudyStoreError": "store",
     "StudyExistsError": "freeze", "ServeError": "serve",
     "RaterSession": "session",
+    "MRMCResult": "mrmc", "mrmc_analysis": "mrmc", "readings_from_export": "mrmc", "to_imrmc": "export",
 }
 
 __all__ = sorted(_EXPORTS)

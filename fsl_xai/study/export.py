@@ -69,3 +69,63 @@ def export_study(store: ResponseStore, out_dir: str | Path, study_file: str | Pa
         shutil.copyfile(study_file, target)
         written["study"] = target
     return written
+
+
+def to_imrmc(readings: Any, path: str | Path, positive: str | None = None,
+             description: str = "fsl-xai trust study") -> Path:
+    """Write a fully crossed study's readings in the iMRMC input format (FDA/DIDSR iMRMC).
+
+    The file has a free-text description, the counts ``N0`` (cases without the positive class),
+    ``N1``, ``NR`` (readers) and ``NM`` (modalities, i.e. conditions), a ``BEGIN DATA:`` line, one
+    truth row per case (``-1,caseID,truth,0|1``) and one row ``readerID,caseID,modalityID,score``
+    per reading. The score is the confidence signed by the diagnosis (+ for ``positive``, - for
+    any other class), the score whose empirical AUC :func:`fsl_xai.study.mrmc.mrmc_analysis`
+    analyses.
+
+    Args:
+        readings: one row per (rater, case_id, condition) with true_class, diagnosis and
+            confidence (:func:`fsl_xai.study.mrmc.readings_from_export` builds it from an export).
+        path: the file to write (``.imrmc`` by convention).
+        positive: the class that is "signal present"; may be None only with two true classes
+            (then the last in sorted order).
+        description: the first line of the file.
+
+    Raises:
+        AnalysisError: the design is not fully crossed, a confidence is missing, an id holds a
+            comma or white space, or ``positive`` is not given with more than two classes.
+    """
+    import numpy as np
+
+    from .analysis import AnalysisError
+    from .mrmc import crossed_arrays, numeric_ratings, signed_scores
+
+    conds, readers, cases, truth, values = crossed_arrays(readings, None, ("diagnosis", "confidence"))
+    classes = sorted({str(t) for t in truth})
+    if positive is None:
+        if len(classes) != 2:
+            raise AnalysisError(f"iMRMC needs a binary truth: name the positive class (one of {classes})")
+        positive = classes[-1]
+    if positive not in classes:
+        raise AnalysisError(f"positive class {positive!r} is not a true class of any case; choose one of {classes}")
+    for kind, ids in (("reader", readers), ("case", cases), ("condition", conds)):
+        bad = [i for i in ids if not i or any(ch in i for ch in ", \t\r\n")]
+        if bad:
+            raise AnalysisError(f"{kind} id {bad[0]!r} holds a comma or white space, which iMRMC cannot read; "
+                                "rename it")
+    if "truth" in conds or "-1" in readers:
+        raise AnalysisError("a condition named 'truth' or a reader named '-1' clashes with iMRMC's truth rows; "
+                            "rename it")
+    confidence = numeric_ratings(values["confidence"])
+    if np.isnan(confidence).any():
+        raise AnalysisError("every reading needs a numeric confidence for the iMRMC score")
+    scores = signed_scores(values["diagnosis"], confidence, positive)
+    is_pos = [str(t) == positive for t in truth]
+    lines = [description.replace("\n", " "), f"positive class: {positive}",
+             f"N0:{is_pos.count(False)}", f"N1:{is_pos.count(True)}", f"NR:{len(readers)}", f"NM:{len(conds)}",
+             "BEGIN DATA:"]
+    lines += [f"-1,{case},truth,{int(p)}" for case, p in zip(cases, is_pos, strict=True)]
+    lines += [f"{reader},{case},{cond},{scores[i, j, k]:g}" for i, cond in enumerate(conds)
+              for j, reader in enumerate(readers) for k, case in enumerate(cases)]
+    out = Path(path)
+    out.write_text("\n".join(lines) + "\n")
+    return out
