@@ -1,5 +1,6 @@
-"""DICOM import view: a folder or uploaded files, window/level with presets, preview, the de-identified
-metadata table, labels, and adding the images to the support set or the queries.
+"""DICOM import view: a folder or uploaded files, window/level with presets, preview with a frame
+picker for multi-frame files, the de-identified metadata table, labels, and adding the images (the
+chosen frame) to the support set or the queries.
 
 Only de-identified data is shown: images are listed by their pseudonymous sample id, and the metadata
 table is the one ``fsl_xai.data.dicom`` produced (no names, ids, birth dates or UIDs)."""
@@ -54,7 +55,13 @@ class DicomImportView(View):
             widget.observe(self.guard(lambda _: self.preview()), names="value")
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="200px", visibility="hidden"))
         self.items = w.Select(rows=6, layout=w.Layout(width="300px"))
-        self.items.observe(self.guard(lambda _: self.preview()), names="value")
+        self.items.observe(self.guard(lambda _: self._on_item()), names="value")
+        # the frame picker: shown for multi-frame files; preview and "add" use the chosen frame
+        self.frame = w.IntSlider(value=0, min=0, max=0, description="frame", continuous_update=False,
+                                 layout=w.Layout(width="300px", visibility="hidden"),
+                                 style={"description_width": "45px"})
+        self.frame.observe(self.guard(lambda _: self._on_frame()), names="value")
+        self._syncing = False
         self.image = w.Image(format="png", layout=w.Layout(width="160px", height="160px"))
         self.meta = w.HTML()
         self.bad = w.HTML()
@@ -72,7 +79,7 @@ class DicomImportView(View):
             w.HTML("<b>DICOM import</b> (de-identified before display: pseudonymous ids, no identifying tags)"),
             w.HBox([self.folder, self.upload, self.import_button, self.progress]),
             w.HBox([self.window, self.centre, self.width]), self.error_area,
-            w.HBox([self.items, self.image, self.meta]), self.bad,
+            w.HBox([w.VBox([self.items, self.frame]), self.image, self.meta]), self.bad,
             w.HBox([self.label, self.add_support_button, self.add_query_button]), self.result]
         state.observe(self._on_episode, names=["episode"])
         self._on_episode()
@@ -121,10 +128,42 @@ class DicomImportView(View):
         ids = result.images.sample_ids.tolist() if len(result.images) else []
         self.items.options = ids
         self.items.value = ids[0] if ids else None
+        self._on_item()  # also when the first id is unchanged (a second import of the same folder)
         bad = "".join(f"<li><code>{html.escape(str(f))}</code>: {html.escape(str(r))}</li>"
                       for f, r in result.bad_files)
         self.bad.value = (f"{len(ids)} image(s) imported from {result.n_files} file(s)"
                           + (f"; {len(result.bad_files)} not imported:<ul>{bad}</ul>" if result.bad_files else ""))
+
+    def _n_frames(self) -> int:
+        """Frames in the selected file (from its de-identified metadata)."""
+        if self.imported is None or not self.items.value:
+            return 1
+        i = self.items.options.index(self.items.value)
+        meta = self.imported.images.metadata
+        return max(1, int(meta["n_frames"].iloc[i])) if "n_frames" in meta.columns else 1
+
+    def _on_item(self) -> None:
+        """A new file: the frame picker spans its frames, at the first; then the preview."""
+        n = self._n_frames()
+        self._syncing = True
+        try:
+            self.frame.value = 0
+            self.frame.max = n - 1
+        finally:
+            self._syncing = False
+        self.frame.layout.visibility = "visible" if n > 1 else "hidden"
+        self.preview()
+
+    def _on_frame(self) -> None:
+        if not self._syncing:
+            self.preview()
+
+    def _read_selected(self):
+        """The selected file's chosen frame, windowed and sized for the model."""
+        i = self.items.options.index(self.items.value)
+        size, channels = self._target_shape()
+        return self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
+                                      frame=int(self.frame.value), size=size, channels=channels)
 
     def preview(self) -> None:
         """Show the selected image with the current window, and its de-identified metadata."""
@@ -132,25 +171,21 @@ class DicomImportView(View):
             "visible" if self.window.value == CUSTOM else "hidden")
         if self.imported is None or not self.items.value:
             return
-        i = self.items.options.index(self.items.value)
-        size, channels = self._target_shape()
-        img = self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
-                                     size=size, channels=channels)
+        img = self._read_selected()
         self.image.value = png_bytes(img.pixels, 160)
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in img.metadata.items())
         win = ("" if img.window is None
                else f"window centre {img.window[0]:.0f}, width {img.window[1]:.0f} ({img.window_source})")
-        self.meta.value = f"<div style='font-size:85%'>{win}<table>{rows}</table></div>"
+        frame = f"frame {img.frame + 1} of {img.n_frames}; " if img.n_frames > 1 else ""
+        self.meta.value = f"<div style='font-size:85%'>{frame}{win}<table>{rows}</table></div>"
 
     def _selected_set(self) -> ImageSet:
-        """The selected image as an ImageSet labelled with the chosen class (windowed as shown)."""
-        i = self.items.options.index(self.items.value)
-        size, channels = self._target_shape()
-        img = self._dicom.read_dicom(self._root / self.imported.sources[i], window=self._window_arg(),
-                                     size=size, channels=channels)
+        """The selected image (its chosen frame) as an ImageSet labelled with the chosen class
+        (windowed as shown)."""
+        img = self._read_selected()
         base = self.state.loaded()[0]
-        meta = self.imported.images.metadata.iloc[[i]].reset_index(drop=True)
+        meta = pd.DataFrame([img.metadata])  # this frame's own id, frame index and window
         meta["sample_id"] = "dicom:" + meta["sample_id"].astype(str)
         label = base.class_index(self.label.value)
         return ImageSet(img.pixels[None].astype(np.float32), np.array([label]), base.class_names, meta, "dicom")

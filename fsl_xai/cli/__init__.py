@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import FslXaiError
-from . import datasets, evaluate, guard, lab, train
+from . import datasets, dicom, evaluate, guard, lab, train
 from .lab import NOTEBOOK_DATASETS
 
 EXIT_ERROR = 2
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     datasets.add_parser(sub)
+    dicom.add_parser(sub)
     train.add_parser(sub)
     evaluate.add_parser(sub)
     guard.add_parser(sub)

@@ -62,3 +62,48 @@ def test_import_of_a_missing_folder_is_inline(state, tmp_path):
     assert "is not a folder" in view.error_area.value
     view.add_support_button.click()
     assert "import DICOM files" in view.error_area.value
+
+
+def test_frame_picker_previews_and_adds_the_chosen_frame(state, tmp_path):
+    from tests.fsl_xai.dicom.conftest import (
+        ENHANCED_SHARED_WINDOW,
+        ENHANCED_WINDOWS,
+        identifying_values,
+        write_enhanced_ct,
+    )
+
+    folder = tmp_path / "frames"
+    write_enhanced_ct(folder / "enhanced_ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    view = DicomImportView(state)
+    view.import_files(folder)
+    assert view.error_area.value == "" and len(view.items.options) == 2
+    ct = next(i for i in view.items.options if i.endswith("-f0"))
+    mr = next(i for i in view.items.options if i != ct)
+    view.items.value = mr
+    assert view.frame.layout.visibility == "hidden" and view.frame.max == 0 and "frame 1 of" not in view.meta.value
+    view.items.value = ct
+    assert view.frame.layout.visibility == "visible" and (view.frame.min, view.frame.max, view.frame.value) == (0, 2, 0)
+    c, w = ENHANCED_WINDOWS[0]
+    assert "frame 1 of 3" in view.meta.value and f"window centre {c:.0f}, width {w:.0f} (tags)" in view.meta.value
+    first = view.image.value
+    view.frame.value = 2  # the last frame has no window of its own: the shared group's applies
+    c, w = ENHANCED_SHARED_WINDOW
+    assert "frame 3 of 3" in view.meta.value and f"window centre {c:.0f}, width {w:.0f} (tags)" in view.meta.value
+    assert view.image.value != first
+    shown = (view.meta.value + view.bad.value + "".join(view.items.options)).lower()
+    assert not [v for v in identifying_values() if v.lower() in shown]
+    view.label.value = state.episode.classes[0]
+    view.add_query_button.click()
+    assert view.error_area.value == "", view.error_area.value
+    assert state.episode.query_ids[-1].startswith("dicom:") and state.episode.query_ids[-1].endswith("-f2")
+    view.frame.value = 1
+    view.add_support_button.click()
+    assert view.error_area.value == "", view.error_area.value
+    assert state.episode.support_ids[-1].endswith("-f1")
+    images = state.loaded()[0]
+    added = images.metadata.set_index("sample_id").loc[state.episode.support_ids[-1]]
+    assert added["frame"] == 1 and added["n_frames"] == 3
+    view.items.value = mr
+    view.items.value = ct  # a new file starts at its first frame
+    assert view.frame.value == 0 and "frame 1 of 3" in view.meta.value

@@ -42,6 +42,8 @@ SECRET_ENV = "FSL_XAI_DEID_SECRET"
 DEFAULT_SECRET = "fsl-xai-default-deid-salt-v1"
 #: oldest age reported; HIPAA Safe Harbor groups ages over 89 as "90 or older"
 MAX_AGE = 90.0
+#: ``age_source`` of an age read from a PatientAge without a unit ("81"), taken as years
+AGE_NO_UNIT = "PatientAge without unit (years)"
 _SEX = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -152,6 +154,13 @@ def age_from_string(value: str) -> float | None:
     return {"Y": n, "M": n / 12.0, "W": n * 7 / 365.25, "D": n / 365.25}.get(value[-1])
 
 
+def age_without_unit(value: str) -> float | None:
+    """Years from a PatientAge written without its unit ("81", "81.5"), which DICOM does not allow
+    but some exports write; None for anything else (an AS value with a unit included)."""
+    value = str(value).strip()
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
 def age_from_dates(birth: str, study: str) -> float | None:
     """Whole years between a birth date and a study date (DA strings), or None."""
     b, s = parse_da(birth), parse_da(study)
@@ -192,7 +201,8 @@ def safe_metadata(ds: Dataset, config: DeidConfig | None = None) -> dict:
 
     Fields: ``sample_id`` (keyed image pseudonym), ``case_id`` (keyed HMAC of PatientID and
     StudyInstanceUID), ``patient_pseudo``, ``sex`` (male/female/other or None), ``age`` (years,
-    from PatientAge, else birth and study date; capped at 90; NaN when unknown), ``age_source``,
+    from PatientAge, else birth and study date, else a PatientAge without a unit taken as years;
+    capped at 90; NaN when unknown), ``age_source`` (which of these, or "missing"),
     ``modality``, ``manufacturer``, ``model``, ``institution`` (a keyed site pseudonym, never the
     name), ``body_part``, ``study_year``, ``photometric``, ``rows``, ``columns``, ``n_frames``,
     ``bits_stored``, ``transfer_syntax``, ``pixel_spacing_mm``, ``burned_in_annotation``.
@@ -200,12 +210,17 @@ def safe_metadata(ds: Dataset, config: DeidConfig | None = None) -> dict:
     config = config or DeidConfig()
     key = config.key()
     pid, study = _identity(ds)
-    age = age_from_string(text_value(ds, "PatientAge"))
+    stated = text_value(ds, "PatientAge")
+    age = age_from_string(stated)
     source = "PatientAge" if age is not None else "missing"
     if age is None:
         study_date = text_value(ds, "StudyDate") or text_value(ds, "AcquisitionDate") or text_value(ds, "ContentDate")
         age = age_from_dates(text_value(ds, "PatientBirthDate"), study_date)
         source = "birth and study date" if age is not None else "missing"
+    if age is None:
+        # a unit-less PatientAge ("81") is taken as years, after the dates, and says so
+        age = age_without_unit(stated)
+        source = AGE_NO_UNIT if age is not None else "missing"
     institution = text_value(ds, "InstitutionName")
     spacing = first_number(ds.get("PixelSpacing")) if "PixelSpacing" in ds else None
     burned = text_value(ds, "BurnedInAnnotation").upper()

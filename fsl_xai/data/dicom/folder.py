@@ -1,7 +1,8 @@
 """Importing a folder of DICOM files into an ImageSet, with labels; bad files are reported, not fatal.
 
-:func:`import_dicom_folder` reads every DICOM image under a folder (labels from class folders, a
-dict or a CSV), reporting every bad file with its reason and carrying on. The metadata table holds
+:func:`import_dicom_folder` reads every DICOM image under a folder (one frame of each file, or every
+frame; labels from class folders, a dict or a CSV), reporting every bad file with its reason and
+carrying on; :meth:`DicomImport.to_npz` writes the result as a MedMNIST-format npz file. The metadata table holds
 only de-identified fields (see :func:`~fsl_xai.data.dicom.deid.safe_metadata`); the files' relative
 paths are kept apart (``DicomImport.sources``), for the caller's own display.
 """
@@ -22,8 +23,9 @@ from ...errors import DataError
 from ..imageset import ImageSet
 from .deid import DeidConfig
 from .loading import DicomReadError
+from .npz_export import write_medmnist_npz
 from .pixels import Window
-from .reading import read_dicom
+from .reading import read_dicom_frames
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,9 @@ class DicomImport:
         images: the imported images as an ImageSet (de-identified metadata; ``sample_id`` is a
             keyed image pseudonym).
         bad_files: (file relative to the root, reason) for every file that was not imported.
-        sources: the relative path of each imported image (aligned with ``images``), for the
-            caller's own display; never put into the metadata table or the exports.
+        sources: the relative path of each imported image (aligned with ``images``; the frames of
+            one file share it), for the caller's own display; never put into the metadata table or
+            the exports.
         n_files: files looked at.
     """
 
@@ -74,6 +77,11 @@ class DicomImport:
                    "bad_files": [{"file": f, "reason": r} for f, r in self.bad_files]}
         path.write_text(json.dumps(payload, indent=1))
         return path
+
+    def to_npz(self, path: str | os.PathLike, split: str = "test") -> Path:
+        """Write the images, labels, class names and de-identified metadata as one split of a
+        MedMNIST-format npz file, atomically (see :func:`~fsl_xai.data.dicom.npz_export.write_medmnist_npz`)."""
+        return write_medmnist_npz(self.images, path, split)
 
     def __repr__(self) -> str:
         kinds: dict[str, int] = {}
@@ -128,7 +136,7 @@ def import_dicom_folder(
     size: int | tuple[int, int] = 64,
     channels: int = 1,
     window: Window = "auto",
-    frame: int = 0,
+    frame: int | str = 0,
     fit: str = "resize",
     progress: bool = True,
     config: DeidConfig | None = None,
@@ -143,8 +151,11 @@ def import_dicom_folder(
             the class), a dict {relative path or file name: label}, or a CSV file with columns
             ``file`` (relative path or file name) and ``label``. Files without a label are
             reported as bad files ("no label").
-        size, channels, window, frame, fit: as in :func:`read_dicom`; every image gets the same
-            shape so they form one set.
+        size, channels, window, fit: as in :func:`read_dicom`; every image gets the same shape so
+            they form one set.
+        frame: which frame of each file (0-based; a file with fewer frames is a bad file), or
+            "all": every frame of every file, one image each (the ``frame`` metadata column says
+            which; a multi-frame file's ``sample_id`` ends in ``-f<frame>``).
         progress: show a tqdm progress bar.
         config: de-identification settings.
         name: the image set's name.
@@ -158,6 +169,12 @@ def import_dicom_folder(
         raise DataError(f"{root} is not a folder; pass the folder that holds the DICOM files")
     config = config or DeidConfig()
     mapping, mode = _label_lookup(labels)
+    if frame == "all":
+        wanted: list[int] | None = None
+    elif isinstance(frame, (int, np.integer)) and not isinstance(frame, bool):
+        wanted = [int(frame)]
+    else:
+        raise DataError(f"frame must be a frame index (0, 1, ...) or 'all', got {frame!r}")
     paths = [Path(f) if Path(f).is_absolute() else root / f for f in files] if files is not None else _files(root)
     iterator = paths
     if progress:
@@ -181,22 +198,24 @@ def import_dicom_folder(
                 continue
             label = found
         try:
-            img = read_dicom(p, window=window, frame=frame, size=size, channels=channels, fit=fit, config=config)
+            read = read_dicom_frames(p, frames=wanted, window=window, size=size, channels=channels, fit=fit,
+                                     config=config)
         except DicomReadError as exc:
             bad.append((rel, f"{exc.reason}: {exc.detail}"))
             continue
         except Exception as exc:  # one bad file must never lose the others
             bad.append((rel, f"unreadable: unexpected {type(exc).__name__} while reading"))
             continue
-        sid = img.metadata["sample_id"]
+        sid = read[0].metadata["sample_id"]
         if sid in seen:
             bad.append((rel, f"duplicate: the same image (SOP instance) as {seen[sid]}"))
             continue
-        seen[sid] = rel
-        images.append(img.pixels)
-        metas.append(img.metadata)
-        names.append(label)
-        sources.append(rel)
+        for img in read:
+            seen[img.metadata["sample_id"]] = rel
+            images.append(img.pixels)
+            metas.append(img.metadata)
+            names.append(label)
+            sources.append(rel)
     for rel, reason in bad:
         log.warning("DICOM import skipped %s (%s)", rel, reason.split(":", 1)[0])
     class_names = tuple(sorted(set(names))) or ("unlabelled",)

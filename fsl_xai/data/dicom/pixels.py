@@ -1,8 +1,8 @@
 """From decoded DICOM values to model input: the display window and the fit to the model's size.
 
 - :func:`resolve_window` maps monochrome values (after the modality LUT, e.g. Hounsfield units) to
-  [0, 1] with a window from the file's tags, a CT preset (:data:`WINDOW_PRESETS`), the user, or the
-  value range.
+  [0, 1] with a window from the frame's stored levels (:mod:`.frames`), a CT preset
+  (:data:`WINDOW_PRESETS`), the user, or the value range.
 - :func:`fit_image` brings a (C, H, W) image to the model's height and width by centre crop and/or
   antialiased resize.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from ...errors import DataError
 from ..dicom_presets import WINDOW_PRESETS  # CT window presets (centre, width) in HU
-from .loading import DicomReadError, first_number
+from .frames import FrameLevels
+from .loading import DicomReadError
 
 #: how an image is brought to the requested size (see :func:`fit_image`)
 FIT_MODES = ("resize", "stretch", "crop")
@@ -34,14 +34,15 @@ def window_values(x: np.ndarray, center: float, width: float, function: str = "L
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def resolve_window(window: Window, ds: Dataset, values: np.ndarray, path: Path
+def resolve_window(window: Window, levels: FrameLevels, values: np.ndarray, path: Path
                    ) -> tuple[np.ndarray, tuple[float, float], str]:
     """Window monochrome values (height, width).
 
     Args:
-        window: "auto" (the file's WindowCenter/WindowWidth, else the value range), None (the
-            value range), a preset name of :data:`WINDOW_PRESETS`, or (centre, width).
-        ds: the dataset (its window tags and VOI LUT function).
+        window: "auto" (the frame's stored window, else the value range), None (the value
+            range), a preset name of :data:`WINDOW_PRESETS`, or (centre, width).
+        levels: the frame's stored window and VOI LUT function (:func:`frame_levels`: the
+            functional groups of an enhanced multi-frame object, else the top-level tags).
         values: the frame after the modality LUT, float (height, width).
         path: the file, for error messages.
 
@@ -49,7 +50,6 @@ def resolve_window(window: Window, ds: Dataset, values: np.ndarray, path: Path
         (image in [0, 1] (height, width), (centre, width), where the window came from: "tags",
         "preset:<name>", "user" or "minmax").
     """
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     if isinstance(window, str) and window != "auto":
         key = window.strip().lower().replace(" ", "_").replace("-", "_")
         if key not in WINDOW_PRESETS:
@@ -65,9 +65,9 @@ def resolve_window(window: Window, ds: Dataset, values: np.ndarray, path: Path
             raise DataError(f"the window width must be positive, got {w}; pass (centre, width)")
         return window_values(values, c, w), (c, w), "user"
     if window == "auto":
-        tag_c, tag_w = first_number(ds.get("WindowCenter")), first_number(ds.get("WindowWidth"))
-        if tag_c is not None and tag_w is not None and tag_w > 0:
-            return window_values(values, tag_c, tag_w, function), (tag_c, tag_w), "tags"
+        if levels.window is not None:
+            c, w = levels.window
+            return window_values(values, c, w, levels.function), (c, w), "tags"
     elif window is not None:
         raise DataError(f"window must be None, 'auto', a preset name or (centre, width); got {window!r}")
     lo, hi = float(values.min()), float(values.max())

@@ -2,10 +2,12 @@
 
 :func:`read_dicom` reads one file: pixel data through pydicom (compressed transfer syntaxes
 through the pylibjpeg plugins and Pillow), the modality LUT (rescale slope/intercept), a window
-(from the file's tags, a preset, the user, or the value range), MONOCHROME1 inverted, one frame of
-a multi-frame file, RGB/YBR (converted to RGB) and PALETTE COLOR (LUT applied), then resized or
-cropped to the model's input: float32 (C, H, W) in [0, 1]. The metadata it returns is already
-de-identified (:func:`~fsl_xai.data.dicom.deid.safe_metadata`).
+(from the file's tags, a preset, the user, or the value range), each taken per frame from the
+functional groups of an enhanced multi-frame object (:mod:`.frames`), MONOCHROME1 inverted, any
+frame of a multi-frame file (:func:`read_dicom_frames` reads several with one parse), RGB/YBR
+(converted to RGB) and PALETTE COLOR (LUT applied), then resized or cropped to the model's input:
+float32 (C, H, W) in [0, 1]. The metadata it returns is already de-identified
+(:func:`~fsl_xai.data.dicom.deid.safe_metadata`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from ...errors import DataError
 from .deid import DeidConfig, safe_metadata
+from .frames import frame_levels
 from .loading import DicomReadError, first_number, load_dataset, quiet_pydicom
 from .pixels import Window, fit_image, resolve_window
 
@@ -90,7 +93,7 @@ def _check_image_module(ds: Dataset, path: Path) -> None:
                              "pixel encoding is unknown; rewrite the file with a DICOM tool (e.g. dcmconv)", path)
 
 
-def _check_length(ds: Dataset, raw_size: int, path: Path) -> None:
+def _check_length(ds: Dataset, path: Path) -> None:
     """Native (uncompressed) pixel data must hold rows x columns x samples x frames values."""
     ts = ds.file_meta.TransferSyntaxUID
     if ts.is_compressed or "PixelData" not in ds:
@@ -145,16 +148,18 @@ def _decode(ds: Dataset, frame: int, path: Path) -> tuple[np.ndarray, str]:
     return arr, photometric
 
 
-def _read_dataset(ds: Dataset, raw_size: int, path: Path, window: Window, frame: int,
-                  size: int | tuple[int, int] | None, channels: int | None, fit: str, keep_raw: bool,
-                  config: DeidConfig) -> DicomImage:
-    _check_image_module(ds, path)
-    _check_length(ds, raw_size, path)
-    n_frames = int(first_number(ds.get("NumberOfFrames")) or 1)
-    if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < n_frames:
-        raise DicomReadError("bad frame", f"frame {frame!r} is out of range: the file has {n_frames} frame(s) "
-                             f"(0..{n_frames - 1})", path)
-    arr, photometric = _decode(ds, int(frame), path)
+def _check_frames(frames: Sequence[int], n_frames: int, path: Path) -> list[int]:
+    for frame in frames:
+        if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < n_frames:
+            raise DicomReadError("bad frame", f"frame {frame!r} is out of range: the file has {n_frames} frame(s) "
+                                 f"(0..{n_frames - 1})", path)
+    return [int(f) for f in frames]
+
+
+def _unit_image(ds: Dataset, frame: int, path: Path, window: Window
+                ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
+    """-> (values in [0, 1] (H, W) or (H, W, 3), the values after the modality LUT, window, its source)."""
+    arr, photometric = _decode(ds, frame, path)
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -165,9 +170,8 @@ def _read_dataset(ds: Dataset, raw_size: int, path: Path, window: Window, frame:
                 raise DicomReadError("bad palette", f"the palette colour lookup table cannot be applied "
                                      f"({type(exc).__name__}); the file is incomplete", path) from None
         top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else float(rgb.max() or 1)
-        unit = rgb.astype(np.float64) / top
-        values, win, source = rgb.astype(np.float32), None, "none"
-    elif arr.ndim == 3 and arr.shape[-1] == 3:
+        return rgb.astype(np.float64) / top, rgb.astype(np.float32), None, "none"
+    if arr.ndim == 3 and arr.shape[-1] == 3:
         if photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
             raise DicomReadError("unsupported photometric interpretation", f"{photometric} with 3 samples", path)
         if photometric.startswith("YBR"):
@@ -175,38 +179,56 @@ def _read_dataset(ds: Dataset, raw_size: int, path: Path, window: Window, frame:
 
             arr = convert_color_space(arr, photometric, "RGB")
         stored = int(ds.get("BitsStored", ds.BitsAllocated))
-        unit = arr.astype(np.float64) / float(2 ** stored - 1)
-        values, win, source = arr.astype(np.float32), None, "none"
-    elif arr.ndim == 2:
-        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise DicomReadError("unsupported photometric interpretation", f"{photometric} is not supported; "
-                                 "supported: MONOCHROME1/2, RGB, YBR_*, PALETTE COLOR", path)
+        return arr.astype(np.float64) / float(2 ** stored - 1), arr.astype(np.float32), None, "none"
+    if arr.ndim != 2:
+        raise DicomReadError("unsupported pixel layout", f"decoded array of shape {arr.shape}", path)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomReadError("unsupported photometric interpretation", f"{photometric} is not supported; "
+                             "supported: MONOCHROME1/2, RGB, YBR_*, PALETTE COLOR", path)
+    levels = frame_levels(ds, frame)
+    if levels.slope is not None and levels.intercept is not None:
+        # enhanced multi-frame: the frame's own rescale (pydicom reads only the top-level tags)
+        values = arr.astype(np.float64) * levels.slope + levels.intercept
+    else:
         from pydicom.pixels import apply_rescale
 
         with quiet_pydicom():
             values = apply_rescale(arr, ds).astype(np.float64)
-        unit, win, source = resolve_window(window, ds, values, path)
-        if photometric == "MONOCHROME1":
-            unit = 1.0 - unit  # MONOCHROME1: low values are white
-    else:
-        raise DicomReadError("unsupported pixel layout", f"decoded array of shape {arr.shape}", path)
-    img = unit[None] if unit.ndim == 2 else np.moveaxis(unit, -1, 0)
-    img = np.clip(np.nan_to_num(img.astype(np.float32), nan=0.0), 0.0, 1.0)
-    if channels is not None:
-        if channels == 1 and img.shape[0] == 3:
-            img = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), img, axes=1)[None]
-        elif channels == 3 and img.shape[0] == 1:
-            img = np.repeat(img, 3, axis=0)
-        elif channels != img.shape[0]:
-            raise DataError(f"channels must be 1 or 3, got {channels}")
-    img = fit_image(img, size, fit)
-    meta = safe_metadata(ds, config)
-    if n_frames > 1:
-        meta["sample_id"] = f"{meta['sample_id']}-f{int(frame)}"
-    meta.update(frame=int(frame), window_center=None if win is None else float(win[0]),
-                window_width=None if win is None else float(win[1]), window_source=source)
-    return DicomImage(np.ascontiguousarray(img, dtype=np.float32), meta, win, source,
-                      values.astype(np.float32) if keep_raw else None, int(frame), n_frames)
+    unit, win, source = resolve_window(window, levels, values, path)
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1: low values are white
+    return unit, values.astype(np.float32), win, source
+
+
+def _read_dataset(ds: Dataset, path: Path, window: Window, frames: Sequence[int] | None,
+                  size: int | tuple[int, int] | None, channels: int | None, fit: str, keep_raw: bool,
+                  config: DeidConfig) -> list[DicomImage]:
+    _check_image_module(ds, path)
+    _check_length(ds, path)
+    n_frames = int(first_number(ds.get("NumberOfFrames")) or 1)
+    chosen = list(range(n_frames)) if frames is None else _check_frames(frames, n_frames, path)
+    base = safe_metadata(ds, config)
+    out = []
+    for frame in chosen:
+        unit, values, win, source = _unit_image(ds, frame, path, window)
+        img = unit[None] if unit.ndim == 2 else np.moveaxis(unit, -1, 0)
+        img = np.clip(np.nan_to_num(img.astype(np.float32), nan=0.0), 0.0, 1.0)
+        if channels is not None:
+            if channels == 1 and img.shape[0] == 3:
+                img = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), img, axes=1)[None]
+            elif channels == 3 and img.shape[0] == 1:
+                img = np.repeat(img, 3, axis=0)
+            elif channels != img.shape[0]:
+                raise DataError(f"channels must be 1 or 3, got {channels}")
+        img = fit_image(img, size, fit)
+        meta = dict(base)
+        if n_frames > 1:
+            meta["sample_id"] = f"{meta['sample_id']}-f{frame}"
+        meta.update(frame=frame, window_center=None if win is None else float(win[0]),
+                    window_width=None if win is None else float(win[1]), window_source=source)
+        out.append(DicomImage(np.ascontiguousarray(img, dtype=np.float32), meta, win, source,
+                              values if keep_raw else None, frame, n_frames))
+    return out
 
 
 def read_dicom(
@@ -223,10 +245,12 @@ def read_dicom(
 
     Args:
         path: the file.
-        window: monochrome display window. "auto": the file's WindowCenter/WindowWidth (first
-            value when several), else the value range; None: the value range (min..max); a preset
-            name (:data:`WINDOW_PRESETS`: lung, mediastinum, soft_tissue, abdomen, liver, bone,
-            brain; in Hounsfield units, so meant for CT); or (centre, width). Ignored for colour.
+        window: monochrome display window. "auto": the frame's WindowCenter/WindowWidth (first
+            value when several; an enhanced multi-frame object's per-frame or shared
+            FrameVOILUTSequence, else the top-level tags), else the value range; None: the value
+            range (min..max); a preset name (:data:`WINDOW_PRESETS`: lung, mediastinum,
+            soft_tissue, abdomen, liver, bone, brain; in Hounsfield units, so meant for CT); or
+            (centre, width). Ignored for colour.
         frame: which frame of a multi-frame file (0-based).
         size: output height and width (an int for square), or None for the native size.
         channels: 1 or 3 (grey <-> RGB by luminance / repetition), or None to keep the file's.
@@ -246,5 +270,39 @@ def read_dicom(
     """
     path = Path(path)
     config = config or DeidConfig()
-    ds, size_bytes = load_dataset(path)
-    return _read_dataset(ds, size_bytes, path, window, frame, size, channels, fit, keep_raw, config)
+    ds, _ = load_dataset(path)
+    return _read_dataset(ds, path, window, [frame], size, channels, fit, keep_raw, config)[0]
+
+
+def read_dicom_frames(
+    path: str | os.PathLike,
+    frames: Sequence[int] | None = None,
+    window: Window = "auto",
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    fit: str = "resize",
+    keep_raw: bool = False,
+    config: DeidConfig | None = None,
+) -> list[DicomImage]:
+    """Read several frames of one DICOM file (parsed once), de-identified.
+
+    Each frame is windowed and rescaled with its own levels (an enhanced multi-frame object's
+    per-frame functional groups); the metadata of each names its ``frame``, and the ``sample_id``
+    of a multi-frame file's frame ends in ``-f<frame>``.
+
+    Args:
+        path: the file.
+        frames: frame indices (0-based), or None for every frame.
+        window, size, channels, fit, keep_raw, config: as in :func:`read_dicom`.
+
+    Returns:
+        One :class:`DicomImage` per frame, in the order asked.
+
+    Raises:
+        DicomReadError: as :func:`read_dicom`; "bad frame" when an index is out of range.
+    """
+    path = Path(path)
+    config = config or DeidConfig()
+    ds, _ = load_dataset(path)
+    return _read_dataset(ds, path, window, None if frames is None else list(frames), size, channels, fit,
+                         keep_raw, config)

@@ -6,6 +6,7 @@ its wheel, so offline), and the shared WG04 files where a test asks for them.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 
 def bundled(name: str) -> Path:
@@ -172,7 +174,7 @@ def write_broken_corpus(root: Path) -> dict[str, str]:
     expected["rows_doubled.dcm"] = "wrong pixel data length"
 
     ds = pydicom.dcmread(bundled("JPEG2000.dcm"))
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2 video: no decoder here
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG-2 video: no decoder here
     ds.save_as(root / "mpeg2.dcm", enforce_file_format=False)
     expected["mpeg2.dcm"] = "unsupported transfer syntax"
 
@@ -224,3 +226,99 @@ def monochrome1_copy(dst: Path) -> Path:
     ds.save_as(dst, enforce_file_format=False)
     return dst
 
+
+
+# ---------------------------------------------------------------------------------------- enhanced multi-frame
+ENHANCED_CT_UID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+ENHANCED_INTERCEPT = -1024.0
+#: the stored window of each frame of :func:`write_enhanced_ct` (None: the shared one applies)
+ENHANCED_WINDOWS = [(-600.0, 1500.0), (40.0, 400.0), None]
+ENHANCED_SHARED_WINDOW = (300.0, 1500.0)
+
+
+def enhanced_stored(n_frames: int = 3, rows: int = 16, cols: int = 12) -> np.ndarray:
+    """Stored values (n_frames, rows, cols), uint16 in 0..1196 as the enhanced CT of the finding:
+    air (0 = -1024 HU after the rescale) on the left, tissue and bone to the right, per-frame offsets."""
+    ramp = np.linspace(0, 1196, cols)[None, None, :] * np.ones((n_frames, rows, 1))
+    offsets = np.arange(n_frames)[:, None, None] * 7 * np.arange(rows)[None, :, None] / rows
+    return np.clip(np.round(ramp - offsets), 0, 1196).astype(np.uint16)
+
+
+def write_enhanced_ct(dst: Path, shared_only: bool = False, patient_age: str | None = "81",
+                      patient: str = "p1") -> Path:
+    """An Enhanced CT object whose rescale and windows live only in the functional groups.
+
+    Per frame: PixelValueTransformationSequence (slope 1, intercept -1024) and FrameVOILUTSequence
+    (:data:`ENHANCED_WINDOWS`; the last frame has none, so the shared group's window applies).
+    ``shared_only``: the rescale and one window sit in SharedFunctionalGroupsSequence only. The
+    patient's identifying values (:data:`PATIENTS`) are written too; PatientAge has no unit.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    stored = enhanced_stored(len(ENHANCED_WINDOWS))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = UID(ENHANCED_CT_UID)
+    ds.SOPClassUID = UID(ENHANCED_CT_UID)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.2.1125.9.503")
+    for key, value in {**PATIENTS[patient], **SITE}.items():
+        setattr(ds, key, value)
+    if patient_age is not None:
+        with warnings.catch_warnings():  # pydicom warns that an AS value needs a unit: the point here
+            warnings.simplefilter("ignore")
+            ds.PatientAge = patient_age
+    ds.PatientBirthDate = ""  # only the unit-less PatientAge tells the age
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = stored.shape[1:]
+    ds.NumberOfFrames = len(stored)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+
+    def transform() -> Dataset:
+        item = Dataset()
+        item.RescaleIntercept, item.RescaleSlope, item.RescaleType = ENHANCED_INTERCEPT, 1.0, "HU"
+        return item
+
+    def voi(window: tuple[float, float]) -> Dataset:
+        item = Dataset()
+        item.WindowCenter, item.WindowWidth = window
+        return item
+
+    shared = Dataset()
+    shared.FrameVOILUTSequence = Sequence([voi(ENHANCED_SHARED_WINDOW)])
+    if shared_only:
+        shared.PixelValueTransformationSequence = Sequence([transform()])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for window in ENHANCED_WINDOWS:
+        item = Dataset()
+        if not shared_only:
+            item.PixelValueTransformationSequence = Sequence([transform()])
+            if window is not None:
+                item.FrameVOILUTSequence = Sequence([voi(window)])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = stored.tobytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(dst, enforce_file_format=True)  # with the preamble and 'DICM', as scanners write
+    return dst
+
+
+def linear_window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """The DICOM LINEAR window (PS3.3 C.11.2.1.2.1) into [0, 1], written out for the expected values."""
+    return np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def npz_text(path: Path) -> str:
+    """Everything an npz file holds, as text to scan: member names, every string, every number."""
+    with np.load(path, allow_pickle=False) as npz:
+        parts = list(npz.files)
+        for key in npz.files:
+            arr = npz[key]
+            parts.append("\n".join(map(str, arr.reshape(-1).tolist())) if arr.dtype.kind == "U" else
+                         "\n".join(map(str, np.unique(arr).tolist())) if arr.dtype.kind == "f" else "")
+    return "\n".join(parts)

@@ -12,12 +12,13 @@ import pandas as pd
 import pydicom
 import pytest
 
+from fsl_xai.data import read_npz
 from fsl_xai.data.dicom import DicomReadError, deidentify_file, import_dicom_folder, read_dicom
 from fsl_xai.data.dicom.deid import DeidConfig, date_offset_days
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.errors import DataError
 
-from .conftest import PATIENTS, bundled, identifying_values, write_identified
+from .conftest import PATIENTS, bundled, identifying_values, npz_text, write_identified
 
 SECRET = "test-project-secret"
 
@@ -137,6 +138,9 @@ def test_identifying_values_never_reach_any_output(identified, tmp_path, caplog,
         outputs["metadata table"] = imp.images.metadata.to_csv() + imp.table().to_string()
         outputs["to_csv"] = imp.to_csv(tmp_path / "export.csv").read_text()
         outputs["to_json"] = imp.to_json(tmp_path / "export.json").read_text()
+        npz = imp.to_npz(tmp_path / "export.npz")  # what `fsl-xai dicom import` writes
+        outputs["npz arrays"] = npz_text(npz)
+        outputs["npz read back"] = read_npz(npz).metadata.to_csv()
         deid_path = tmp_path / "deid.dcm"
         meta = deidentify_file(identified / "a" / "img1.dcm", deid_path, config)
         outputs["deidentify_file metadata"] = json.dumps(meta, default=str)
