@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ import torch
 
 from .data.imageset import ImageSet
 from .errors import DataError, ModelError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .models.base import FewShotClassifier
@@ -278,16 +278,8 @@ def _read(path: os.PathLike[str], n: int) -> torch.Tensor | None:
 
 
 def _write(path: os.PathLike[str], emb: torch.Tensor) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(emb, tmp)
-        os.replace(tmp, path)  # atomic: another process never reads half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as handle:  # another process never reads half a file
+        torch.save(emb, handle)
 
 
 def images_for_model(images: ImageSet, model: FewShotClassifier) -> ImageSet:

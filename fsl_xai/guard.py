@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from .data.imageset import ImageSet
 from .embeddings import Pixels, embed_all, embedding_fingerprint
 from .errors import DataError, ModelError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .models.base import FewShotClassifier
@@ -379,12 +380,8 @@ class DomainGuard:
 
 def _replace(path: Path, content: bytes) -> None:
     """Write a file through a temporary sibling and a rename, so no reader sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as handle:
+        handle.write(content)
 
 
 def _describe(images: Pixels) -> str:

@@ -75,7 +75,7 @@ IMPLIED = {"traitlets": "ipywidgets", "ipython": "ipywidgets", "ipykernel": "jup
 # The layers of fsl_xai, lowest first; a module (or package, with everything in it) belongs to the
 # layer of the longest name listed here that it starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai.deferred", "fsl_xai.intervals")),
+    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai.deferred", "fsl_xai.files", "fsl_xai.intervals")),
     ("data", ("fsl_xai.data",)),
     ("episodes", ("fsl_xai.episodes",)),
     ("models", ("fsl_xai.models",)),

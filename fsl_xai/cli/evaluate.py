@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, EpisodeError
+from ..files import atomic_write
 from .common import format_ci, images_for_checkpoint, load_images, set_torch_threads
 
 if TYPE_CHECKING:
@@ -168,11 +168,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if guard is not None:
             summary["conformal"]["flagged_included"] = summary["guard"]["n_flagged"]
     if args.predictions:
-        path = Path(args.predictions)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        predictions.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_write(args.predictions) as handle:
+            predictions.to_csv(handle, index=False)
     if args.json:
         print(json.dumps(summary))
     else:

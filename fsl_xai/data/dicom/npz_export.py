@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ...errors import DataError
+from ...files import atomic_write
 from ..imageset import ImageSet
 from ..npz import SPLITS
 
@@ -69,16 +69,6 @@ def write_medmnist_npz(images: ImageSet, path: str | os.PathLike, split: str = "
         The path written.
     """
     arrays = medmnist_arrays(images, split)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as one ArrayLike
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as one ArrayLike
+    return Path(path)
