@@ -1,10 +1,10 @@
-"""The ``fsl-xai`` command: datasets, train, evaluate, guard, lab (and ``study`` when installed).
+"""The ``fsl-xai`` command: datasets, train, evaluate, guard, dicom, lab (and ``study`` when installed).
 
 Other scripts may call these subcommands as contracts; ``evaluate --json`` and ``guard --json``
 print exactly one JSON object on stdout. Errors the library raises on purpose (FslXaiError) print
 one line on stderr and exit with code 2.
 
-One module per command group (``datasets``, ``train``, ``evaluate``, ``guard``, ``lab``), each
+One module per command group (``datasets``, ``train``, ``evaluate``, ``guard``, ``dicom``, ``lab``), each
 adding its parser; helpers they share are in ``common``. The library is imported inside each
 command, so ``fsl-xai --help`` stays quick.
 """
