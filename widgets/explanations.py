@@ -124,9 +124,11 @@ class Explanations:
         key = self._key(method, qi, None, None, p)
         if key not in self.badge_cache:
             amap = self.attribution(method, qi)
+            # the support-set checks cost two more explanations per map: they belong to the quality
+            # table (notebook 03), not to a click
             self.badge_cache[key] = quality_badges(
                 self.fitted(), self.query_tensor(qi)[0], method, self.support_tensor(), mask=self.state.query_mask(qi),
-                target=key[5], contrast=key[6], seed=self.state.seed, attribution=amap, **p)
+                target=key[5], contrast=key[6], seed=self.state.seed, attribution=amap, support=False, **p)
         return self.badge_cache[key]
 
     def influence(self, query_index: int | None = None) -> pd.DataFrame:

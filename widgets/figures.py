@@ -138,7 +138,8 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
 #: how each quality check is named on a map, and whether its value reads as a percentage
 _BADGE_LABELS = {"randomization": ("randomisation ρ", False), "deletion": ("deletion AUC", False),
                  "insertion": ("insertion AUC", False), "pointing_game": ("pointing", True),
-                 "energy_inside": ("in mask", True)}
+                 "energy_inside": ("in mask", True), "support_labels": ("shuffled-labels ρ", False),
+                 "support_images": ("other-images ρ", False), "completeness": ("IG gap / margin", False)}
 _STATUS_MARKS = {"passed": "✔", "failed": "✘ FAILED", "undefined": "– undefined"}
 
 
@@ -154,7 +155,8 @@ def badge_text(badges: Badges | None) -> str:
         if check.value is not None and check.threshold is not None:
             value, ref = (f"{100 * check.value:.0f}%", f"{100 * check.threshold:.0f}%") if percent else \
                 (f"{check.value:.2f}", f"{check.threshold:.2f}")
-            reference = {"randomization": "limit", "deletion": "random", "insertion": "random"}.get(check.name, "mask")
+            reference = {"deletion": "random", "insertion": "random", "pointing_game": "mask",
+                         "energy_inside": "mask"}.get(check.name, "limit")
             text += f" {value} ({reference} {ref})"
         parts.append(text)
     return " · ".join(parts)

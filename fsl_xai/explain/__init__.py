@@ -8,7 +8,8 @@
   and ``support_attribution`` (pixels of the support images); ``similarity``: ``similarity_map``
   and ``nearest_support``.
 - ``core``: the helpers all of them share (baselines, the explained quantity, layers, checks).
-- ``quality`` (deletion/insertion, localisation, randomisation, infidelity, quality table, badges)
+- ``quality`` (deletion/insertion, localisation, randomisation of the model and of the support
+  set, infidelity, quality table, badges)
   and ``concepts`` (TCAV): their public names are also reachable here, imported on first use.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .attribution import AttributionMap, explain, explain_episode, normalize_maps
+from .attribution import AttributionMap, completeness_gaps, explain, explain_episode, normalize_maps
 from .core import BASELINES, ExplainedOutput, conv_layers, make_baseline, resolve_layer
 from .fast import explanation_model, fast_backbone
 from .masks import grid_mask, superpixel_mask
@@ -27,7 +28,8 @@ from .support import SupportAttribution, SupportInfluence, leave_one_out_logits,
 
 __all__ = [
     "BASELINES", "INTEGRATION_RULES", "METHODS", "AttributionMap", "ExplainedOutput", "MainParam", "MethodSpec",
-    "SimilarityMap", "SupportAttribution", "SupportInfluence", "conv_layers", "explain", "explain_episode",
+    "SimilarityMap", "SupportAttribution", "SupportInfluence", "completeness_gaps", "conv_layers", "explain",
+    "explain_episode",
     "explanation_model", "fast_backbone", "grid_mask", "leave_one_out_logits", "list_methods", "make_baseline",
     "method_spec", "nearest_support", "normalize_maps", "resolve_layer", "similarity_map", "superpixel_mask",
     "support_attribution", "support_influence",

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import EpisodeError, ModelError
+from ..intervals import json_number
 from ..models import FewShotClassifier, FittedEpisode
 from . import fast
 from .core import (
@@ -30,6 +31,8 @@ from .core import (
     ExplainedOutput,
     as_images,
     eval_mode,
+    explained_value,
+    make_baseline,
     quiet_captum,
     require_fitted,
     resolve_classes,
@@ -58,6 +61,14 @@ class AttributionMap:
         episode_id: the episode's id ("" when unknown); query_indices: the queries' positions in
             the episode (or in the batch when no episode was given).
         explained: float32 (n,), the explained quantity at the input (logit or logit difference).
+        margins: float32 (n,), each query's decision margin (top logit minus the runner-up, as
+            ``fsl_xai.evaluation.margins``), or None.
+        completeness_gap: float32 (n,) for methods with the completeness property (Integrated
+            Gradients): the sum of the attributions minus ``explained - baseline_output``, i.e. the
+            part of the explained change the map does not account for (integration error); None
+            for other methods.
+        baseline_output: float32 (n,), the explained quantity at the baseline image, F(baseline),
+            where ``completeness_gap`` is recorded, else None.
     """
 
     attributions: np.ndarray
@@ -71,9 +82,20 @@ class AttributionMap:
     episode_id: str = ""
     query_indices: tuple[int, ...] = ()
     explained: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    margins: np.ndarray | None = None
+    completeness_gap: np.ndarray | None = None
+    baseline_output: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.maps)
+
+    @property
+    def relative_gap(self) -> np.ndarray | None:
+        """(n,) |completeness_gap| / margin: the map's own error against what separates the decision
+        from its runner-up (NaN where the margin is 0); None when no gap is recorded."""
+        if self.completeness_gap is None or self.margins is None:
+            return None
+        return relative_gaps(self.completeness_gap, self.margins)
 
     def to_dict(self) -> dict:
         """The provenance (no arrays), JSON-serialisable."""
@@ -88,9 +110,57 @@ class AttributionMap:
             "episode_id": self.episode_id,
             "query_indices": list(self.query_indices),
             "explained": [float(v) for v in self.explained],
+            "margins": _floats(self.margins),
+            "completeness_gap": _floats(self.completeness_gap),
+            "baseline_output": _floats(self.baseline_output),
+            "relative_gap": _floats(self.relative_gap),
             "shape": list(self.attributions.shape),
             "captum_version": captum.__version__,
         }
+
+
+def _floats(values: np.ndarray | None) -> list[float | None] | None:
+    """Per-query values for JSON (NaN as None), or None."""
+    return None if values is None else [json_number(float(v)) for v in values]
+
+
+def relative_gaps(gaps: Any, margins: Any) -> np.ndarray:
+    """(n,) |gap| / margin as float64; NaN where the margin is not positive."""
+    g = np.abs(np.asarray(gaps, dtype=np.float64))
+    m = np.asarray(margins, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m > 0, g / m, np.nan)
+
+
+def completeness_gaps(fitted: FittedEpisode | nn.Module, images: torch.Tensor, attribution_sums: Any,
+                      weights: torch.Tensor, baseline: Any, explained: Any = None,
+                      batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """How far attributions are from completeness: sum of attributions - (F(x) - F(baseline)).
+
+    Args:
+        fitted: the fitted episode (or its explanation twin) whose explained quantity F was attributed.
+        images: the queries x (n, C, H, W).
+        attribution_sums: (n,) the sum of each query's attributions over channels and pixels.
+        weights: (n, n_way) selection weights of the explained quantity (+1 target, -1 contrast).
+        baseline: the baseline the attributions were computed from ("zeros", "blur", "mean", a
+            number or a tensor), as given to the method.
+        explained: (n,) F(x) if already computed.
+        batch_size: images per forward pass.
+
+    Returns:
+        (gap (n,), F(baseline) (n,)), float32.
+    """
+    ref = make_baseline(images.detach(), baseline)
+    with torch.no_grad(), eval_mode(fitted):
+        f_base = torch.cat([explained_value(fitted(ref[i:i + batch_size]), weights[i:i + batch_size])
+                            for i in range(0, len(ref), batch_size)])
+        if explained is None:
+            explained = torch.cat([explained_value(fitted(images[i:i + batch_size]), weights[i:i + batch_size])
+                                   for i in range(0, len(images), batch_size)])
+    f_x = np.asarray(explained, dtype=np.float64).reshape(-1)
+    fb = f_base.double().numpy()
+    gap = np.asarray(attribution_sums, dtype=np.float64).reshape(-1) - (f_x - fb)
+    return gap.astype(np.float32), fb.astype(np.float32)
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,7 +231,8 @@ def explain(fitted: FittedEpisode, query_images: torch.Tensor | np.ndarray, meth
             Integrated Gradients' integration rule is ``rule``).
 
     Returns:
-        An ``AttributionMap`` with maps at the input's size.
+        An ``AttributionMap`` with maps at the input's size, each query's decision margin, and for
+        Integrated Gradients each map's completeness gap against F(x) - F(baseline).
 
     Raises:
         ModelError: unknown method, layer or parameter; not a fitted episode; gradient method on a
@@ -221,15 +292,24 @@ def explain(fitted: FittedEpisode, query_images: torch.Tensor | np.ndarray, meth
 
     if attr.shape != inputs.shape:
         raise ModelError(f"method {method!r} returned shape {tuple(attr.shape)} for inputs {tuple(inputs.shape)}")
+    from ..evaluation import margins as decision_margins  # evaluation imports pandas: on first use
+
     attributions = np.ascontiguousarray(attr.numpy())
     maps = attributions.sum(axis=1)
+    gap = f_base = None
+    if spec.completeness:
+        # against the same function the method attributed (the fast twin), in float64 sums
+        sums = attributions.reshape(n, -1).astype(np.float64).sum(1)
+        gap, f_base = completeness_gaps(runner, inputs_run, sums, weights, run_params["baselines"],
+                                        explained=explained.numpy())
     recorded = _recorded_params(run_params, layer, spec.layer_method, fitted, internal_batch_size, seed, target,
                                 contrast)
     return AttributionMap(
         attributions=attributions, maps=maps, normalized=normalize_maps(maps), method=method, params=recorded,
         targets=tuple(targets), contrasts=None if contrasts is None else tuple(contrasts),
         model_fingerprint=fitted.fingerprint(), episode_id=episode_id, query_indices=indices,
-        explained=explained.numpy().astype(np.float32),
+        explained=explained.numpy().astype(np.float32), margins=decision_margins(logits.numpy()).astype(np.float32),
+        completeness_gap=gap, baseline_output=f_base,
     )
 
 

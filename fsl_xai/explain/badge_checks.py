@@ -6,6 +6,16 @@ Each check compares the map's score with a threshold and says "passed", "failed"
   below ``threshold`` (the map depends on what the model learned).
 - ``deletion``: deletion area; passes below the area of a seeded random map on the same queries.
 - ``insertion``: insertion area; passes above the random map's.
+- ``support_labels`` and ``support_images``: |map| rank correlation with the map of the same
+  query when the support labels are shuffled, or the support images replaced by images of other
+  classes (:mod:`~fsl_xai.explain.support_randomization`); each passes below ``support_threshold``
+  (default 0.9). A map that ignores the support set (computed from the query alone) scores 1.
+- ``completeness`` (methods whose registry entry has ``completeness``, i.e. Integrated Gradients):
+  |sum of attributions - (F(x) - F(baseline))| / the query's decision margin; passes below
+  ``completeness_threshold`` (default 0.1): the part of the explained change the map fails to
+  account for (its integration error) must be at most a tenth of what separates the decision
+  from the runner-up, so that the error cannot be mistaken for, or hide, evidence that would
+  change the decision. A zero margin (a tie) leaves it undefined.
 - with a mask, ``pointing_game`` (the map's maximum inside the mask) and ``energy_inside`` (share
   of positive attribution inside the mask); both pass above the mask's share of the image (what a
   uniform or random map gets).
@@ -26,12 +36,19 @@ import numpy as np
 import torch
 
 from ..models import FittedEpisode
-from .attribution import AttributionMap
-from .core import as_images, eval_mode, fitted_classes, require_fitted
+from .attribution import AttributionMap, completeness_gaps, relative_gaps
+from .core import as_images, eval_mode, fitted_classes, require_fitted, selection_weights
 from .deletion import deletion_insertion
 from .localization import localization
 from .method_maps import MethodLike, as_maps, flat_maps, method_maps, method_name, random_maps
+from .methods import METHODS
 from .randomization import FAILED, PASSED, UNDEFINED, randomized_copy, spearman_rows
+from .support_randomization import DEFAULT_SUPPORT_THRESHOLD, support_check
+
+#: a completeness gap at or above this share of the query's decision margin fails the completeness badge
+DEFAULT_COMPLETENESS_THRESHOLD = 0.1
+#: the badge name of each support perturbation
+SUPPORT_BADGES = {"shuffled_labels": "support_labels", "other_images": "support_images"}
 
 _RANDOM_CACHE: OrderedDict[tuple, FittedEpisode] = OrderedDict()
 _RANDOM_CACHE_SIZE = 4
@@ -42,7 +59,8 @@ class BadgeCheck:
     """One quality check of one or a few maps.
 
     Attributes:
-        name: "randomization", "deletion", "insertion", "pointing_game" or "energy_inside".
+        name: "randomization", "deletion", "insertion", "support_labels", "support_images",
+            "completeness", "pointing_game" or "energy_inside".
         value: the mean over the queries where the check is defined (None when it is nowhere).
         threshold: what ``value`` is compared with (None when undefined).
         status: "passed", "failed" or "undefined".
@@ -78,7 +96,8 @@ class Badges:
         method: the method's name.
         n_queries: how many queries the maps are of.
         checks: one :class:`BadgeCheck` per check, in a fixed order (randomization, deletion,
-            insertion, then with a mask pointing_game and energy_inside).
+            insertion, support_labels and support_images unless turned off, completeness for
+            methods with that property, then with a mask pointing_game and energy_inside).
     """
 
     method: str
@@ -110,7 +129,9 @@ def _check(name: str, values: np.ndarray, reference: np.ndarray | float, higher_
     n = int(defined.sum())
     if n == 0:
         return BadgeCheck(name, None, None, UNDEFINED, 0, len(v), higher_is_better, per_query)
-    value, threshold = float(v[defined].mean()), float(ref[defined].mean())
+    value = float(v[defined].mean())
+    # a fixed threshold stays exactly as given (a mean of copies of 0.1 is not 0.1 in floats)
+    threshold = float(reference) if np.ndim(reference) == 0 else float(ref[defined].mean())
     better = value > threshold if higher_is_better else value < threshold
     return BadgeCheck(name, value, threshold, PASSED if better else FAILED, n, len(v) - n, higher_is_better,
                       per_query)
@@ -131,6 +152,26 @@ def _cached_randomized(fitted: FittedEpisode, support_images: torch.Tensor, seed
     return rand
 
 
+def completeness_values(fitted: FittedEpisode, x: torch.Tensor, method: MethodLike, maps: torch.Tensor,
+                        attribution: Any, tgt: torch.Tensor, con: torch.Tensor | None,
+                        params: dict) -> np.ndarray | None:
+    """(n,) |completeness gap| / decision margin of the maps (n, H, W) of queries x (n, C, H, W) for a
+    method with the completeness property: taken from an AttributionMap that recorded it, else
+    computed from the maps with the method's ``baselines`` parameter. None for other methods."""
+    if not isinstance(method, str) or method not in METHODS or not METHODS[method].completeness:
+        return None
+    if isinstance(attribution, AttributionMap) and attribution.relative_gap is not None:
+        return attribution.relative_gap
+    from ..evaluation import margins  # evaluation imports pandas: on first use
+
+    spec = METHODS[method]
+    baseline = spec.parameters({k: v for k, v in params.items() if k in spec.defaults})["baselines"]
+    weights = selection_weights(tgt, con, fitted.n_way)
+    gap, _ = completeness_gaps(fitted, x, maps.double().sum((1, 2)).numpy(), weights, baseline)
+    with torch.no_grad(), eval_mode(fitted):
+        return relative_gaps(gap, margins(fitted(x).numpy()))
+
+
 def badges(
     fitted: FittedEpisode,
     query_images: Any,
@@ -145,14 +186,20 @@ def badges(
     baseline: Any = "blur",
     threshold: float = 0.5,
     layer: str | None = None,
+    support: bool = True,
+    other_images: Any = None,
+    support_threshold: float = DEFAULT_SUPPORT_THRESHOLD,
+    completeness_threshold: float = DEFAULT_COMPLETENESS_THRESHOLD,
     **params: Any,
 ) -> Badges:
     """Cheap quality badges for the maps of one or a few queries (for display next to a map).
 
     Costs one explanation with a randomised copy of the model (cached per model, support set and
     seed) plus 4 x (steps + 1) forward passes per query (the map's and a random map's deletion and
-    insertion curves); pass the already computed map as ``attribution`` to skip re-explaining with
-    the trained model. Nothing given is changed.
+    insertion curves), and with ``support`` two explanations with a destroyed support set (refits
+    of the stored support embeddings, no re-embedding unless ``other_images`` are given); pass the
+    already computed map as ``attribution`` to skip re-explaining with the trained model. Nothing
+    given is changed.
 
     Args:
         fitted: the fitted episode.
@@ -168,6 +215,11 @@ def badges(
         baseline: deletion baseline ("blur", "zeros", "mean", a number or a tensor).
         threshold: randomisation fail threshold.
         layer, **params: passed to the method.
+        support: add the support-set checks ``support_labels`` and ``support_images``.
+        other_images: (m, C, H, W) images of classes outside the episode for ``support_images``
+            (default: the images of the episode's next class).
+        support_threshold: the support checks fail at or above this mean |map| correlation.
+        completeness_threshold: the completeness badge fails at or above this mean |gap| / margin.
 
     Returns:
         :class:`Badges`.
@@ -194,6 +246,14 @@ def badges(
     checks = [_check("randomization", rho, float(threshold), higher_is_better=False),
               _check("deletion", di.deletion_auc, ref.deletion_auc, higher_is_better=False),
               _check("insertion", di.insertion_auc, ref.insertion_auc, higher_is_better=True)]
+    if support:
+        sc = support_check(fitted, x, method, other_images, targets=tgt, contrasts=con, threshold=support_threshold,
+                           seed=seed, layer=layer, maps=maps, **params)
+        checks += [_check(SUPPORT_BADGES[v], sc.spearman_abs[i], sc.threshold, higher_is_better=False)
+                   for i, v in enumerate(sc.variants)]
+    relative_gap = completeness_values(fitted, x, method, maps, attribution, tgt, con, params)
+    if relative_gap is not None:
+        checks.append(_check("completeness", relative_gap, float(completeness_threshold), higher_is_better=False))
     if mask is not None:
         loc = localization(maps, mask)
         checks += [_check("pointing_game", loc.pointing_hit, loc.mask_fraction, higher_is_better=True),

@@ -22,14 +22,18 @@ from .infidelity import infidelity_sensitivity
 from .localization import localization
 from .method_maps import MethodLike, method_attributions, method_name, random_maps
 from .randomization import randomization_check
+from .support_randomization import DEFAULT_SUPPORT_THRESHOLD, support_check
 
 #: metrics where a larger value means a better explanation (others: smaller is better)
 HIGHER_IS_BETTER = {
     "deletion_auc": False, "insertion_auc": True, "pointing_game": True, "energy_inside_mask": True,
     "randomization_spearman": False, "infidelity": False, "sensitivity_max": False,
+    "support_labels_spearman": False, "support_images_spearman": False,
 }
 #: the metric groups ``quality_table`` can compute
-ALL_METRICS = ("deletion", "localization", "randomization", "infidelity")
+ALL_METRICS = ("deletion", "localization", "randomization", "support", "infidelity")
+#: the table's metric for each support perturbation
+SUPPORT_METRICS = {"shuffled_labels": "support_labels_spearman", "other_images": "support_images_spearman"}
 #: the table's columns, in order
 COLUMNS = ["method", "metric", "mean", "n", "n_undefined", "ci_low", "ci_high", "ci_method", "higher_is_better",
            "reference", "threshold", "status"]
@@ -73,6 +77,8 @@ def quality_table(
     tolerance: int = 0,
     randomization_layers: str | Sequence[str] = "full",
     randomization_threshold: float = 0.5,
+    other_images: Any = None,
+    support_threshold: float = DEFAULT_SUPPORT_THRESHOLD,
     ci: str = "t",
     method_params: dict[str, dict] | None = None,
     infidelity_kwargs: dict | None = None,
@@ -85,6 +91,10 @@ def quality_table(
     :func:`~fsl_xai.explain.deletion.deletion_insertion`); with ``masks``: ``pointing_game`` and
     ``energy_inside_mask``; ``randomization_spearman`` (|map| rank correlation with the fully
     randomised model, with a status against ``randomization_threshold``; needs the support images);
+    ``support_labels_spearman`` and ``support_images_spearman`` (|map| rank correlation with the
+    maps of the same queries when the support labels are shuffled, or the support images replaced
+    by images of other classes; a status against ``support_threshold``: "failed" flags a method
+    whose maps ignore the support set, see :mod:`~fsl_xai.explain.support_randomization`);
     ``infidelity`` and ``sensitivity_max``. With ``include_random`` a seeded random-map row
     ("random") gives the chance level for deletion, insertion and localisation; every method's row
     carries it in ``reference``.
@@ -102,11 +112,14 @@ def quality_table(
         targets, contrasts: explained classes, as in ``deletion_insertion`` (resolved once and
             shared by every method).
         seed: one seed for maps, tie-breaking, perturbations, randomisation and bootstrap.
-        metrics: subset of ("deletion", "localization", "randomization", "infidelity").
+        metrics: subset of ("deletion", "localization", "randomization", "support", "infidelity").
         steps, baseline, output: deletion/insertion settings.
         tolerance: pointing-game tolerance in pixels.
         randomization_layers: "full" (default, one randomised model) or "cascade"/"independent".
         randomization_threshold: fail threshold for the randomisation correlation.
+        other_images: (m, C, H, W) images of classes outside the episode for the "other images"
+            support perturbation (default: the images of the episode's next class).
+        support_threshold: fail threshold for the support-set correlations.
         ci: "t" (Student t) or "bootstrap" for continuous metrics; the pointing game always uses
             the Wilson interval (it is a proportion). The interval used is in ``ci_method``.
         method_params: extra parameters per method name, e.g. {"integrated_gradients": {"n_steps": 32}}.
@@ -117,7 +130,7 @@ def quality_table(
     Returns:
         DataFrame with the columns of ``COLUMNS``: method, metric, mean, n, n_undefined, ci_low,
         ci_high, ci_method, higher_is_better, reference, threshold, status ("passed" / "failed" /
-        "undefined" for the randomisation check, None for metrics without a threshold).
+        "undefined" for the randomisation and support checks, None for metrics without a threshold).
     """
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
@@ -183,6 +196,12 @@ def quality_table(
                                      maps=maps, **params)
             rows.append(_row(name, "randomization_spearman", rc.final_spearman, ci, seed,
                              threshold=randomization_threshold, status=rc.status))
+        if "support" in metrics:
+            sc = support_check(fitted, x, method, other_images, targets=tgt, contrasts=con, threshold=support_threshold,
+                               seed=seed, layer=layer, maps=maps, **params)
+            for variant, status in zip(sc.variants, sc.statuses, strict=True):
+                rows.append(_row(name, SUPPORT_METRICS[variant], sc.spearman(variant), ci, seed,
+                                 threshold=support_threshold, status=status))
         if "infidelity" in metrics:
             res = infidelity_sensitivity(fitted, x, method, tgt, con, seed=seed, layer=layer,
                                          attributions=attr if attr.ndim == 4 else None,

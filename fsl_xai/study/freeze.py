@@ -310,7 +310,7 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
             if "badges" in panels and maps is not None:  # maps are computed whenever badges are shown
                 from ..explain.quality import badges
 
-                checks = badges(fitted, q_img[i], design.method, s_img, attribution=maps.maps[i:i + 1])
+                checks = badges(fitted, q_img[i], design.method, s_img, attribution=maps.maps[i:i + 1], support=False)
                 deletion = checks["deletion"].value
                 # a flat map has no defined checks: shown as "undefined", never as passed
                 extra["badges"] = {"randomisation check": checks["randomization"].status,

@@ -128,3 +128,8 @@ def constant_maps(fitted, images, targets, contrasts=None, seed=0):
 def negative_maps(fitted, images, targets, contrasts=None, seed=0):
     """A degenerate 'method': varied, but negative everywhere (no positive attribution)."""
     return -1.0 - images.sum(1)
+
+
+def query_intensity(fitted, images, targets, contrasts=None, seed=0):
+    """A support-blind 'method': the query's own intensity (channels summed), whatever the support set."""
+    return images.sum(1)

@@ -20,6 +20,7 @@ from fsl_xai.explain import (
     explain,
     explain_episode,
     list_methods,
+    make_baseline,
     method_spec,
     superpixel_mask,
 )
@@ -154,19 +155,24 @@ def test_normalized_scales_by_a_high_percentile():
 
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet12"])
-def test_integrated_gradients_completeness(backbone):
-    """Attributions sum to F(input) - F(baseline) for the explained quantity."""
+@pytest.mark.parametrize("baseline", [None, "zeros"])
+def test_integrated_gradients_completeness(backbone, baseline):
+    """Attributions sum to F(input) - F(baseline) for the explained quantity, from the default
+    baseline (the blurred query) and from black."""
     model, queries, _, _ = setup(backbone, 3)
     x = queries[:2]
+    params = {} if baseline is None else {"baselines": baseline}
+    reference = make_baseline(x, baseline or METHODS["integrated_gradients"].defaults["baselines"])
     for contrast in (None, "runner_up"):
-        amap = explain(model, x, "integrated_gradients", contrast=contrast, n_steps=128, internal_batch_size=256)
+        amap = explain(model, x, "integrated_gradients", contrast=contrast, n_steps=128, internal_batch_size=256,
+                       **params)
         w = torch.zeros(len(x), model.n_way)
         w[torch.arange(len(x)), torch.tensor(amap.targets)] = 1
         if contrast:
             w[torch.arange(len(x)), torch.tensor(amap.contrasts)] -= 1
         with torch.no_grad():
             f = ExplainedOutput(model)
-            delta = (f(x, w) - f(torch.zeros_like(x), w))[:, 0].numpy()
+            delta = (f(x, w) - f(reference, w))[:, 0].numpy()
         sums = amap.attributions.reshape(len(x), -1).sum(1)
         np.testing.assert_allclose(sums, delta, rtol=0.02, atol=1e-3 * np.abs(delta).max())
         np.testing.assert_allclose(amap.explained, f(x, w)[:, 0].detach().numpy(), rtol=1e-4)

@@ -18,7 +18,7 @@ from fsl_xai.intervals import mean_interval
 from ._helpers import edge_detector, negative_maps, zero_maps
 
 TABLE_METRICS = {"deletion_auc", "insertion_auc", "pointing_game", "energy_inside_mask", "randomization_spearman",
-                 "infidelity", "sensitivity_max"}
+                 "infidelity", "sensitivity_max", "support_labels_spearman", "support_images_spearman"}
 
 
 def test_quality_table_columns_n_ci_flags_and_determinism(trained):
@@ -52,6 +52,13 @@ def test_quality_table_columns_n_ci_flags_and_determinism(trained):
     assert set(table.loc[table.metric != "pointing_game", "ci_method"]) == {"t"}
     assert by.loc[("saliency", "randomization_spearman"), "status"] == "passed"
     assert by.loc[("edge_detector", "randomization_spearman"), "status"] == "failed"
+    # the support-set check: the model's maps change with the support set, the edge detector's cannot
+    for metric in ("support_labels_spearman", "support_images_spearman"):
+        assert by.loc[("saliency", metric), "status"] == "passed" and by.loc[("saliency", metric), "mean"] < 0.8
+        assert by.loc[("gradcam", metric), "status"] == "passed"
+        assert by.loc[("edge_detector", metric), "status"] == "failed"
+        assert by.loc[("edge_detector", metric), "mean"] == pytest.approx(1.0)
+        assert by.loc[("saliency", metric), "threshold"] == 0.9 and by.loc[("saliency", metric), "n"] == 8
     chance = by.loc[("random", "deletion_auc"), "mean"]
     assert by.loc[("saliency", "deletion_auc"), "reference"] == pytest.approx(chance)
     assert by.loc[("saliency", "deletion_auc"), "status"] is None
@@ -77,10 +84,11 @@ def test_quality_table_counts_undefined_maps(trained):
                           include_random=False, infidelity_kwargs={"n_perturb_samples": 2, "n_sensitivity_samples": 2})
     by = table.set_index(["method", "metric"])
     for metric in ("deletion_auc", "insertion_auc", "pointing_game", "energy_inside_mask", "randomization_spearman",
-                   "sensitivity_max"):
+                   "support_labels_spearman", "support_images_spearman", "sensitivity_max"):
         assert (by.loc[("zero_maps", metric), "n"], by.loc[("zero_maps", metric), "n_undefined"]) == (0, 5), metric
         assert np.isnan(by.loc[("zero_maps", metric), "mean"])
     assert by.loc[("zero_maps", "randomization_spearman"), "status"] == "undefined"
+    assert by.loc[("zero_maps", "support_labels_spearman"), "status"] == "undefined"
     assert by.loc[("zero_maps", "infidelity"), "n"] == 5
     # all negative: a ranking and a maximum, but no positive attribution
     assert by.loc[("negative_maps", "deletion_auc"), "n"] == by.loc[("negative_maps", "pointing_game"), "n"] == 5
@@ -111,7 +119,8 @@ def test_badges_for_one_query(trained):
     assert isinstance(b, Badges) and dataclasses.is_dataclass(b) and b.method == "saliency" and b.n_queries == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         b.method = "other"  # type: ignore[misc]
-    assert [c.name for c in b.checks] == ["randomization", "deletion", "insertion", "pointing_game", "energy_inside"]
+    assert [c.name for c in b.checks] == ["randomization", "deletion", "insertion", "support_labels", "support_images",
+                                          "pointing_game", "energy_inside"]
     for check in b.checks:
         assert check.status in ("passed", "failed", "undefined") and check.n + check.n_undefined == 1
         assert check.passed == (check.status == "passed")
@@ -129,8 +138,15 @@ def test_badges_for_one_query(trained):
     # reusing the map the widget already has gives the same badges
     amap = explain(model, q[None], "saliency")
     assert badges(model, q, "saliency", s_img, mask=mask, attribution=amap) == b
+    for name in ("support_labels", "support_images"):
+        assert b[name].status == "passed" and b[name].threshold == 0.9 and b[name].value < 0.9
+        assert not b[name].higher_is_better
     edge = badges(model, q, edge_detector, s_img)
     assert edge["randomization"].status == "failed" and "pointing_game" not in edge
+    # a map of the query alone ignores the support set: flagged by both support badges
+    assert edge["support_labels"].status == edge["support_images"].status == "failed"
+    assert edge["support_labels"].value == pytest.approx(1.0)
+    assert "support_labels" not in badges(model, q, "saliency", s_img, support=False)
     assert model.fingerprint() == fingerprint
 
 
@@ -146,6 +162,7 @@ def test_a_flat_map_never_passes_a_badge(trained):
     # an all-negative map has no positive energy: that badge is undefined, the others are judged
     neg = badges(model, q, negative_maps, s_img, mask=masks)
     assert neg["energy_inside"].status == "undefined" and neg["randomization"].status == "failed"
+    assert neg["support_labels"].status == "failed"  # computed from the query alone
 
 
 def test_package_names_are_the_functions_after_the_modules_are_imported():
