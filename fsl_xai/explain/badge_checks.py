@@ -40,7 +40,7 @@ from .attribution import AttributionMap, completeness_gaps, relative_gaps
 from .core import as_images, eval_mode, fitted_classes, require_fitted, selection_weights
 from .deletion import deletion_insertion
 from .localization import localization
-from .method_maps import MethodLike, as_maps, flat_maps, method_maps, method_name, random_maps
+from .method_maps import MethodLike, checked_maps, flat_maps, method_maps, method_name, random_maps
 from .methods import METHODS
 from .randomization import FAILED, PASSED, UNDEFINED, randomized_copy, spearman_rows
 from .support_randomization import DEFAULT_SUPPORT_THRESHOLD, support_check
@@ -232,11 +232,7 @@ def badges(
         if contrast is None and attribution.contrasts is not None:
             contrast = list(attribution.contrasts)
     tgt, con = fitted_classes(fitted, x, target, contrast)
-    if attribution is None:
-        with eval_mode(fitted):
-            maps = method_maps(fitted, x, method, tgt, con, seed, layer, params)
-    else:
-        maps = as_maps(attribution, len(x), tuple(x.shape[2:]))
+    maps = checked_maps(fitted, x, method, tgt, con, seed, layer, params, attribution)
     rand = _cached_randomized(fitted, s_img, seed).with_queries(x)
     rmaps = method_maps(rand, x, method, tgt, con, seed, layer, params)
     rho = np.where(flat_maps(maps), np.nan, spearman_rows(maps.abs().numpy(), rmaps.abs().numpy()))

@@ -19,7 +19,7 @@ import torch
 from ..errors import DataError, ModelError
 from ..models import FittedEpisode
 from .attribution import AttributionMap, explain
-from .core import gaussian_blur
+from .core import eval_mode, gaussian_blur
 
 MethodLike = str | Callable[..., Any]
 
@@ -91,6 +91,17 @@ def method_maps(fitted: FittedEpisode, images: torch.Tensor, method: MethodLike,
     """As :func:`method_attributions`, summed over channels: maps (n, H, W)."""
     out = method_attributions(fitted, images, method, targets, contrasts, seed, layer, params)
     return out.sum(1) if out.ndim == 4 else out
+
+
+def checked_maps(fitted: FittedEpisode, images: torch.Tensor, method: MethodLike, targets: torch.Tensor,
+                 contrasts: torch.Tensor | None, seed: int, layer: str | None, params: dict | None,
+                 maps: Any = None) -> torch.Tensor:
+    """The maps (n, H, W) a sanity check compares against: ``maps`` as given (maps, attributions or
+    an AttributionMap), or computed with the method on the fitted episode in eval mode."""
+    if maps is not None:
+        return as_maps(maps, len(images), tuple(images.shape[2:]))
+    with eval_mode(fitted):
+        return method_maps(fitted, images, method, targets, contrasts, seed, layer, params)
 
 
 def random_maps(shape: Sequence[int], seed: int = 0, smooth: float = 0.0) -> torch.Tensor:

@@ -22,8 +22,8 @@ from torch import nn
 from ..errors import DataError, ModelError
 from ..intervals import mean_interval
 from ..models import FewShotClassifier, FittedEpisode
-from .core import as_images, eval_mode, fitted_classes, require_fitted, seeded
-from .method_maps import MethodLike, as_maps, flat_maps, method_maps, method_name
+from .core import as_images, fitted_classes, require_fitted, seeded
+from .method_maps import MethodLike, checked_maps, flat_maps, method_maps, method_name
 
 PASSED, FAILED, UNDEFINED = "passed", "failed", "undefined"
 
@@ -261,11 +261,7 @@ def randomization_check(
     fitted = require_fitted(fitted, "randomization_check")
     x = as_images(query_images)
     tgt, con = fitted_classes(fitted, x, targets, contrasts)
-    if maps is None:
-        with eval_mode(fitted):
-            base_maps = method_maps(fitted, x, method, tgt, con, seed, layer, params)
-    else:
-        base_maps = as_maps(maps, len(x), tuple(x.shape[2:]))
+    base_maps = checked_maps(fitted, x, method, tgt, con, seed, layer, params, maps)
     flat = flat_maps(base_maps)
 
     rho_abs, rho_signed = [], []

@@ -52,7 +52,7 @@ from ..errors import DataError
 from ..intervals import MIN_EPISODES, cluster_bootstrap, mean_interval
 from ..models import FittedEpisode
 from .core import as_images, eval_mode, fitted_classes, require_fitted
-from .method_maps import MethodLike, as_maps, flat_maps, method_maps, method_name
+from .method_maps import MethodLike, checked_maps, flat_maps, method_maps, method_name
 from .randomization import FAILED, PASSED, UNDEFINED, randomization_status, spearman_rows
 
 #: the support perturbations, in the order of the results
@@ -245,11 +245,7 @@ def support_check(
     order = tuple(v for v in SUPPORT_VARIANTS if v in variants)
     x = as_images(query_images)
     tgt, con = fitted_classes(fitted, x, targets, contrasts)
-    if maps is None:
-        with eval_mode(fitted):
-            base_maps = method_maps(fitted, x, method, tgt, con, seed, layer, params)
-    else:
-        base_maps = as_maps(maps, len(x), tuple(x.shape[2:]))
+    base_maps = checked_maps(fitted, x, method, tgt, con, seed, layer, params, maps)
     flat = flat_maps(base_maps)
     rho_abs, rho_signed = [], []
     for variant in order:
