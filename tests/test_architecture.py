@@ -83,6 +83,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation and training", ("fsl_xai.evaluation", "fsl_xai.conformal", "fsl_xai.training")),
     ("explanations and metrics", ("fsl_xai.explain", "fsl_xai.metrics")),
     ("user studies", ("fsl_xai.study",)),
+    ("deployment and audits", ("fsl_xai.deploy", "fsl_xai.audit", "fsl_xai.report")),
     ("entry points and test helpers", ("fsl_xai.cli", "fsl_xai.testing")),
 ]
 
