@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from fsl_xai.config import data_dirs
+
 DATA_ENV = "FSL_XAI_DATA_DIR"
 REQUIRE_ENV = "FSL_XAI_REQUIRE_DATA"
 SEED = 0
@@ -54,14 +56,14 @@ def _missing_data(reason: str) -> NoReturn:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared data folder (``FSL_XAI_DATA_DIR``)."""
+    """The shared data folder: the first folder of ``FSL_XAI_DATA_DIR`` (a list joined by os.pathsep)."""
     value = os.environ.get(DATA_ENV)
     if not value:
         _missing_data(f"{DATA_ENV} is not set")
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        _missing_data(f"{DATA_ENV}={value} is not a folder")
-    return path
+    folders = data_dirs(value)
+    if not folders or not folders[0].is_dir():
+        _missing_data(f"{DATA_ENV}={value}: its first entry is not a folder")
+    return folders[0]
 
 
 @pytest.fixture(scope="session")

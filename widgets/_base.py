@@ -1,4 +1,5 @@
-"""Shared pieces of the views: the inline error area, guarded callbacks, thumbnails, figure swaps."""
+"""Shared pieces of the views: the inline error area (the one place views show errors), guarded callbacks,
+progress-bar states, thumbnails, figure swaps."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import dataclasses
 import functools
 import html
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -16,6 +18,8 @@ import ipywidgets as w
 import plotly.graph_objects as go
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from fsl_xai.errors import FslXaiError
+
 from ._figurewidget import FigureWidget
 from .figures import png_bytes
 from .state import WorkbenchState
@@ -23,10 +27,63 @@ from .state import WorkbenchState
 THUMB = 64
 
 
+#: errors whose message is written for the user (what went wrong and how to fix it)
+_USER_ERRORS = (FslXaiError, ValueError, KeyError, FileNotFoundError, PermissionError)
+
+
+def error_text(exc: BaseException) -> str:
+    """The one-line message shown for ``exc``: the library's own message for expected errors (they
+    say how to fix them), a plain "this is a bug" note for anything else."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError) and not isinstance(exc, FslXaiError):
+        text = f"{text} was not found"
+    if isinstance(exc, _USER_ERRORS):
+        return text
+    return (f"unexpected {type(exc).__name__} ({text}); this is a bug in fsl-xai, not in your data: try again "
+            "or reload, and report it with the details below")
+
+
+def error_html(message: str, details: str = "") -> str:
+    """An inline error box: the message, with any details folded away under "details"."""
+    folded = (f"<details style='margin-top:2px'><summary style='cursor:pointer;color:#555'>details</summary>"
+              f"<pre style='white-space:pre-wrap;max-height:160px;overflow:auto;font-size:11px'>"
+              f"{html.escape(details)}</pre></details>") if details else ""
+    return (f"<div role='alert' style='color:#a00;background:#fee;border:1px solid #e99;padding:4px 8px;"
+            f"border-radius:4px'>⚠ {html.escape(message)}{folded}</div>")
+
+
+_ERROR_PREFIX = re.compile(r"^[A-Za-z]*(Error|Exception): ")
+
+
+def progress_start(bar: w.IntProgress, total: int = 1) -> None:
+    """Show a progress bar at zero, running."""
+    bar.layout.visibility = "visible"
+    bar.bar_style = "info"
+    bar.max, bar.value = max(1, int(total)), 0
+    bar.description = ""
+
+
+def progress_done(bar: w.IntProgress) -> None:
+    """A finished progress bar: full and green."""
+    bar.value = bar.max
+    bar.bar_style = "success"
+
+
+def progress_failed(bar: w.IntProgress, word: str = "failed") -> None:
+    """A failed (or cancelled) progress bar: all red and labelled ``word``; never green."""
+    bar.layout.visibility = "visible"
+    bar.value = bar.max
+    bar.bar_style = "danger"
+    bar.description = word
+
+
 class View(w.VBox):
     """A view: built from a WorkbenchState, observes it, writes user input back to it.
 
-    Errors from this view's actions appear in ``error_area`` (inline); the kernel and other views go on.
+    Errors from this view's actions appear in ``error_area`` (inline): one message per failure,
+    replacing the previous one, saying what went wrong and how to fix it, with the technical
+    details folded away. This is the one place views show errors (``show_error`` / ``fail`` /
+    ``guard``); the kernel and other views go on.
     """
 
     title = "view"
@@ -36,15 +93,24 @@ class View(w.VBox):
         self.state = state
         self.error_area = w.HTML("", layout=w.Layout(margin="2px 0"))
         self.error_area.add_class("fsl-error")
+        self.last_error = ""  # the message shown now ("" when none), for tests and scripts
+        self._last_traceback = ""
         # stable hooks for the browser tests and for user CSS
         self.add_class("fsl-" + type(self).__name__.lower())
 
     # ------------------------------------------------------------------ errors
-    def show_error(self, message: str) -> None:
-        self.error_area.value = (f"<div style='color:#a00;background:#fee;border:1px solid #e99;padding:4px 8px;"
-                                 f"border-radius:4px'>⚠ {html.escape(message)}</div>")
+    def show_error(self, message: str, details: str = "") -> None:
+        """Show one error message in this view (replacing any earlier one); ``details`` folded away."""
+        self.last_error = _ERROR_PREFIX.sub("", " ".join(str(message).split()))
+        self.error_area.value = error_html(self.last_error, details)
+
+    def fail(self, exc: BaseException) -> None:
+        """Show ``exc`` as this view's error: its message, the traceback folded under "details"."""
+        self._last_traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.show_error(error_text(exc), self._last_traceback)
 
     def clear_error(self) -> None:
+        self.last_error = ""
         self.error_area.value = ""
 
     def guard(self, fn: Callable) -> Callable:
@@ -56,8 +122,7 @@ class View(w.VBox):
             try:
                 out = fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - a view must survive any failing action
-                self.show_error(f"{type(exc).__name__}: {exc}")
-                self._last_traceback = traceback.format_exc()
+                self.fail(exc)
                 return None
             if self.state.error:
                 self.show_error(self.state.error)

@@ -21,7 +21,7 @@ from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import images_for_model
 from fsl_xai.errors import DataError
 
-from ._base import View
+from ._base import View, progress_done, progress_failed, progress_start
 from .figures import png_bytes
 
 AUTO, RANGE, CUSTOM = "from the file's tags", "full value range", "custom (sliders)"
@@ -66,7 +66,8 @@ class DicomImportView(View):
         self.meta = w.HTML()
         self.bad = w.HTML()
         self.label = w.Dropdown(description="label", layout=w.Layout(width="260px"),
-                                style={"description_width": "40px"})
+                                style={"description_width": "40px"},
+                                tooltip="the class of the selected image (one of this episode's classes)")
         self.add_support_button = w.Button(description="add to support", icon="plus")
         self.add_query_button = w.Button(description="add as query", icon="question")
         self.add_support_button.on_click(self.guard(lambda _: self.add(as_query=False)))
@@ -81,13 +82,32 @@ class DicomImportView(View):
             w.HBox([self.window, self.centre, self.width]), self.error_area,
             w.HBox([w.VBox([self.items, self.frame]), self.image, self.meta]), self.bad,
             w.HBox([self.label, self.add_support_button, self.add_query_button]), self.result]
+        self.label.observe(lambda _: self._sync_buttons(), names="value")
+        self.items.observe(lambda _: self._sync_buttons(), names="value")
         state.observe(self._on_episode, names=["episode"])
         self._on_episode()
 
     def _on_episode(self, change=None) -> None:
+        """The label choices are the episode's classes (an image can join only those), the current
+        choice kept when still one of them, else the first: never empty while an episode is shown."""
         s = self.state
-        if s.images is not None:
-            self.label.options = list(s.images.class_names)
+        classes = list(s.episode.classes) if s.episode is not None else []
+        keep = self.label.value
+        if tuple(self.label.options) != tuple(classes):
+            self.label.options = classes
+        self.label.value = keep if keep in classes else (classes[0] if classes else None)
+        self._sync_buttons()
+
+    def _sync_buttons(self) -> None:
+        """"add" works only with an imported image selected and a class chosen."""
+        ready = self.imported is not None and bool(self.items.value) and self.label.value is not None
+        why = ("" if ready else "import DICOM files and select one first" if not self.items.value
+               else "choose the image's class (label) first")
+        for button in (self.add_support_button, self.add_query_button):
+            button.disabled = not ready
+            button.tooltip = why or ("add the selected image as a " +
+                                     ("query" if button is self.add_query_button else "support image") +
+                                     f" of class {self.label.value}")
 
     def _window_arg(self):
         v = self.window.value
@@ -114,16 +134,26 @@ class DicomImportView(View):
                 # uploaded names are replaced by numbers: a file name may carry a patient's name
                 (self._tmp / f"upload-{len(list(self._tmp.iterdir())):04d}.dcm").write_bytes(bytes(item["content"]))
             root = self._tmp
-        root = Path(root or self.folder.value)
-        if not str(root) or not root.is_dir():
-            raise ValueError(f"{root} is not a folder; type the folder that holds the DICOM files or upload files")
+        text = str(root or self.folder.value).strip()
+        progress_start(self.progress)
+        if not text or not Path(text).expanduser().is_dir():
+            progress_failed(self.progress)
+            fix = "type the folder that holds the DICOM files, or upload files"
+            raise ValueError(f"{text} is not a folder; {fix}" if text else f"no folder given: {fix}")
+        root = Path(text).expanduser()
         size, channels = self._target_shape()
-        self.progress.layout.visibility = "visible"
-        self.progress.value = 0
-        result = self._dicom.import_dicom_folder(root, size=size, channels=channels, window=self._window_arg(),
-                                                 progress=False)
+        try:
+            result = self._dicom.import_dicom_folder(root, size=size, channels=channels, window=self._window_arg(),
+                                                     progress=False)
+        except Exception:
+            progress_failed(self.progress)
+            raise
         self.progress.max = max(1, result.n_files)
         self.progress.value = result.n_files
+        if len(result.images):
+            progress_done(self.progress)
+        else:
+            progress_failed(self.progress, "none read")
         self.imported, self._root = result, root
         ids = result.images.sample_ids.tolist() if len(result.images) else []
         self.items.options = ids
@@ -133,6 +163,10 @@ class DicomImportView(View):
                       for f, r in result.bad_files)
         self.bad.value = (f"{len(ids)} image(s) imported from {result.n_files} file(s)"
                           + (f"; {len(result.bad_files)} not imported:<ul>{bad}</ul>" if result.bad_files else ""))
+        self._sync_buttons()
+        if not ids:
+            raise ValueError(f"no DICOM image could be imported from the {result.n_files} file(s) in this folder "
+                             "(reasons listed below the preview); check that it holds DICOM files")
 
     def _n_frames(self) -> int:
         """Frames in the selected file (from its de-identified metadata)."""
@@ -197,6 +231,8 @@ class DicomImportView(View):
         s = self.state
         images, model, _ = s.loaded()
         classes = s.shown()[1].classes
+        if self.label.value is None:
+            raise ValueError(f"choose the image's class (label) first: one of {list(classes)}")
         if self.label.value not in classes:
             raise ValueError(f"class {self.label.value!r} is not in this episode ({list(classes)}); "
                              "choose one of its classes")

@@ -1,6 +1,8 @@
-"""Opening and re-opening a workbench session: a dataset with its default model, and the state file
-that re-opens the same view (dataset, model fingerprint, episode JSON, selected query and
-explanation settings), written by Export and read by ``WorkbenchState.restore``."""
+"""Opening and re-opening a workbench session: a dataset with its default model, your own images
+(:func:`open_own_images`) with a checkpoint, the model on screen or a default model (never trained
+behind your back: :func:`own_default_model` says when training is needed), and the state file that
+re-opens the same view (dataset, model fingerprint, episode JSON, selected query and explanation
+settings), written by Export and read by ``WorkbenchState.restore``."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fsl_xai import config
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import images_for_model
 from fsl_xai.episodes import Episode
@@ -80,6 +83,49 @@ def open_dataset(dataset_name: str, model_name: str, split: str = "test", progre
     return images_for_model(imgs, model), model, model_info
 
 
+def open_own_images(path: str | Path, split: str = "test", labels_csv: str | Path | None = None,
+                    size: int | None = None, channels: int | None = None) -> ImageSet:
+    """Your own images from a path (npz, image folder + CSV, DICOM folder), as
+    :func:`fsl_xai.data.open.open_images` reads them; DICOM images at ``size``/``channels``."""
+    from fsl_xai.data.open import open_images
+
+    text = str(path).strip()
+    if not text:
+        raise DataError("type the path of your images first: a MedMNIST-format .npz file, an image folder "
+                        "(class sub-folders, or a CSV with path and label columns) or a folder of DICOM files")
+    csv = str(labels_csv).strip() if labels_csv is not None else ""
+    return open_images(text, split=split, labels_csv=csv or None, size=size, channels=channels)
+
+
+def open_checkpoint(path: str | Path) -> tuple[FewShotClassifier, Any]:
+    """(model in eval mode, CheckpointInfo) of a checkpoint file written by ``fsl-xai train``."""
+    from fsl_xai.checkpoints import load_checkpoint
+    from fsl_xai.errors import CheckpointError
+
+    text = str(path).strip()
+    if not text:
+        raise CheckpointError("type the path of a checkpoint file (.pt, written by `fsl-xai train`) first")
+    if Path(text).expanduser().is_dir():
+        raise CheckpointError(f"{text} is a folder; give the checkpoint file itself (.pt, written by `fsl-xai train`)")
+    return load_checkpoint(Path(text).expanduser())
+
+
+def own_default_model(images: ImageSet, model_name: str) -> tuple[Any, Path, bool]:
+    """(recipe, cache file, cached?) of the default model for images like ``images`` (their channels
+    and size; meta-trained on MedNIST + PBC). When it is not cached, loading it means training first."""
+    from fsl_xai.training import default_recipe
+
+    channels = images.n_channels if images.n_channels in (1, 3) else 3
+    recipe = default_recipe("own-images", channels=channels, size=max(images.image_size))
+    path = default_model_file(recipe, model_name)
+    return recipe, path, path.is_file()
+
+
+def default_model_file(recipe: Any, model_name: str) -> Path:
+    """Where ``fsl_xai.training.default_model_from_recipe`` caches the model of ``recipe``."""
+    return config.cache_dir() / "models" / f"{recipe.target}-{model_name}-{recipe.key(model_name)}.pt"
+
+
 def novel_classes(info: Any, images: ImageSet) -> list[str]:
     """The classes a model was NOT trained on (its checkpoint's novel split) that are in ``images``;
     all classes when the checkpoint does not say."""
@@ -90,6 +136,22 @@ def novel_classes(info: Any, images: ImageSet) -> list[str]:
     trained = set(getattr(info, "classes", ()) or ())
     rest = [c for c in images.class_names if c not in trained]
     return rest if len(rest) >= 2 else list(images.class_names)
+
+
+def classes_note(info: Any, classes: list[str] | tuple[str, ...]) -> str:
+    """What the model knows of the episode classes, as plain text (only what its checkpoint says)."""
+    trained = set(getattr(info, "classes", ()) or ())
+    if not classes:
+        return ""
+    names = ", ".join(classes)
+    if not trained:
+        return f"episode classes: {names} (the model's checkpoint does not list the classes it was trained on)"
+    seen = [c for c in classes if c in trained]
+    if not seen:
+        return f"episodes drawn from classes the model was not trained on: {names}"
+    if len(seen) == len(classes):
+        return f"episode classes: {names} (all seen by the model in training)"
+    return f"episode classes: {names} (seen in training: {', '.join(seen)})"
 
 
 def restore_state(state: WorkbenchState, data: dict | str | Path, images: ImageSet | None = None,

@@ -60,6 +60,7 @@ class SupportSetView(View):
             widget.observe(self.guard(lambda _: self._fill_pool()), names="value")
         self.pool_column.observe(self.guard(lambda _: self._fill_values()), names="value")
         self.pool_list.observe(self.guard(self._on_pool_pick), names="value")
+        self.as_class.observe(lambda _: self._sync_buttons(), names="value")
         pool = w.VBox([
             w.HTML("<b>pool</b> (images not in this episode)"),
             w.HBox([self.pool_class, self.pool_column, self.pool_value]),
@@ -87,6 +88,7 @@ class SupportSetView(View):
                                           f"<b>{html.escape(ep.support_ids[position])}</b>"
                                           f" ({html.escape(ep.classes[ep.support_labels[position]])})")
         self._render_cards()
+        self._sync_buttons()
 
     def swap(self) -> None:
         if self.selected_position is None:
@@ -100,7 +102,23 @@ class SupportSetView(View):
     def add(self) -> None:
         if not self.pool_list.value:
             raise ValueError("pick a pool image to add")
+        if self.as_class.value is None:
+            raise ValueError("choose the class to add the image as ('as class'), then click add to support")
         self.state.add_support(self.pool_list.value, self.as_class.value)
+
+    def _sync_buttons(self) -> None:
+        """Each edit button works only once what it needs is chosen; its tooltip says what is missing."""
+        picked, cls, chosen = bool(self.pool_list.value), self.as_class.value, self.selected_position is not None
+        self.add_button.disabled = not (picked and cls is not None)
+        self.add_button.tooltip = ("pick a pool image first" if not picked else "choose 'as class' first"
+                                   if cls is None else f"add the pool image to the support set as {cls}")
+        self.swap_button.disabled = not (picked and chosen)
+        self.swap_button.tooltip = ("select a support image (its 'select' button) and pick a pool image first"
+                                    if self.swap_button.disabled else "replace the selected support image with "
+                                    "this pool image")
+        self.remove_button.disabled = not chosen
+        self.remove_button.tooltip = ("select a support image first (its 'select' button)" if not chosen
+                                      else "remove the selected support image")
 
     def remove(self) -> None:
         if self.selected_position is None:
@@ -132,11 +150,15 @@ class SupportSetView(View):
         if tuple(self.pool_class.options) != tuple(options):
             self.pool_class.options = options
             self.pool_class.value = ANY
-        self.as_class.options = list(ep.classes)
+        keep = self.as_class.value
+        if tuple(self.as_class.options) != tuple(ep.classes):
+            self.as_class.options = list(ep.classes)
+        self.as_class.value = keep if keep in ep.classes else (ep.classes[0] if ep.classes else None)
         if self.selected_position is not None and self.selected_position >= len(ep.support_ids):
             self.selected_position = None
         self._render_cards()
         self._fill_pool()
+        self._sync_buttons()
 
     def _render_cards(self) -> None:
         s = self.state
@@ -200,6 +222,7 @@ class SupportSetView(View):
 
     def _on_pool_pick(self, change=None) -> None:
         sid = self.pool_list.value
+        self._sync_buttons()
         if sid:
             self.pool_preview.value = thumbnail(self.state, sid, 96)
             images = self.state.loaded()[0]

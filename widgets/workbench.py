@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import ipywidgets as w
 
 from .dataset_model import DatasetModelPicker
@@ -73,5 +75,9 @@ class Workbench(w.VBox):
         self._on_status()
 
     def _on_status(self, change=None) -> None:
-        s = self.state
-        self.status.value = f"<span style='color:#555'>{s.status}</span>"
+        """The status line: what is going on, in red when the last step failed or was cancelled
+        (the view that failed shows the message and how to fix it)."""
+        text = self.state.status
+        bad = text.startswith(("failed", "training cancelled"))
+        colour = "#a00" if bad else "#555"
+        self.status.value = f"<span style='color:{colour}'>{'⚠ ' if bad else ''}{html.escape(text)}</span>"

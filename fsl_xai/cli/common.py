@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
@@ -10,6 +11,10 @@ from ..errors import DataError
 if TYPE_CHECKING:  # the library is imported inside each command, to keep `fsl-xai --help` quick
     from ..checkpoints import CheckpointInfo
     from ..data import ImageSet
+
+#: what ``--data-file`` accepts, for the commands' help texts
+DATA_FILE_HELP = ("your own images: a MedMNIST-format .npz file, an image folder (class sub-folders, or a CSV "
+                  "with path and label columns) or a folder of DICOM files")
 
 
 def set_torch_threads(n: int | None) -> None:
@@ -19,14 +24,34 @@ def set_torch_threads(n: int | None) -> None:
     set_threads(n)
 
 
-def load_images(dataset: str | None, data_file: str | None, split: str, progress: bool) -> ImageSet:
-    """One split of a registered dataset (``--dataset``) or of a MedMNIST-format file (``--data-file``)."""
-    if data_file is not None:
-        from ..data import read_npz
+def _is_path(text: str) -> bool:
+    """A dataset argument that names a file or folder on this machine rather than a registered set."""
+    from ..data.registry import list_datasets
 
-        return read_npz(data_file, split=split)
+    path = Path(text).expanduser()
+    if not path.exists():
+        return False
+    known = {i.name for i in list_datasets()}
+    return text.strip().lower().replace("_", "-") not in known or path.suffix.lower() == ".npz"
+
+
+def load_images(dataset: str | None, data_file: str | None, split: str, progress: bool,
+                labels: str | None = None) -> ImageSet:
+    """One split of a registered dataset (``--dataset``) or of your own images (``--data-file``: a
+    MedMNIST-format npz, an image folder with or without a CSV, or a DICOM folder; see
+    :func:`fsl_xai.data.open.open_images`). A ``--dataset`` that is a path on this machine is opened
+    the same way. ``labels`` is the CSV of a folder (default: the folder's only CSV)."""
+    from ..data.open import open_images
+
+    if data_file is not None:
+        return open_images(data_file, split=split, labels_csv=labels, progress=progress)
     if dataset is None:
-        raise DataError("no images to load: give a dataset name (--dataset) or a .npz file (--data-file)")
+        raise DataError("no images to load: give a dataset name (--dataset) or your own images (--data-file: "
+                        "an .npz file, an image folder or a DICOM folder)")
+    if _is_path(dataset):
+        return open_images(dataset, split=split, labels_csv=labels, progress=progress)
+    if labels is not None:
+        raise DataError(f"--labels is for your own folders; {dataset!r} is a registered dataset with its own labels")
     from ..data.registry import load_dataset
 
     return load_dataset(dataset, split=split, progress=progress)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``datasets`` command to the subparsers."""
     p = sub.add_parser("datasets", help="list the datasets this installation knows")
-    p.add_argument("--data-dir", help="folder searched first (default: $FSL_XAI_DATA_DIR)")
+    p.add_argument("--data-dir", help=f"folders searched first, joined by {os.pathsep!r}, before those of "
+                                      "$FSL_XAI_DATA_DIR (itself one folder or several joined the same way)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_datasets)
 

@@ -2,8 +2,9 @@
 
 Resolution order for a file-backed dataset:
 
-1. the ``data_dir`` argument, then the ``FSL_XAI_DATA_DIR`` folder; in each, the file's relative
-   path (``pbc_blood/pbc_bloodlike_28.npz``) and then its bare name (``pbc_bloodlike_28.npz``);
+1. the ``data_dir`` argument's folders, then the ``FSL_XAI_DATA_DIR`` folders (each setting is one
+   folder or several joined by ``os.pathsep``, searched in order); in each folder, the file's
+   relative path (``pbc_blood/pbc_bloodlike_28.npz``) and then its bare name (``pbc_bloodlike_28.npz``);
 2. the cache (``cache_dir`` argument or ``FSL_XAI_CACHE_DIR``), under ``datasets/<relative path>``;
 3. a download into that cache, for sets with an official URL (the MedMNIST v2 2D sets).
 
@@ -226,7 +227,7 @@ def _unknown(name: str) -> DatasetNotFoundError:
     )
 
 
-def get_info(name: str, data_dir: str | os.PathLike | None = None,
+def get_info(name: str, data_dir: config.PathList | None = None,
              cache_dir: str | os.PathLike | None = None) -> DatasetInfo:
     """The registry entry for ``name``, with ``path``/``present`` filled in for this machine.
 
@@ -243,7 +244,7 @@ def get_info(name: str, data_dir: str | os.PathLike | None = None,
     return replace(info, path=found[0] if found else None, present=found is not None)
 
 
-def list_datasets(data_dir: str | os.PathLike | None = None,
+def list_datasets(data_dir: config.PathList | None = None,
                   cache_dir: str | os.PathLike | None = None) -> list[DatasetInfo]:
     """Every known dataset, with whether (and where) it is present on this machine.
 
@@ -252,7 +253,7 @@ def list_datasets(data_dir: str | os.PathLike | None = None,
     return [get_info(name, data_dir, cache_dir) for name in _REGISTRY]
 
 
-def datasets_table(data_dir: str | os.PathLike | None = None,
+def datasets_table(data_dir: config.PathList | None = None,
                    cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """``list_datasets`` as a table (one row per set) for printing, e.g. by ``fsl-xai datasets``."""
     rows = []
@@ -272,12 +273,25 @@ def datasets_table(data_dir: str | os.PathLike | None = None,
     return pd.DataFrame(rows)
 
 
-def _search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
-    roots = []
-    for root in (config.data_dir(data_dir) if data_dir is not None else None, config.data_dir(None)):
-        if root is not None and root not in roots:
+def _search_roots(data_dir: config.PathList | None) -> list[Path]:
+    """The data folders searched, in order: ``data_dir``'s, then ``FSL_XAI_DATA_DIR``'s."""
+    roots: list[Path] = []
+    for root in (*(config.data_dirs(data_dir) if data_dir is not None else ()), *config.data_dirs(None)):
+        if root not in roots:
             roots.append(root)
     return roots
+
+
+def _searched(info: DatasetInfo, data_dir, cache_dir) -> str:
+    """Every place ``info``'s file was looked for, for an error message."""
+    places = []
+    for root in _search_roots(data_dir):
+        relative = Path(info.file_name)
+        places.append(str(root / relative))
+        if relative.name != info.file_name:
+            places.append(str(root / relative.name))
+    places.append(str(_cache_path(info, cache_dir)))
+    return "; ".join(places)
 
 
 def _cache_path(info: DatasetInfo, cache_dir: str | os.PathLike | None) -> Path:
@@ -335,16 +349,17 @@ def _where_to_put(info: DatasetInfo, data_dir, cache_dir) -> str:
     if roots:
         return f"save it as {roots[0] / info.file_name}"
     return (f"save it as {_cache_path(info, cache_dir)}, or put it at <folder>/{info.file_name} and set "
-            f"{config.DATA_DIR_ENV}=<folder> (or pass data_dir=<folder>)")
+            f"{config.DATA_DIR_ENV}=<folder> (several folders joined by {os.pathsep!r}; or pass data_dir=<folder>)")
 
 
-def resolve_path(name: str, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+def resolve_path(name: str, data_dir: config.PathList | None = None, cache_dir: str | os.PathLike | None = None,
                  download: bool = True, progress: bool = True, verify: bool = True) -> Path:
     """The local path of a file-backed dataset, downloading and checking it when needed.
 
     Args:
         name: a short name (see ``list_datasets``).
-        data_dir: a folder searched first (before ``FSL_XAI_DATA_DIR``).
+        data_dir: folders searched first (one folder, several joined by ``os.pathsep``, or a
+            list), before those of ``FSL_XAI_DATA_DIR``.
         cache_dir: where downloads go (default ``FSL_XAI_CACHE_DIR`` or ``~/.cache/fsl-xai``).
         download: fetch the official file when it is not present locally.
         progress: show a progress bar while downloading.
@@ -379,24 +394,48 @@ def resolve_path(name: str, data_dir: str | os.PathLike | None = None, cache_dir
             f"different version; {fix}"
         )
 
-    searched = [str(r / info.file_name) for r in _search_roots(data_dir)]
-    searched.append(str(_cache_path(info, cache_dir)))
+    searched = _searched(info, data_dir, cache_dir)
     if not info.url:
         setting = (f"set {config.DATA_DIR_ENV} (or pass data_dir=) to the folder that holds {info.file_name}"
-                   if not _search_roots(data_dir) else _where_to_put(info, data_dir, cache_dir))
+                   if not _search_roots(data_dir) else
+                   _where_to_put(info, data_dir, cache_dir) + f", or add the folder that holds it to "
+                   f"{config.DATA_DIR_ENV} (folders joined by {os.pathsep!r})")
         raise DatasetNotFoundError(
             f"dataset {info.name!r} needs the file {Path(info.file_name).name}, which is not present (looked in: "
-            f"{', '.join(searched)}) and has no download URL. Get it from the project's shared data folder "
+            f"{searched}) and has no download URL. Get it from the project's shared data folder "
             f"and {setting}"
         )
     if not download:
         raise DatasetNotFoundError(
-            f"dataset {info.name!r} is not present (looked in: {', '.join(searched)}) and download=False; "
+            f"dataset {info.name!r} is not present (looked in: {searched}) and download=False; "
             f"call again with download=True to fetch it from {info.url}, or download it by hand and "
             f"{_where_to_put(info, data_dir, cache_dir)}"
         )
     return download_file(info.url, _cache_path(info, cache_dir), info.md5, progress=progress,
                          manual_hint=_where_to_put(info, data_dir, cache_dir))
+
+
+def class_names_for_file(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The registry's class names for an npz file that carries none of its own, when the file is a
+    registered dataset (same file name and the same number of images in every split it holds,
+    e.g. an official MedMNIST file saved anywhere); None otherwise, and for files with their own
+    ``class_names`` (``read_npz`` uses those)."""
+    path = Path(path)
+    if not path.is_file() or _file_class_names(path):
+        return None
+    candidates = [i for i in _REGISTRY.values() if i.file_name and Path(i.file_name).name == path.name
+                  and i.n_samples]
+    if not candidates:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            counts = {s: len(npz[f"{s}_labels"]) for s in SPLITS if f"{s}_labels" in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):  # read_npz reports unreadable files
+        return None
+    for info in candidates:
+        if counts and all(info.n_samples.get(s) == n for s, n in counts.items()):
+            return info.classes
+    return None
 
 
 def _file_class_names(path: Path) -> bool:
@@ -408,7 +447,7 @@ def _file_class_names(path: Path) -> bool:
         return False
 
 
-def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | None = None,
+def load_dataset(name: str, split: str = "test", data_dir: config.PathList | None = None,
                  cache_dir: str | os.PathLike | None = None, download: bool = True, progress: bool = True,
                  verify: bool = True) -> ImageSet:
     """Load one split of a dataset by short name (see ``list_datasets``).
@@ -418,7 +457,8 @@ def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | N
             A path to a MedMNIST-format ``.npz`` file is read directly.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (the three joined; metadata column
             ``split`` tells them apart).
-        data_dir: a folder searched first (before ``FSL_XAI_DATA_DIR``).
+        data_dir: folders searched first (one folder, several joined by ``os.pathsep``, or a
+            list), before those of ``FSL_XAI_DATA_DIR``.
         cache_dir: where downloads are kept.
         download: fetch official files that are not present.
         progress: show a progress bar while downloading.
@@ -433,7 +473,7 @@ def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | N
     text = str(name)
     if text.endswith(".npz") and Path(text).expanduser().is_file():
         path = Path(text).expanduser()
-        return _read_splits(path, split, path.stem, None)
+        return _read_splits(path, split, path.stem, class_names_for_file(path))
     key = _normalise(name)
     if key not in _REGISTRY:
         raise _unknown(name)
