@@ -3,6 +3,11 @@
 A checkpoint file is a ``torch.save`` dictionary, read back with ``weights_only=True`` (no pickled
 code is ever executed) and written atomically (temporary file, then rename), so an interrupted
 save never leaves a half-written checkpoint behind.
+
+A model with an external backbone records its spec and input transform: a TorchScript network is
+stored inside the file (its archive, checked against its sha256), a timm network is rebuilt by
+name, and a ``py:MODULE:FUNCTION`` factory is imported and called by name, so such a checkpoint
+runs code of an installed module: load it only from people whose code you would run.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from .errors import CheckpointError, FslXaiError
 from .files import atomic_write
 from .models import make_backbone, make_model
 from .models.base import FewShotClassifier
+from .models.external import is_external_spec, sha256_of
 
 #: bump when the layout of the file changes incompatibly
 FORMAT_VERSION = 1
 _MAGIC = "fsl-xai-checkpoint"
+#: payload key of an external TorchScript backbone's archive (a uint8 tensor of the file's bytes)
+_ARCHIVE = "backbone_archive"
 
 
 @dataclass
@@ -34,7 +42,10 @@ class CheckpointInfo:
     Attributes:
         model: registered model name (``protonet``, ``simpleshot``, ...).
         model_params: keyword arguments that rebuild the model (from ``model.config()``).
-        backbone: registered backbone name; backbone_params: its keyword arguments (e.g. width).
+        backbone: registered backbone name, or an external spec (``timm:NAME``, ``torchscript:PATH``,
+            ``py:MODULE:FUNCTION``); backbone_params: its keyword arguments (e.g. width), for an
+            external backbone its input transform and ``code_hash`` (the TorchScript archive's
+            sha256, or a hash of the factory's source file).
         in_channels: input channels the backbone expects; image_size: (height, width).
         dataset: name of the training image set; data_fingerprint: its fingerprint.
         classes: the classes the model was trained on.
@@ -147,6 +158,9 @@ def save_checkpoint(path: str | os.PathLike, model: FewShotClassifier, info: Che
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "training": training_state,
     }
+    archive = getattr(model.backbone, "archive", None)
+    if isinstance(archive, bytes):  # a TorchScript backbone travels inside the checkpoint (see _rebuild)
+        payload[_ARCHIVE] = torch.frombuffer(bytearray(archive), dtype=torch.uint8)
     return atomic_torch_save(payload, path)
 
 
@@ -204,12 +218,43 @@ def describe_mismatch(info: CheckpointInfo, model: FewShotClassifier) -> list[st
     return diffs
 
 
-def _rebuild(info: CheckpointInfo, path: Path) -> FewShotClassifier:
+def _external_backbone(info: CheckpointInfo, path: Path, payload: dict) -> nn.Module:
+    """Rebuild an external backbone (``timm:``, ``torchscript:``, ``py:``) with its stored input transform.
+
+    A TorchScript network is stored inside the checkpoint, not referenced: the checkpoint then works
+    wherever it is copied, and a later edit or loss of the original file cannot change what it holds;
+    the archive's sha256 (``backbone_params["code_hash"]``) is checked before it is loaded. A py:
+    factory is imported again by name, a timm network built again by name; their weights come from
+    the checkpoint's state_dict.
+    """
+    params = info.backbone_params
+    archive = None
+    if info.backbone.startswith("torchscript:"):
+        stored = payload.get(_ARCHIVE)
+        if not isinstance(stored, torch.Tensor):
+            raise CheckpointError(f"{path} names the TorchScript backbone {info.backbone} but does not hold its "
+                                  "archive; save the model again with this fsl-xai")
+        archive = stored.numpy().tobytes()
+        if sha256_of(archive) != params.get("code_hash"):
+            raise CheckpointError(f"{path}: the TorchScript archive inside does not match its recorded sha256; the "
+                                  "file is damaged: train or save it again")
+    return make_backbone(info.backbone, in_channels=info.in_channels, image_size=info.image_size,
+                         transform=params.get("transform"), archive=archive)
+
+
+def _rebuild(info: CheckpointInfo, path: Path, payload: dict) -> FewShotClassifier:
     try:
-        backbone = make_backbone(info.backbone, in_channels=info.in_channels, image_size=info.image_size,
-                                 **info.backbone_params)
+        if is_external_spec(info.backbone):
+            backbone = _external_backbone(info, path, payload)
+        else:
+            backbone = make_backbone(info.backbone, in_channels=info.in_channels, image_size=info.image_size,
+                                     **info.backbone_params)
         return make_model(info.model, backbone, **info.model_params)
+    except CheckpointError:
+        raise
     except FslXaiError as exc:
+        if is_external_spec(info.backbone):
+            raise CheckpointError(f"{path}: its backbone {info.backbone} cannot be rebuilt here ({exc})") from None
         raise CheckpointError(f"{path} names a model this fsl-xai cannot build ({exc}); "
                               "use the fsl-xai version that wrote it") from None
     except TypeError as exc:
@@ -240,7 +285,7 @@ def load_checkpoint(path: str | os.PathLike, model: FewShotClassifier | None = N
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's description is damaged ({exc}); train again") from None
     if model is None:
-        model = _rebuild(info, path)
+        model = _rebuild(info, path, payload)
     else:
         diffs = describe_mismatch(info, model)
         if diffs:

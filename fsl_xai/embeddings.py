@@ -41,13 +41,17 @@ Pixels = ImageSet | np.ndarray | torch.Tensor
 
 
 def embedding_fingerprint(model: FewShotClassifier) -> str:
-    """A hash of what determines ``model.embed``: the embedding function, the backbone's class and
-    its weights. Fitting a support set or SimpleShot's base mean does not change it, so fitted
-    episodes of one model share cached embeddings."""
+    """A hash of what determines ``model.embed``: the embedding function, the backbone's class, its
+    identity (external backbones: ``backbone_identity``) and its weights. Fitting a support set or
+    SimpleShot's base mean does not change it, so fitted episodes of one model share cached
+    embeddings."""
     h = hashlib.sha1()
     embed = type(model).embed
     h.update(f"{embed.__module__}.{embed.__qualname__}|{type(model.backbone).__module__}."
              f"{type(model.backbone).__qualname__}".encode())
+    # an external backbone's spec, code or archive hash and input transform: two foreign networks with
+    # the same weights (or none) never share entries
+    h.update(str(getattr(model.backbone, "backbone_identity", "")).encode())
     for key, tensor in sorted(model.backbone.state_dict().items()):
         h.update(key.encode())
         h.update(str(tuple(tensor.shape)).encode())

@@ -1,5 +1,8 @@
 """``fsl-xai evaluate``: accuracy with a 95% CI over many episodes, the per-query table, and on
-request conformal prediction sets (``--conformal ALPHA``) and the domain guard (``--guard``)."""
+request conformal prediction sets (``--conformal ALPHA``) and the domain guard (``--guard``).
+
+The model is a checkpoint (``--checkpoint``) or a frozen pretrained network scored with prototypes
+(``--backbone timm:NAME | torchscript:PATH | py:MODULE:FUNCTION``, ProtoNet, no training)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, EpisodeError
 from ..files import atomic_write
+from .backbone_args import (
+    add_backbone_options,
+    check_backbone_name,
+    external_options,
+    refuse_external_options,
+    report_backbone,
+)
 from .common import format_ci, images_for_checkpoint, load_images, set_torch_threads
 
 if TYPE_CHECKING:
@@ -29,7 +39,11 @@ CALIBRATION_SPLIT = "val"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` command to the subparsers."""
     p = sub.add_parser("evaluate", help="accuracy with a 95%% CI over many episodes, and the per-query table")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint written by `fsl-xai train`")
+    what.add_argument("--backbone", metavar="SPEC",
+                      help="evaluate a frozen pretrained network with prototypes (ProtoNet, no training): "
+                           "timm:NAME, torchscript:PATH or py:MODULE:FUNCTION; see the external backbone options")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name (see `fsl-xai datasets`)")
     src.add_argument("--data-file", help="a MedMNIST-format .npz file")
@@ -58,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", metavar="OUT.csv", help="write the per-query table to this CSV file")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backbone_options(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -121,6 +136,29 @@ def _guard_summary(predictions: pd.DataFrame, guard: DomainGuard, path: str) -> 
                                          "flagged_included": 0}}
 
 
+def _frozen_backbone(args: argparse.Namespace, images: ImageSet) -> tuple[FewShotClassifier, CheckpointInfo]:
+    """A ProtoNet around the external network ``--backbone`` (weights as loaded, never trained), and
+    its description as a checkpoint would give it; the input transform defaults to the data's size
+    and channels where neither the options nor the network state one."""
+    import torch
+
+    from ..checkpoints import CheckpointInfo
+    from ..errors import ModelError
+    from ..models import make_backbone, make_model
+
+    check_backbone_name(args.backbone)
+    if ":" not in args.backbone:
+        raise ModelError(f"--backbone {args.backbone} without a checkpoint would have random weights; give "
+                         "--checkpoint FILE, or a pretrained external network (timm:NAME, torchscript:PATH, "
+                         "py:MODULE:FUNCTION)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)  # a factory that initialises weights at random does so reproducibly
+        backbone = make_backbone(args.backbone, images.n_channels, images.image_size, **external_options(args))
+    report_backbone(backbone)
+    model = make_model("protonet", backbone).eval()
+    return model, CheckpointInfo.for_model(model)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoints import load_checkpoint
     from ..evaluation import evaluate
@@ -130,9 +168,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         "queries whose set may miss the true class); use 0.1 for 90% coverage")
     set_torch_threads(args.threads)
     progress = not args.no_progress
-    model, info = load_checkpoint(args.checkpoint)
-    images = images_for_checkpoint(load_images(args.dataset, args.data_file, args.split, progress), info,
-                                   args.convert)
+    raw = load_images(args.dataset, args.data_file, args.split, progress)
+    if args.backbone:
+        model, info = _frozen_backbone(args, raw)
+        if not args.convert and (raw.n_channels, raw.image_size) != (info.in_channels, info.image_size):
+            raise DataError(f"backbone {args.backbone} expects {info.in_channels}-channel {info.image_size[0]}x"
+                            f"{info.image_size[1]} images but {raw.name} has {raw.n_channels}-channel "
+                            f"{raw.image_size[0]}x{raw.image_size[1]} images; pass --convert to convert them")
+    else:
+        refuse_external_options(args, "a checkpoint states its backbone's input")
+        model, info = load_checkpoint(args.checkpoint)
+    images = images_for_checkpoint(raw, info, args.convert)
     classes = _episode_classes(args, info, images)
     n_way = args.n_way if args.n_way is not None else min(5, len(classes))
     guard = None
@@ -153,7 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "episodes": int(result.episodes), "n_way": int(result.n_way), "n_shot": int(result.n_shot),
         "n_query": int(result.n_query), "n_predictions": int(len(predictions)),
         "dataset": images.name, "split": args.split, "classes": classes, "seed": args.seed,
-        "checkpoint": str(Path(args.checkpoint)), "model": info.model, "backbone": info.backbone,
+        "checkpoint": str(Path(args.checkpoint)) if args.checkpoint else None, "model": info.model,
+        "backbone": info.backbone, "input_transform": info.backbone_params.get("transform"),
         "model_fingerprint": model.fingerprint(), "predictions": args.predictions,
     }
     if guard is not None:

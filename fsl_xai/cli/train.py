@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
+from .backbone_args import BACKBONE_HELP, add_backbone_options, check_backbone_name, external_options, report_backbone
 from .common import format_ci, load_images, set_torch_threads
 
 
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train (or pre-train) a few-shot model and save a checkpoint")
     p.add_argument("--dataset", required=True, help="dataset name (see `fsl-xai datasets`) or a .npz file")
     p.add_argument("--model", default="protonet", help="model name (default: protonet)")
-    p.add_argument("--backbone", default="conv4", help="backbone name (default: conv4)")
+    p.add_argument("--backbone", default="conv4", help=f"backbone (default: conv4): {BACKBONE_HELP}")
     p.add_argument("--n-way", type=int, default=5, help="classes per training episode (default 5)")
     p.add_argument("--n-shot", type=int, default=5, help="support images per class (default 5)")
     p.add_argument("--n-query", type=int, default=5, help="query images per class (default 5)")
@@ -33,13 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backbone_options(p)
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..embeddings import images_for_model
     from ..episodes import ClassSplit
     from ..errors import ModelError
-    from ..models import list_backbones, list_models
+    from ..models import list_models
     from ..training import (
         DEFAULT_SPLITS,
         PRETRAINED_MODELS,
@@ -54,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.model not in list_models():
         raise ModelError(f"unknown model {args.model!r}; choose one of {list_models()}")
-    if args.backbone not in list_backbones():
-        raise ModelError(f"unknown backbone {args.backbone!r}; choose one of {list_backbones()}")
+    check_backbone_name(args.backbone)
+    backbone_params = external_options(args)
     set_torch_threads(args.threads)
     progress = not args.no_progress
     is_file = args.dataset.endswith(".npz")
@@ -67,6 +70,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.channels or args.image_size:
         train = train.convert(channels=args.channels, size=args.image_size)
         val = val.convert(channels=args.channels, size=args.image_size) if val is not None else None
+    model = build_model(args.model, args.backbone, train.n_channels, train.image_size, seed=args.seed,
+                        backbone_params=backbone_params)
+    if backbone_params:  # the data go in as the external network's input transform says
+        report_backbone(model.backbone)
+        fitted_train = images_for_model(train, model)
+        if fitted_train is not train:
+            print(f"converting {train.name} images to the backbone's input ({fitted_train.n_channels} channel(s), "
+                  f"{fitted_train.image_size[0]}x{fitted_train.image_size[1]})", file=sys.stderr)
+        train = fitted_train
+        val = images_for_model(val, model) if val is not None else None
     split = DEFAULT_SPLITS.get(train.name)
     if args.classes:
         classes = tuple(args.classes)
@@ -82,7 +95,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_set = None
     else:
         val_set = val.select_classes(split.val or classes)
-    model = build_model(args.model, args.backbone, train.n_channels, train.image_size, seed=args.seed)
     out = Path(args.out)
     print(f"Training {args.model} ({args.backbone}) on {train.name}: classes {list(classes)}", file=sys.stderr)
     if args.model in PRETRAINED_MODELS:

@@ -30,6 +30,8 @@ from .core import (
     DEFAULT_INTERNAL_BATCH,
     ExplainedOutput,
     as_images,
+    check_method_backbone,
+    default_layer,
     eval_mode,
     explained_value,
     make_baseline,
@@ -193,7 +195,7 @@ def _recorded_params(run_params: dict, layer: str | nn.Module | None, layer_meth
     recorded = dict(run_params)
     if layer_method:
         if layer is None:
-            recorded["layer"] = getattr(fitted.backbone, "default_cam_layer", None)
+            recorded["layer"] = default_layer(fitted)
         else:
             recorded["layer"] = layer if isinstance(layer, str) else type(layer).__name__
     if internal_batch_size is not None:
@@ -221,7 +223,7 @@ def explain(fitted: FittedEpisode, query_images: torch.Tensor | np.ndarray, meth
         seed: seeds every random draw (noise tunnels, GradientSHAP); same seed -> same maps.
         episode_id: recorded in the result.
         layer: backbone layer for Grad-CAM methods (name like "blocks.2"; default the backbone's
-            ``default_cam_layer``).
+            ``default_layer``).
         internal_batch_size: about how many images go through the network in one pass (queries x
             steps / samples / perturbations); queries are explained in chunks of that size
             (default ``DEFAULT_INTERNAL_BATCH``). Results do not depend on it, except for the random
@@ -243,6 +245,7 @@ def explain(fitted: FittedEpisode, query_images: torch.Tensor | np.ndarray, meth
     spec = method_spec(method)
     fitted = require_fitted(fitted, "explain")
     model = fitted.model
+    check_method_backbone(fitted, method)
     if spec.needs_gradients and not model.is_differentiable():
         perturb = sorted(n for n, s in METHODS.items() if not s.needs_gradients)
         raise ModelError(f"method {method!r} needs gradients but {type(model).__name__} is not differentiable "

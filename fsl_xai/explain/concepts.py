@@ -242,7 +242,7 @@ def tcav(
         random_images: (n_random, C, H, W) a pool of ordinary images (at least 2 x ``n_examples``).
         query_labels: the class of each query (n,); None uses the model's predictions.
         layer: the layer (name relative to the model or its backbone, e.g. "blocks.2"); default the
-            backbone's ``default_cam_layer``.
+            backbone's default layer (``core.default_layer``).
         n_repeats: random counter-sets (at least 2).
         n_examples: images per random set (default: the number of concept examples).
         classes: the classes to score (default all classes of the episode).

@@ -7,7 +7,8 @@
 - the explained quantity: which classes (``resolve_classes``, ``fitted_classes``), their
   +1/-1 weights (``selection_weights``), and the one wrapper module Captum and the quality metrics
   call (``ExplainedOutput``);
-- backbone layers by name (``conv_layers``, ``resolve_layer``).
+- backbone layers by name (``conv_layers``, ``default_layer``, ``resolve_layer``: the one place a
+  default layer is chosen) and which methods a backbone supports (``check_method_backbone``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from ..deferred import defer_captum_visualization
 from ..errors import DataError, EpisodeError, ModelError
 from ..models import FewShotClassifier, FittedEpisode
+from ..models.external import ExternalBackbone
 
 defer_captum_visualization()  # Captum is imported on first use; keep matplotlib out of that import
 
@@ -296,13 +298,86 @@ def _classifier(owner: FewShotClassifier | FittedEpisode) -> FewShotClassifier:
 
 
 def conv_layers(owner: FewShotClassifier | FittedEpisode) -> list[str]:
-    """Names (relative to the backbone) of layers whose output is a spatial map: the backbone's blocks
-    and every Conv2d. ``owner``: a model or a fitted episode."""
+    """Names (relative to the backbone) of layers whose output is a spatial map: for the project's
+    backbones, the blocks and every Conv2d; for an external backbone, the layers its dry run found
+    (``spatial_layers``: modules with 4-D outputs, ``token_map`` of a ViT, ``output_map``).
+    ``owner``: a model or a fitted episode."""
+    backbone = _classifier(owner).backbone
+    found = getattr(backbone, "spatial_layers", None)
+    if isinstance(found, list):
+        return list(found)
     names = []
-    for name, module in _classifier(owner).backbone.named_modules():
+    for name, module in backbone.named_modules():
         if name and (isinstance(module, nn.Conv2d) or (name.count(".") == 1 and name.startswith("blocks."))):
             names.append(name)
     return names
+
+
+def default_layer(owner: FewShotClassifier | FittedEpisode) -> str:
+    """The backbone layer that layer methods (Grad-CAM, Guided Grad-CAM, concept probes) use when
+    none is given, relative to the backbone: its ``default_cam_layer`` (an external backbone sets it
+    from a dry run: the last module with a spatial map, or a ViT's token map). A backbone without one
+    that states its input (``in_channels``, ``image_size``) is run once with hooks to find the last
+    module whose output is a map (N, C, h, w) larger than 1x1.
+
+    Raises:
+        ModelError: the backbone has no such layer (the message says why and what to do).
+    """
+    backbone = _classifier(owner).backbone
+    layer = getattr(backbone, "default_cam_layer", None)
+    if isinstance(layer, str) and layer:
+        return layer
+    name = getattr(backbone, "backbone_name", type(backbone).__name__)
+    reason = getattr(backbone, "no_layer_reason", None)
+    if reason:
+        raise ModelError(f"backbone {name} has no layer for layer methods (Grad-CAM, concepts, similarity maps): "
+                         f"{reason}")
+    cin, size = getattr(backbone, "in_channels", None), getattr(backbone, "image_size", None)
+    if isinstance(cin, int) and size is not None:
+        from ..models.spatial import find_spatial_layers, trace_outputs
+
+        traces, _ = trace_outputs(backbone, torch.zeros(2, cin, *tuple(size)))
+        names, _ = find_spatial_layers(traces, 2)
+        if names:
+            return names[-1]
+    raise ModelError(f"backbone {name} has no default layer for layer methods; pass layer= one of "
+                     f"{conv_layers(owner)} (a module whose output is a map (N, C, h, w))")
+
+
+#: methods that replace the backward pass of nonlinearity modules (Captum's module rules)
+MODULE_RULE_METHODS = ("deeplift", "guided_backprop", "guided_gradcam")
+#: module types DeepLIFT has no rule for (Captum passes plain gradients through them)
+NO_DEEPLIFT_RULE = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.MultiheadAttention, nn.TransformerEncoderLayer)
+
+
+def check_method_backbone(owner: FewShotClassifier | FittedEpisode, method: str) -> None:
+    """Raise ModelError when ``method`` cannot give its own answer on this backbone: a module-rule
+    method (DeepLIFT, Guided Backprop) on a backbone whose modules no hook reaches (TorchScript),
+    Guided Backprop without ReLU modules, DeepLIFT through modules it has no rule for (GELU,
+    attention) on an external backbone. Captum would otherwise return plain gradients under the
+    method's name."""
+    if method not in MODULE_RULE_METHODS:
+        return
+    backbone = _classifier(owner).backbone
+    name = getattr(backbone, "backbone_name", type(backbone).__name__)
+    if not getattr(backbone, "hookable", True):
+        raise ModelError(f"{method} rewrites the backward pass of the backbone's activation modules, but backbone "
+                         f"{name} is TorchScript and its modules run inside compiled code; use integrated_gradients, "
+                         "saliency or a perturbation method (occlusion, feature_ablation), or load the network as a "
+                         "py: factory")
+    modules = list(backbone.modules())
+    # for external networks only: the project's ResNet-12 has LeakyReLU units, which Captum's Guided
+    # Backprop leaves alone as well, and its views have always offered the method (a known limitation)
+    external = isinstance(backbone, ExternalBackbone)
+    if external and method.startswith("guided") and not any(isinstance(m, nn.ReLU) for m in modules):
+        raise ModelError(f"{method} passes only positive gradients through ReLU modules, and backbone {name} has "
+                         "none (its activations are functions or of other kinds), so the map would be a plain "
+                         "gradient; use saliency or integrated_gradients")
+    if method == "deeplift":
+        without = sorted({type(m).__name__ for m in modules if isinstance(m, NO_DEEPLIFT_RULE)})
+        if without:
+            raise ModelError(f"deeplift has no rule for {without} in backbone {name} (its result would not be "
+                             "DeepLIFT); use integrated_gradients or gradient_shap")
 
 
 def resolve_layer(owner: FewShotClassifier | FittedEpisode,
@@ -312,7 +387,7 @@ def resolve_layer(owner: FewShotClassifier | FittedEpisode,
     Args:
         owner: a FewShotClassifier or a FittedEpisode.
         layer: a name relative to the model ("backbone.blocks.2") or to its backbone ("blocks.2"),
-            a module of the model, or None for the backbone's ``default_cam_layer``.
+            a module of the model, or None for :func:`default_layer`.
 
     Raises:
         ModelError: an unknown name, a foreign module, or no default layer.
@@ -325,10 +400,8 @@ def resolve_layer(owner: FewShotClassifier | FittedEpisode,
                 return name, module
         raise ModelError("the given layer module is not part of this model; pass a layer name such as 'blocks.3'")
     if layer is None:
-        layer = getattr(model.backbone, "default_cam_layer", None)
-        if layer is None:
-            raise ModelError(f"the backbone has no default_cam_layer; pass layer= one of {conv_layers(model)}")
+        layer = default_layer(model)
     for candidate in (layer, f"backbone.{layer}"):
         if candidate and candidate in named:
             return candidate, named[candidate]
-    raise ModelError(f"unknown layer {layer!r}; the backbone's convolutional layers are {conv_layers(model)}")
+    raise ModelError(f"unknown layer {layer!r}; the backbone's spatial layers are {conv_layers(model)}")

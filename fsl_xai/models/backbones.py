@@ -108,11 +108,20 @@ def list_backbones() -> list[str]:
 def make_backbone(name: str, in_channels: int = 3, image_size: int | tuple[int, int] = 28, **kwargs) -> Backbone:
     """Build a registered backbone and record its ``out_dim`` for this input size.
 
+    ``name`` may also be an external spec (``timm:NAME``, ``torchscript:PATH``, ``py:MODULE:FUNCTION``):
+    then ``in_channels`` and ``image_size`` are the defaults of its input transform (used where the
+    network states none) and ``kwargs`` go to :func:`fsl_xai.models.external.load_external`.
+
     Raises:
         ModelError: the name is unknown, or the image is too small for the backbone.
     """
+    if ":" in str(name):
+        from .external import load_external  # external builds on Backbone: imported here, not at the top
+
+        return load_external(name, default_channels=in_channels, default_size=image_size, **kwargs)
     if name not in BACKBONES:
-        raise ModelError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
+        raise ModelError(f"unknown backbone {name!r}; choose one of {list_backbones()}, or an external "
+                         "timm:NAME, torchscript:PATH or py:MODULE:FUNCTION")
     hw = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if min(hw) < 16:
         raise ModelError(f"backbone {name!r} needs images of at least 16x16 pixels, got {hw}")
