@@ -12,6 +12,13 @@ only in the panels of the case's condition. Every widget of a panel carries the 
 ``fsl-panel-<panel>`` (``fsl-panel-feedback`` for teaching mode's reveal) and every answer widget
 ``fsl-q-<question id>``, so a test can tell which part of the page is which. The key of the shown
 screen stays in the kernel.
+
+Sequential reading: a case in a condition that shows the AI first appears alone (no panel of the
+AI, and the session does not even hand the AI's output to the view); once the rater confirms that
+first answer (final), the same case comes back with the AI's panels (``fsl-panel-<panel>``), the
+first answer recalled (``fsl-panel-first_answer``) and filled in, to keep or revise. A frozen
+study with a domain guard shows its warning (``fsl-panel-guard``) on a flagged case's screens
+that show the AI; a conformal prediction set is the panel ``fsl-panel-prediction_set``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ def _in_panel(widget: W.Widget, panel: str) -> W.Widget:
     for child in getattr(widget, "children", ()):
         _in_panel(child, panel)
     return widget
+
+
+SUBMIT_LABELS = {"single": "Submit answer", "first": "Confirm my own answer", "revised": "Submit final answer"}
 
 
 def _message(css_class: str, text: str) -> str:
@@ -116,24 +126,49 @@ class RaterApp(W.VBox):
             self.back_button.layout.display = "none"
             return
         self.item = s.current()
-        shown = self.item["shown"]
+        shown, step = self.item["shown"], self.item["step"]
         # the position and the neutral label from the freeze: never the sample id
         label = shown.get("case_label")
         reference = f"<p class='fsl-case-label'>Reference {html.escape(str(label))}</p>" if label else ""
-        self.header.value = f"<h3>Case {s.position + 1} of {total}</h3>{reference}"
+        steps = {"first": "<p class='fsl-step'>Your own reading first: your answer is final once you confirm "
+                          "it.</p>",
+                 "revised": "<p class='fsl-step'>Now with the AI's output: keep your answer or revise it.</p>"}
+        self.header.value = f"<h3>Case {s.position + 1} of {total}</h3>{reference}{steps.get(step, '')}"
         self.case_area.children = [_png(shown.get("image_png"), 256)]
         teaching = self.design.mode == "teaching"
-        self.advice_area.children = [] if teaching else self._advice(self.item["panels"], shown)
+        advice = [] if teaching or step == "first" else self._advice(self.item["panels"], shown)
+        if step == "revised":
+            advice = [self._first_answer(self.item.get("first_answers", {})), *advice]
+        self.advice_area.children = advice
         self.question_area.children = self._questions(shown, self.item.get("previous_answers", {}))
+        self.submit_button.description = SUBMIT_LABELS[step]
         self.status.value = ""
+
+    def _first_answer(self, first: dict) -> W.Widget:
+        """The rater's confirmed first answer, recalled on the revised screen."""
+        asked = [q for q in self.design.questions if q.id in first and first[q.id] not in (None, "")]
+        parts = "; ".join(f"{html.escape(q.text or q.id.capitalize())}: {html.escape(str(first[q.id]))}"
+                          for q in asked)
+        return _in_panel(W.HTML(f"<div class='fsl-first-answer'><b>Your first answer</b> (saved): {parts}</div>"),
+                         "first_answer")
 
     def _advice(self, panels: list[str], shown: dict) -> list[W.Widget]:
         out: list[W.Widget] = []
+        if panels and shown.get("guard_warning"):
+            out.append(_in_panel(W.HTML(
+                "<div class='fsl-guard-warning' style='border:2px solid #b00020;padding:6px;color:#b00020'>"
+                f"<b>Warning:</b> {html.escape(str(shown['guard_warning']))}</div>"), "guard"))
         if "prediction" in panels and "prediction" in shown:
             p = shown["prediction"]
             out.append(_in_panel(W.HTML(
                 f"<div class='fsl-advice'><b>Model suggests:</b> {html.escape(str(p['class']))} "
                 f"(probability {p.get('probability', float('nan')):.2f})</div>"), "prediction"))
+        if "prediction_set" in panels and shown.get("prediction_set"):
+            ps = shown["prediction_set"]
+            coverage = 1 - float(ps.get("alpha", float("nan")))
+            out.append(_in_panel(W.HTML(
+                f"<div class='fsl-prediction-set'><b>The model's answer set:</b> {html.escape(str(ps['text']))} "
+                f"(such sets hold the true answer about {coverage:.0%} of the time)</div>"), "prediction_set"))
         if "heatmap" in panels and shown.get("heatmap_png"):
             out.append(_in_panel(W.VBox([
                 W.HTML(f"<b>Where the model looked</b> ({html.escape(shown.get('method', ''))})"),
@@ -153,7 +188,10 @@ class RaterApp(W.VBox):
     def _questions(self, shown: dict, previous: dict) -> list[W.Widget]:
         rows = []
         self.inputs = {}
+        asked = set(self.item.get("questions", [q.id for q in self.design.questions]))
         for q in self.design.questions:
+            if q.id not in asked:
+                continue
             label = W.HTML(f"<b>{html.escape(q.text or q.id.capitalize())}</b>")
             if q.type == "choice":
                 options = list(q.options or shown.get("classes", []))
@@ -173,6 +211,8 @@ class RaterApp(W.VBox):
     def answers(self) -> dict:
         out = {}
         for q in self.design.questions:
+            if q.id not in self.inputs:  # not asked on this screen
+                continue
             value = self.inputs[q.id].value
             if q.type == "likert" and value is not None:
                 value = int(value)
@@ -195,7 +235,13 @@ class RaterApp(W.VBox):
             self.submit_button.disabled = False
             return
         # committed: only now confirm
-        if self.design.mode == "teaching":
+        s = self._session()
+        if self.item["step"] == "first" and not s.done and s.items[s.position] == self.item["item_id"]:
+            # the same case again, now at its revised step: the AI's output comes only now
+            self._render()
+            self.status.value = _message("fsl-saved", "Your own answer is saved. Here is the AI's output: keep "
+                                                      "your answer or revise it.")
+        elif self.design.mode == "teaching":
             self.status.value = _message("fsl-saved", "Answer saved.")
             self._reveal()
         else:
@@ -211,7 +257,8 @@ class RaterApp(W.VBox):
         feedback = [_in_panel(W.HTML(
             f"<div class='fsl-feedback'><b>Your answer is {verdict}.</b> You said {html.escape(str(given))}; "
             f"the label is {html.escape(str(truth))}.</div>"), "feedback")]
-        self.advice_area.children = feedback + self._advice(["prediction", "heatmap", "prototypes", "badges"], shown)
+        self.advice_area.children = feedback + self._advice(
+            ["prediction", "prediction_set", "heatmap", "prototypes", "badges"], shown)
         self.submit_button.disabled = True
         self.next_button.layout.display = ""
 

@@ -16,6 +16,7 @@ _EXPORTS = {
     "StudyExistsError": "freeze", "ServeError": "serve",
     "RaterSession": "session",
     "MRMCResult": "mrmc", "mrmc_analysis": "mrmc", "readings_from_export": "mrmc", "to_imrmc": "export",
+    "revision_summary": "revisions", "revisions_from_export": "revisions", "sequential_readings": "revisions",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,9 +18,24 @@ A study file is YAML or JSON::
     measure_time: true
     method: gradcam
     mode: study                                # or teaching
+    reading: independent                       # or sequential: unaided first, then with the AI
 
 Conditions are names of what is shown; each name maps to a set of panels (``CONDITION_PANELS``),
 or a condition can be given as ``{name: ..., show: [prediction, heatmap, badges]}``.
+
+Optional parts:
+
+- ``reading: sequential``: the standard design of AI reader studies. In a condition that shows
+  the AI, the rater first answers unaided (no AI panel at all), confirms (that first answer is
+  final), then sees the AI's output and may revise; both answers are stored. A question with
+  ``after_ai: true`` (e.g. trust in the advice) is asked only on screens that show the AI.
+- ``conformal: {alpha: 0.1}``: the panel ``prediction_set`` shows the model's conformal
+  prediction set ("lymphocyte or monocyte"), calibrated at freeze time on held-in episodes
+  (``split: val`` by default; ``episodes``, ``n_query``, ``seed``), e.g. a condition
+  ``{name: sets, show: [prediction_set]}`` instead of, or ``[prediction, prediction_set]``
+  besides, the top-1 advice.
+- ``guard: {file: guard.json}``: a domain guard saved by ``fsl-xai guard --save-guard``; a case
+  it flags carries a warning panel in every condition that shows the AI.
 
 Every field is checked (``parse_design``) and an error names the field and the fix; files are read
 by :func:`fsl_xai.study.schema.read_study_file` (size-capped, no YAML aliases).
@@ -38,6 +53,7 @@ from .schema import (
     StudyDesignError,
     check_choice,
     check_flag,
+    check_fraction,
     check_list,
     check_mapping,
     check_names,
@@ -46,7 +62,7 @@ from .schema import (
     read_study_file,
 )
 
-PANELS = ("prediction", "heatmap", "prototypes", "badges")
+PANELS = ("prediction", "heatmap", "prototypes", "badges", "prediction_set")
 CONDITION_PANELS: dict[str, tuple[str, ...]] = {
     "no_ai": (),
     "prediction": ("prediction",),
@@ -56,6 +72,9 @@ CONDITION_PANELS: dict[str, tuple[str, ...]] = {
     "prototypes_badges": ("prediction", "prototypes", "badges"),
 }
 QUESTION_TYPES = ("choice", "likert", "text")
+READINGS = ("independent", "sequential")
+#: the steps of a screen: one answer (independent reading), or first (unaided) then revised
+STEPS = ("single", "first", "revised")
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class Question:
     scale: int = 5
     options: tuple[str, ...] = ()
     required: bool = True
+    after_ai: bool = False  # asked only on screens that show the AI's output
 
 
 @dataclass(frozen=True)
@@ -89,11 +109,39 @@ class StudyDesign:
     measure_time: bool = True
     method: str = "gradcam"
     mode: str = "study"
+    reading: str = "independent"
+    conformal: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def condition_names(self) -> list[str]:
         return [c.name for c in self.conditions]
+
+    @property
+    def sequential(self) -> bool:
+        """Whether raters answer unaided first, then with the AI's output (``reading: sequential``)."""
+        return self.reading == "sequential"
+
+    def shows_ai(self, condition: str) -> bool:
+        """Whether the condition shows any of the model's output."""
+        return bool(self.condition(condition).show)
+
+    @property
+    def aided_conditions(self) -> list[str]:
+        """The conditions that show the AI's output (two steps each under sequential reading)."""
+        return [c.name for c in self.conditions if c.show]
+
+    def steps(self, condition: str) -> tuple[str, ...]:
+        """The screens of a case in this condition: ("single",) for independent reading; under
+        sequential reading ("first", "revised") where the AI is shown, else ("first",)."""
+        if not self.sequential:
+            return ("single",)
+        return ("first", "revised") if self.shows_ai(condition) else ("first",)
+
+    def questions_for(self, shows_ai: bool) -> tuple[Question, ...]:
+        """The questions of a screen that shows the AI's output (or not)."""
+        return tuple(q for q in self.questions if shows_ai or not q.after_ai)
 
     def condition(self, name: str) -> Condition:
         for c in self.conditions:
@@ -121,7 +169,8 @@ class StudyDesign:
 
 TOP_FIELDS = {"study_id": True, "dataset": True, "model": True, "episode": True, "cases": True, "conditions": True,
               "questions": True, "assignment": False, "allow_back": False, "measure_time": False, "method": False,
-              "mode": False, "title": False, "description": False}
+              "mode": False, "title": False, "description": False, "reading": False, "conformal": False,
+              "guard": False}
 SPLITS = ("train", "val", "test", "all")  # as load_dataset takes them
 
 
@@ -188,7 +237,7 @@ def _conditions(data: Any) -> tuple[Condition, ...]:
 def _question(q: Any, i: int) -> Question:
     where = f"questions[{i}]"
     check_mapping(q, where, {"id": True, "type": True, "text": False, "scale": False, "options": False,
-                             "required": False}, "{id: confidence, type: likert, scale: 5}")
+                             "required": False, "after_ai": False}, "{id: confidence, type: likert, scale: 5}")
     qid = check_text(q["id"], f"{where}.id", "id: diagnosis")
     where = f"{where} {qid!r}"
     qtype = q["type"]
@@ -212,7 +261,43 @@ def _question(q: Any, i: int) -> Question:
         if len(options) < 2:
             raise StudyDesignError(f"{where}.options: give at least two answers, e.g. [benign, malignant]")
     required = check_flag(q["required"], f"{where}.required") if "required" in q else qtype != "text"
-    return Question(qid, qtype, text, scale, options, required)
+    after_ai = check_flag(q["after_ai"], f"{where}.after_ai") if "after_ai" in q else False
+    return Question(qid, qtype, text, scale, options, required, after_ai)
+
+
+def _conformal(data: Any) -> dict[str, Any]:
+    conformal = dict(check_mapping(data, "conformal", {"alpha": True, "split": False, "episodes": False,
+                                                       "n_query": False, "seed": False},
+                                   "{alpha: 0.1} or {alpha: 0.1, split: val, episodes: 200}"))
+    conformal["alpha"] = check_fraction(conformal["alpha"], "conformal.alpha", "alpha: 0.1 (90% coverage)")
+    if "split" in conformal:
+        check_choice(conformal["split"], "conformal.split", ("train", "val", "test"))
+    for key, low, example in (("episodes", 1, "episodes: 200"), ("n_query", 1, "n_query: 5"),
+                              ("seed", 0, "seed: 1")):
+        if key in conformal:
+            check_whole(conformal[key], f"conformal.{key}", low, example=example)
+    return conformal
+
+
+def _guard(data: Any) -> dict[str, Any]:
+    guard = dict(check_mapping(data, "guard", {"file": True}, "{file: guard.json}"))
+    check_text(guard["file"], "guard.file", "file: guard.json (written by fsl-xai guard --save-guard)")
+    return guard
+
+
+def _check_reading(reading: str, mode: str, conditions: tuple[Condition, ...],
+                   questions: tuple[Question, ...]) -> None:
+    if reading != "sequential":
+        return
+    if mode == "teaching":
+        raise StudyDesignError("reading: sequential is for studies; teaching mode reveals the answer after each "
+                               "case instead: set mode: study, or remove reading")
+    if not any(c.show for c in conditions):
+        raise StudyDesignError("reading: sequential needs a condition that shows the AI (e.g. prediction) for "
+                               "the second reading; add one, or set reading: independent")
+    if all(q.after_ai for q in questions):
+        raise StudyDesignError("reading: sequential asks the unaided questions first, but every question has "
+                               "after_ai: true; ask the diagnosis without after_ai")
 
 
 def parse_design(data: Any) -> StudyDesign:
@@ -249,13 +334,22 @@ def parse_design(data: Any) -> StudyDesign:
                                "{design: within, seed: 7}")
     design = check_choice(assignment.get("design", "within"), "assignment.design", ("within", "between"))
     seed = check_whole(assignment.get("seed", 0), "assignment.seed", 0, example="seed: 7")
+    mode = check_choice(data.get("mode", "study"), "mode", ("study", "teaching"))
+    reading = check_choice(data.get("reading", "independent"), "reading", READINGS)
+    _check_reading(reading, mode, conditions, questions)
+    conformal = _conformal(data["conformal"]) if "conformal" in data else None
+    with_sets = [c.name for c in conditions if "prediction_set" in c.show]
+    if with_sets and conformal is None:
+        raise StudyDesignError(f"condition {with_sets[0]!r} shows prediction_set, which needs the sets' miss rate: "
+                               "add conformal: {alpha: 0.1} (sets that hold the true class 90% of the time)")
+    guard = _guard(data["guard"]) if "guard" in data else None
     return StudyDesign(
         study_id=study_id, dataset=dict(dataset), model=dict(model), episode=episode, cases=cases,
         conditions=conditions, questions=questions, design=design, assignment_seed=seed,
         allow_back=check_flag(data.get("allow_back", False), "allow_back"),
         measure_time=check_flag(data.get("measure_time", True), "measure_time"),
         method=check_text(data.get("method", "gradcam"), "method", "method: gradcam"),
-        mode=check_choice(data.get("mode", "study"), "mode", ("study", "teaching")), raw=data,
+        mode=mode, reading=reading, conformal=conformal, guard=guard, raw=data,
     )
 
 

@@ -8,10 +8,10 @@ it gives the case's sample id (``case_id``), which raters never see.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from .store import ResponseStore
 
 # image data stays in the store: the tables hold what was shown, not the pixels
@@ -27,14 +27,29 @@ def _without_images(value: Any) -> Any:
     return value
 
 
+def _diagnosis_question(store: ResponseStore) -> str:
+    """The id of the frozen design's first choice question ("diagnosis" when there is none)."""
+    raw = store.meta("design")
+    try:
+        questions = json.loads(raw).get("questions", []) if raw else []
+        return next(str(q["id"]) for q in questions if isinstance(q, dict) and q.get("type") == "choice")
+    except (ValueError, AttributeError, KeyError, StopIteration):
+        return "diagnosis"
+
+
 def export_study(store: ResponseStore, out_dir: str | Path, study_file: str | Path | None = None,
-                 formats: tuple[str, ...] = ("csv", "parquet")) -> dict[str, Path]:
+                 formats: tuple[str, ...] = ("csv", "parquet"), diagnosis: str | None = None,
+                 revisions: bool = True) -> dict[str, Path]:
     """Write answers.{csv,parquet}, items.{csv,parquet} (condition and provenance per item) and
-    a copy of the study file into ``out_dir``.
+    a copy of the study file into ``out_dir``; for a study read sequentially also
+    revisions.{csv,parquet}, the revisions of first answers after the AI's output per condition
+    (:func:`fsl_xai.study.revisions.revision_summary`).
 
     Both tables carry ``case_label`` (what the rater saw) and ``case_id`` (the sample id, for
     the analyst). Raters appear only by pseudonym (R001, ...); tokens never leave the store (only
-    their hashes are in it).
+    their hashes are in it). ``diagnosis`` names the diagnosis question of the revisions table
+    (default: the frozen design's first choice question, else ``diagnosis``); ``revisions=False``
+    leaves that table out.
     """
     import pandas as pd
 
@@ -44,7 +59,7 @@ def export_study(store: ResponseStore, out_dir: str | Path, study_file: str | Pa
     label_of = {item["item_id"]: item["shown"].get("case_label") for item in stored_items}
     answers = pd.DataFrame(store.all_answers(),
                            columns=["answer_id", "rater", "role", "item_id", "case_id", "condition", "question",
-                                    "value", "response_ms", "answer_key", "submitted_at"])
+                                    "value", "response_ms", "answer_key", "submitted_at", "phase"])
     answers.insert(list(answers.columns).index("case_id"), "case_label", answers["item_id"].map(label_of))
     answers["value"] = answers["value"].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
     items = pd.DataFrame([
@@ -56,17 +71,27 @@ def export_study(store: ResponseStore, out_dir: str | Path, study_file: str | Pa
          "provenance": json.dumps(item["provenance"], sort_keys=True)}
         for item in stored_items
     ])
+    tables = [("answers", answers), ("items", items)]
+    diagnosis = diagnosis or _diagnosis_question(store)
+    if revisions and ((answers["phase"] == "first") & (answers["question"] == diagnosis)).any():
+        from .revisions import revision_summary, revisions_from_export
+
+        tables.append(("revisions", revision_summary(revisions_from_export(answers, items, diagnosis))))
     written: dict[str, Path] = {}
-    for name, frame in (("answers", answers), ("items", items)):
+    # each file whole or not at all: written aside and renamed into place
+    for name, frame in tables:
         if "csv" in formats:
             written[f"{name}.csv"] = out / f"{name}.csv"
-            frame.to_csv(written[f"{name}.csv"], index=False)
+            with atomic_write(written[f"{name}.csv"]) as handle:
+                frame.to_csv(handle, index=False)
         if "parquet" in formats:
             written[f"{name}.parquet"] = out / f"{name}.parquet"
-            frame.to_parquet(written[f"{name}.parquet"], index=False)
+            with atomic_write(written[f"{name}.parquet"]) as handle:
+                frame.to_parquet(handle, index=False)
     if study_file is not None:
         target = out / Path(study_file).name
-        shutil.copyfile(study_file, target)
+        with atomic_write(target) as handle:
+            handle.write(Path(study_file).read_bytes())
         written["study"] = target
     return written
 
@@ -127,5 +152,6 @@ def to_imrmc(readings: Any, path: str | Path, positive: str | None = None,
     lines += [f"{reader},{case},{cond},{scores[i, j, k]:g}" for i, cond in enumerate(conds)
               for j, reader in enumerate(readers) for k, case in enumerate(cases)]
     out = Path(path)
-    out.write_text("\n".join(lines) + "\n")
+    with atomic_write(out) as handle:
+        handle.write(("\n".join(lines) + "\n").encode())
     return out

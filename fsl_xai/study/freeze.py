@@ -263,6 +263,7 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
         store.set_meta("study_id", design.study_id)
         store.set_meta("design", json.dumps(design.raw, sort_keys=True))
         store.set_allow_back(design.allow_back)
+        store.set_reading(design.reading, design.aided_conditions)
         images = load_dataset(design.dataset["name"], split=design.dataset.get("split", "test"), progress=progress)
         model, info = _load_model(design, study_file.parent)
         if images.n_channels != model.backbone.in_channels or images.image_size != tuple(model.backbone.image_size):
@@ -275,6 +276,19 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
         probs = torch.softmax(logits, dim=1)
         pred = logits.argmax(1)
         panels = {p for c in design.conditions for p in c.show}
+        sets: list[dict[str, Any]] | None = None
+        calibration_info: dict[str, Any] | None = None
+        if "prediction_set" in panels:
+            from .advice import calibrate_sets, prediction_sets
+
+            calibration, drawn = calibrate_sets(design, model, episode, progress)
+            sets = prediction_sets(calibration, probs.numpy(), episode.classes)
+            calibration_info = calibration.to_dict() | drawn
+        guarded = guard_info = None
+        if design.guard is not None:
+            from .advice import GUARD_WARNING, guard_scores
+
+            guarded, guard_info = guard_scores(design, study_file.parent, fitted, q_img)
         maps = explain(fitted, q_img, method=design.method, target="predicted", episode_id=episode.episode_id) \
             if {"heatmap", "badges"} & panels else None
         provenance_common = {
@@ -316,18 +330,34 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
                 extra["badges"] = {"randomisation check": checks["randomization"].status,
                                    "deletion area (lower is better)":
                                        "undefined" if deletion is None else round(deletion, 3)}
+            if sets is not None:
+                extra["prediction_set"] = sets[i]
+            flagged = guarded is not None and bool(guarded.flags[i])
             items = []
             for cond in design.conditions:
                 shown = dict(full)
-                if cond.show:
+                # the top-1 advice goes with every panel but a prediction set shown instead of it
+                if set(cond.show) - {"prediction_set"}:
                     shown["prediction"] = extra["prediction"]
+                if "prediction_set" in cond.show:
+                    shown["prediction_set"] = extra["prediction_set"]
+                if flagged and cond.show:  # the warning goes with the AI's output, never without it
+                    shown["guard_warning"] = GUARD_WARNING
                 for panel, keys in (("heatmap", ("heatmap_png", "method")), ("prototypes", ("nearest_support",)),
                                     ("badges", ("badges",))):
                     if panel in cond.show:
                         shown.update({k: extra[k] for k in keys if k in extra})
                 provenance = provenance_common | {"query_index": i, "sample_id": case_id, "case_label": label,
-                                                  "shown_panels": list(cond.show),
-                                                  "model_prediction": extra["prediction"]["class"]}
+                                                  "shown_panels": list(cond.show) + (["guard"] if flagged and
+                                                                                     cond.show else []),
+                                                  "model_prediction": extra["prediction"]["class"],
+                                                  "reading": design.reading}
+                if sets is not None:
+                    provenance["prediction_set"] = extra["prediction_set"]["classes"]
+                    provenance["conformal"] = calibration_info
+                if guarded is not None:
+                    provenance["guard"] = {"score": float(guarded.scores[i]), "flagged": flagged,
+                                           "threshold": guarded.threshold, "settings": guard_info}
                 if "prototypes" in cond.show and "nearest_support_ids" in extra:
                     provenance["nearest_support_ids"] = extra["nearest_support_ids"]
                 items.append({"item_id": f"{label}|{cond.name}", "case_id": case_id, "condition": cond.name,

@@ -165,6 +165,15 @@ def check_flag(value: Any, where: str) -> bool:
     return value
 
 
+def check_fraction(value: Any, where: str, example: str) -> float:
+    """A number strictly between 0 and 1 (true/false and text are refused)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+    if not ok:
+        raise StudyDesignError(f"{where} must be a number strictly between 0 and 1, got {_shown(value)}; "
+                               f"write e.g. {example}")
+    return float(value)
+
+
 def check_choice(value: Any, where: str, options: Sequence[str]) -> str:
     """One of ``options``."""
     if not isinstance(value, str) or value not in options:

@@ -13,6 +13,13 @@ screens of the same item (two tabs) have two keys. When the study does not allow
 :class:`AlreadyAnswered` from ``submit`` and, underneath, a trigger that refuses the row, so no
 confirmed answer is ever replaced.
 
+Sequential reading (``reading: sequential``, kept in the store's meta with the conditions that
+show the AI): each answer carries its ``phase``. In a condition that shows the AI the rater gives a
+``first`` (unaided) answer, then a ``revised`` one after seeing the AI's output; elsewhere only the
+``first``. The store enforces the order: a first answer is final once stored (whatever
+``allow_back`` says), a revised answer needs the first, and an independent study's answers are
+``single``. An item is complete when its last phase is answered.
+
 Raters are reached by a random token; only its SHA-256 is stored. Every call that reads or writes
 answers takes the token and checks it, so a rater can only see and add their own answers.
 """
@@ -33,10 +40,12 @@ from typing import Any
 
 from ..errors import FslXaiError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ANSWER_KEY_MAX_CHARS = 300
+#: an answer's phase: independent reading, or sequential reading's unaided and revised answers
+PHASES = ("single", "first", "revised")
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raters (
     rater_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,18 +77,26 @@ CREATE TABLE IF NOT EXISTS answers (
     response_ms REAL,
     answer_key TEXT NOT NULL,
     submitted_at REAL NOT NULL,
+    phase TEXT NOT NULL DEFAULT 'single',
     UNIQUE (rater_id, answer_key, question)
 );
 CREATE INDEX IF NOT EXISTS answers_by_rater ON answers(rater_id, item_id);
-CREATE TRIGGER IF NOT EXISTS answers_no_update BEFORE UPDATE ON answers
+"""
+# after _TABLES and the phase column of stores made before it (schema version 2)
+_TRIGGERS = """CREATE TRIGGER IF NOT EXISTS answers_no_update BEFORE UPDATE ON answers
 BEGIN SELECT RAISE(ABORT, 'answers are append-only: submit a new answer instead'); END;
 CREATE TRIGGER IF NOT EXISTS answers_no_delete BEFORE DELETE ON answers
 BEGIN SELECT RAISE(ABORT, 'answers are append-only and cannot be deleted'); END;
-CREATE TRIGGER IF NOT EXISTS answers_once_without_back BEFORE INSERT ON answers
-WHEN COALESCE((SELECT value FROM meta WHERE key = 'allow_back'), '0') = '0'
+DROP TRIGGER IF EXISTS answers_once_without_back;
+CREATE TRIGGER IF NOT EXISTS answers_once_per_phase BEFORE INSERT ON answers
+WHEN (NEW.phase = 'first' OR COALESCE((SELECT value FROM meta WHERE key = 'allow_back'), '0') = '0')
  AND EXISTS (SELECT 1 FROM answers WHERE rater_id = NEW.rater_id AND item_id = NEW.item_id
-             AND answer_key <> NEW.answer_key)
-BEGIN SELECT RAISE(ABORT, 'already answered: this study does not allow changing an answer'); END;
+             AND phase = NEW.phase AND answer_key <> NEW.answer_key)
+BEGIN SELECT RAISE(ABORT, 'already answered: this study does not allow changing this answer'); END;
+CREATE TRIGGER IF NOT EXISTS answers_revised_after_first BEFORE INSERT ON answers
+WHEN NEW.phase = 'revised'
+ AND NOT EXISTS (SELECT 1 FROM answers WHERE rater_id = NEW.rater_id AND item_id = NEW.item_id AND phase = 'first')
+BEGIN SELECT RAISE(ABORT, 'a revised answer needs the confirmed first (unaided) answer'); END;
 -- stores frozen before allow_back was kept in meta: take it from the frozen design
 INSERT OR IGNORE INTO meta SELECT 'allow_back', CASE WHEN json_extract(value, '$.allow_back') = 1 THEN '1' ELSE '0' END
 FROM meta WHERE key = 'design' AND json_valid(value);
@@ -153,6 +170,9 @@ class ResponseStore:
             self._conn = self._open_read_only() if read_only else self._open_read_write(timeout)
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from None
+        # a store of schema version 2 opened read-only has no phase column: all its answers are single
+        columns = {row[1] for row in self._rows("PRAGMA table_info(answers)")}
+        self._phase = "phase" if "phase" in columns else "'single'"
 
     def _open_read_write(self, timeout: float) -> sqlite3.Connection:
         try:
@@ -214,7 +234,14 @@ class ResponseStore:
         # concurrent openers are safe.
         for attempt in range(50):
             try:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_TABLES)
+                if "phase" not in {row[1] for row in conn.execute("PRAGMA table_info(answers)")}:
+                    try:  # a store of schema version 2: its answers are all of independent reading
+                        conn.execute("ALTER TABLE answers ADD COLUMN phase TEXT NOT NULL DEFAULT 'single'")
+                    except sqlite3.OperationalError as exc:
+                        if "duplicate column" not in str(exc):  # another opener added it just now
+                            raise
+                conn.executescript(_TRIGGERS)
                 # a real write: a read-only file or folder fails here, at open, not at a rater's submit
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 return
@@ -286,6 +313,31 @@ class ResponseStore:
     def set_allow_back(self, allowed: bool) -> None:
         """Let raters change answers (True) or refuse every second attempt at an item (False)."""
         self.set_meta("allow_back", "1" if allowed else "0")
+
+    @property
+    def reading(self) -> str:
+        """``"sequential"`` or ``"independent"`` (the default, and what older stores hold)."""
+        return self.meta("reading", "independent") or "independent"
+
+    def aided_conditions(self) -> set[str]:
+        """The conditions whose items have a revised answer after the first under sequential reading."""
+        return set(json.loads(self.meta("aided_conditions") or "[]"))
+
+    def set_reading(self, reading: str, aided_conditions: Sequence[str] = ()) -> None:
+        """Keep the study's reading (``independent`` or ``sequential``) and, for sequential reading,
+        the conditions that show the AI (their items take a first and a revised answer)."""
+        if reading not in ("independent", "sequential"):
+            raise StudyStoreError(f"reading must be 'independent' or 'sequential', got {reading!r}")
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('reading', ?)", (reading,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('aided_conditions', ?)",
+                       (json.dumps(sorted(aided_conditions)),))
+
+    def phases(self, condition: str) -> tuple[str, ...]:
+        """The answer phases an item of this condition takes, in order."""
+        if self.reading != "sequential":
+            return ("single",)
+        return ("first", "revised") if condition in self.aided_conditions() else ("first",)
 
     def add_items(self, items: list[dict[str, Any]]) -> None:
         """Store frozen items: dicts with item_id, case_id, condition, shown (what the rater sees,
@@ -360,7 +412,7 @@ class ResponseStore:
         return [r[0] for r in rows]
 
     def submit(self, token: str, item_id: str, answers: dict[str, Any], answer_key: str,
-               response_ms: float | None = None) -> list[int]:
+               response_ms: float | None = None, phase: str = "single") -> list[int]:
         """Record a rater's answers to one item in one transaction; returns the answer ids (in the
         order of the sorted question ids).
 
@@ -369,15 +421,20 @@ class ResponseStore:
             item_id: the item the answers are to.
             answers: question id -> value (JSON-able).
             answer_key: names this submission by what the screen showed (the rater session makes
-                ``"<item_id>#<token it issued when it showed the item>"``). The same key again is a
-                retry: the stored ids come back and nothing is added.
+                ``"<item_id>#<step>#<token it issued when it showed the item>"``). The same key
+                again is a retry: the stored ids come back and nothing is added.
             response_ms: time from showing the item to submitting, if measured.
+            phase: ``"single"`` (independent reading), or under sequential reading ``"first"``
+                (unaided) and then, in a condition that shows the AI, ``"revised"``.
 
         Raises:
-            AlreadyAnswered: the study does not allow changing answers and this rater already
-                answered the item under another key (another tab, or an earlier screen); or this
-                key was stored with other answers. Nothing was stored.
+            AlreadyAnswered: a first answer to this item is stored already (it is final), or the
+                study does not allow changing answers and this rater already answered this phase
+                of the item under another key (another tab, or an earlier screen); or this key
+                was stored with other answers. Nothing was stored.
             AccessDenied: unknown or revoked token, or the item is not the rater's.
+            StudyStoreError: the phase does not fit the study's reading or the item's condition,
+                or a revised answer comes before the first.
         """
         rater = self.authenticate(token)
         if not answers:
@@ -387,24 +444,35 @@ class ResponseStore:
                                   "characters naming the screen that was answered")
         encoded = {q: None if v is None else json.dumps(v) for q, v in sorted(answers.items())}
         with self._transaction() as db:
-            assigned = db.execute("SELECT 1 FROM assignments WHERE rater_id = ? AND item_id = ?",
-                                  (rater.rater_id, item_id)).fetchone()
+            assigned = db.execute("SELECT i.condition FROM assignments a JOIN items i USING (item_id) "
+                                  "WHERE a.rater_id = ? AND a.item_id = ?", (rater.rater_id, item_id)).fetchone()
             if assigned is None:
                 raise AccessDenied(f"item {item_id!r} is not assigned to this rater")
-            stored = db.execute("SELECT answer_id, item_id, question, value FROM answers "
+            allowed = self.phases(assigned["condition"])
+            if phase not in allowed:
+                raise StudyStoreError(f"phase {phase!r} does not fit this item: its answers are {list(allowed)} "
+                                      f"({self.reading} reading)")
+            stored = db.execute("SELECT answer_id, item_id, question, value, phase FROM answers "
                                 "WHERE rater_id = ? AND answer_key = ? ORDER BY question",
                                 (rater.rater_id, answer_key)).fetchall()
             if stored:
-                same = all(r["item_id"] == item_id for r in stored) and \
+                same = all(r["item_id"] == item_id and r["phase"] == phase for r in stored) and \
                     {r["question"]: r["value"] for r in stored} == encoded
                 if not same:
                     raise AlreadyAnswered("this screen's answer was already saved, with other values; reload the "
                                           "page to see the saved answer")
                 return [r["answer_id"] for r in stored]
+            done = {r[0] for r in db.execute("SELECT DISTINCT phase FROM answers WHERE rater_id = ? AND item_id = ?",
+                                             (rater.rater_id, item_id))}
+            if phase == "revised" and "first" not in done:
+                raise StudyStoreError("answer this case on your own first; the AI's output comes after your first "
+                                      "answer is saved")
+            if phase == "first" and "first" in done:
+                raise AlreadyAnswered("your own first answer to this case is already saved (perhaps in another tab "
+                                      "or window) and is final, so this answer was not saved; go on from where the "
+                                      "case is now")
             allow_back = db.execute("SELECT value FROM meta WHERE key = 'allow_back'").fetchone()
-            if not (allow_back and allow_back[0] == "1") and db.execute(
-                    "SELECT 1 FROM answers WHERE rater_id = ? AND item_id = ? LIMIT 1",
-                    (rater.rater_id, item_id)).fetchone():
+            if phase in done and not (allow_back and allow_back[0] == "1"):
                 raise AlreadyAnswered("this case was already answered (perhaps in another tab or window) and this "
                                       "study does not allow changing answers, so this answer was not saved; go on "
                                       "with the next case")
@@ -412,9 +480,9 @@ class ResponseStore:
             now = time.time()
             for question, value in encoded.items():
                 cur = db.execute(
-                    "INSERT INTO answers (rater_id, item_id, question, value, response_ms, answer_key, submitted_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (rater.rater_id, item_id, question, value, response_ms, answer_key, now),
+                    "INSERT INTO answers (rater_id, item_id, question, value, response_ms, answer_key, submitted_at, "
+                    "phase) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rater.rater_id, item_id, question, value, response_ms, answer_key, now, phase),
                 )
                 if cur.lastrowid is None:  # sqlite3 sets it after every INSERT
                     raise StudyStoreError("the database did not return the new answer's id; nothing was stored")
@@ -422,23 +490,42 @@ class ResponseStore:
         return ids
 
     def my_answers(self, token: str) -> list[dict[str, Any]]:
-        """Every answer row of the token's rater (all versions, oldest first)."""
+        """Every answer row of the token's rater (all versions and phases, oldest first)."""
         rater = self.authenticate(token)
-        rows = self._rows("SELECT answer_id, item_id, question, value, response_ms, answer_key, submitted_at "
-                          "FROM answers WHERE rater_id = ? ORDER BY answer_id", (rater.rater_id,))
+        rows = self._rows("SELECT answer_id, item_id, question, value, response_ms, answer_key, submitted_at, "
+                          f"{self._phase} AS phase FROM answers WHERE rater_id = ? ORDER BY answer_id",
+                          (rater.rater_id,))
         return [dict(r) | {"value": None if r["value"] is None else json.loads(r["value"])} for r in rows]
 
     def current_answers(self, token: str) -> dict[str, dict[str, Any]]:
-        """The latest answer per item and question for the token's rater."""
+        """The latest answer per item and question for the token's rater (under sequential
+        reading: the revised answer where there is one, i.e. the final answer)."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.my_answers(token):
             out.setdefault(row["item_id"], {})[row["question"]] = row["value"]
         return out
 
+    def answers_by_phase(self, token: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """item -> phase -> question -> latest value, for the token's rater."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in self.my_answers(token):
+            out.setdefault(row["item_id"], {}).setdefault(row["phase"], {})[row["question"]] = row["value"]
+        return out
+
+    def completed_items(self, token: str) -> set[str]:
+        """The token's items whose last phase is answered (an answered item under independent reading)."""
+        rater = self.authenticate(token)
+        rows = self._rows(f"SELECT DISTINCT a.item_id, i.condition, {self._phase} AS phase FROM answers a "
+                          "JOIN items i USING (item_id) WHERE a.rater_id = ?", (rater.rater_id,))
+        aided = self.aided_conditions()
+        sequential = self.reading == "sequential"
+        return {r["item_id"] for r in rows
+                if not sequential or r["phase"] == ("revised" if r["condition"] in aided else "first")}
+
     def next_position(self, token: str) -> int:
-        """The position of the first assigned item without any answer (len(items) when done)."""
+        """The position of the first assigned item not yet complete (len(items) when done)."""
         items = self.assigned_items(token)
-        done = set(self.current_answers(token))
+        done = self.completed_items(token)
         for i, item_id in enumerate(items):
             if item_id not in done:
                 return i
@@ -449,6 +536,6 @@ class ResponseStore:
         """Every answer with the rater's pseudonym (organiser/export use; never raw tokens)."""
         rows = self._rows(
             "SELECT a.answer_id, r.pseudonym AS rater, r.role, a.item_id, i.case_id, i.condition, a.question, "
-            "a.value, a.response_ms, a.answer_key, a.submitted_at FROM answers a "
+            f"a.value, a.response_ms, a.answer_key, a.submitted_at, {self._phase} AS phase FROM answers a "
             "JOIN raters r USING (rater_id) JOIN items i USING (item_id) ORDER BY a.answer_id")
         return [dict(r) | {"value": None if r["value"] is None else json.loads(r["value"])} for r in rows]

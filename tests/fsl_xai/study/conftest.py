@@ -29,6 +29,7 @@ def _make_study(path, design, n_raters=2, cases=None):
     """A store with items for every (case, condition) and n_raters raters; returns (store, tokens)."""
     store = ResponseStore(path)
     store.set_allow_back(design.allow_back)  # as freezing does
+    store.set_reading(design.reading, design.aided_conditions)
     cases = cases or list(design.cases)
     store.add_items([{"item_id": f"{c}|{k}", "case_id": c, "condition": k, "shown": {"case": c},
                       "provenance": {"model": "m"}} for c in cases for k in design.condition_names])
