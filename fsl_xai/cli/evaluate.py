@@ -21,7 +21,7 @@ from .backbone_args import (
     refuse_external_options,
     report_backbone,
 )
-from .common import format_ci, images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, format_ci, images_for_checkpoint, load_images, set_torch_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "timm:NAME, torchscript:PATH or py:MODULE:FUNCTION; see the external backbone options")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name (see `fsl-xai datasets`)")
-    src.add_argument("--data-file", help="a MedMNIST-format .npz file")
+    src.add_argument("--data-file", help=DATA_FILE_HELP)
+    p.add_argument("--labels", metavar="CSV",
+                   help="labels CSV for an image or DICOM folder (columns path or file, and label)")
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--classes", nargs="+", metavar="CLASS",
                    help="classes to draw episodes from (default: the classes the model was not trained on)")
@@ -99,12 +101,14 @@ def _calibrate(args: argparse.Namespace, model: FewShotClassifier, info: Checkpo
 
     split = args.calibration_split or CALIBRATION_SPLIT
     try:
-        images = images_for_checkpoint(load_images(args.dataset, args.data_file, split, progress), info, args.convert)
+        held_in = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
+        images = images_for_checkpoint(held_in, info, args.convert)
     except DataError:
         if args.calibration_split is not None:
             raise
         split = args.split  # no val split: other episodes of the evaluated split
-        images = images_for_checkpoint(load_images(args.dataset, args.data_file, split, progress), info, args.convert)
+        held_in = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
+        images = images_for_checkpoint(held_in, info, args.convert)
         print(f"no {CALIBRATION_SPLIT} split to calibrate the prediction sets on: using other episodes of the "
               f"{split} split (seed {args.seed + 1})", file=sys.stderr)
     seed = args.seed + 1 if split == args.split else args.seed
@@ -168,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         "queries whose set may miss the true class); use 0.1 for 90% coverage")
     set_torch_threads(args.threads)
     progress = not args.no_progress
-    raw = load_images(args.dataset, args.data_file, args.split, progress)
+    raw = load_images(args.dataset, args.data_file, args.split, progress, labels=args.labels)
     if args.backbone:
         model, info = _frozen_backbone(args, raw)
         if not args.convert and (raw.n_channels, raw.image_size) != (info.in_channels, info.image_size):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import EpisodeError
-from .common import format_ci, images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, format_ci, images_for_checkpoint, load_images, set_torch_threads
 
 if TYPE_CHECKING:
     from ..checkpoints import CheckpointInfo
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name (see `fsl-xai datasets`): the support set is drawn from it")
-    src.add_argument("--data-file", help="a MedMNIST-format .npz file: the support set is drawn from it")
+    src.add_argument("--data-file", help="the support set is drawn from these images; " + DATA_FILE_HELP)
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--convert", action="store_true",
                    help="convert images to the checkpoint's channels and size when they differ")

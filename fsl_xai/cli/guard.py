@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
-from .common import images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, images_for_checkpoint, load_images, set_torch_threads
 
 if TYPE_CHECKING:
     from ..data import ImageSet
@@ -24,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="held-in dataset name: its train split is the reference, val calibrates")
-    src.add_argument("--data-file", help="held-in MedMNIST-format .npz file (train: reference, val: calibration)")
+    src.add_argument("--data-file", help="held-in images (train: reference, val: calibration); " + DATA_FILE_HELP)
     p.add_argument("--split", default="test", help="held-in split to test (default: test; not train or val)")
     ood = p.add_mutually_exclusive_group(required=True)
     ood.add_argument("--ood-dataset", help="out-of-distribution dataset name (see `fsl-xai datasets`)")
-    ood.add_argument("--ood-data-file", help="out-of-distribution MedMNIST-format .npz file")
+    ood.add_argument("--ood-data-file", help="out-of-distribution images; " + DATA_FILE_HELP)
     p.add_argument("--ood-split", default="test", help="split of the out-of-distribution set (default: test)")
     p.add_argument("--k", type=int, help="the neighbour whose distance is the score (default: the guard's, 5)")
     p.add_argument("--quantile", type=float,
