@@ -101,14 +101,14 @@ def _calibrate(args: argparse.Namespace, model: FewShotClassifier, info: Checkpo
 
     split = args.calibration_split or CALIBRATION_SPLIT
     try:
-        held_in = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
-        images = images_for_checkpoint(held_in, info, args.convert)
+        chosen = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
+        images = images_for_checkpoint(chosen, info, args.convert)
     except DataError:
         if args.calibration_split is not None:
             raise
         split = args.split  # no val split: other episodes of the evaluated split
-        held_in = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
-        images = images_for_checkpoint(held_in, info, args.convert)
+        chosen = load_images(args.dataset, args.data_file, split, progress, labels=args.labels)
+        images = images_for_checkpoint(chosen, info, args.convert)
         print(f"no {CALIBRATION_SPLIT} split to calibrate the prediction sets on: using other episodes of the "
               f"{split} split (seed {args.seed + 1})", file=sys.stderr)
     seed = args.seed + 1 if split == args.split else args.seed
