@@ -25,7 +25,6 @@ from fsl_xai.data.imageset import ImageSet
 from fsl_xai.models import list_models
 
 from ._base import View, progress_done, progress_failed, progress_start
-from .figures import rate_text
 from .session import classes_note, default_model_file, open_checkpoint, open_own_images, own_default_model
 
 #: where the model for your own images comes from
@@ -373,19 +372,12 @@ class DatasetModelPicker(View):
         if trained is False:
             note = getattr(info, "note", "") or "not trained"
             parts.append(f"<span style='color:#a00'>untrained model ({html.escape(note)})</span>")
-        metrics = getattr(info, "val_metrics", None) or {}
-        acc, ci = metrics.get("best_val_accuracy"), metrics.get("best_val_ci95")
-        if acc is not None and ci:
-            n = metrics.get("val_episodes", "?")
-            trained_on = getattr(info, "dataset", "") or ""
-            where = (f" on {html.escape(trained_on)}, not on the data shown"
-                     if trained_on and trained_on != s.dataset_name else "")
-            parts.append(f"model's validation accuracy{where}: {100 * acc:.1f}% "
-                         f"(95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%, n={n} episodes)")
+        from .trust import header_lines
+
+        lines = header_lines(s)  # validation on the data on screen, the domain guard, this episode (with flags)
         if s.episode_classes:
-            parts.append(html.escape(classes_note(info, list(s.episode_classes))))
-        if s.result is not None:
-            parts.append("this episode: " + rate_text(int(s.result.correct[s.result.true >= 0].sum()), s.result.n))
+            lines.insert(1, html.escape(classes_note(info, list(s.episode_classes), s.dataset_name)))
+        parts.extend(lines)
         self.info.value = "<br>".join(parts)
 
 

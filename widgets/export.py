@@ -1,6 +1,8 @@
 """View 8: export the current state (episode JSON, model fingerprint, method and parameters, selected
-query) and the figures (standalone HTML that opens offline and links nowhere off the machine; PNG when a
-static renderer is installed) for a report; a saved state re-opens to the same view."""
+query), the figures (standalone HTML that opens offline and links nowhere off the machine; PNG when a
+static renderer is installed) and the episode's query table (``queries.csv``: predictions, prediction sets,
+the domain guard's score, flag and warning; no sample ids) for a report; a saved state re-opens to the
+same view. A query the domain guard flags carries its warning into the heatmap figure and the table."""
 
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import ipywidgets as w
+import pandas as pd
 import plotly
 import plotly.graph_objects as go
 
 from fsl_xai.evaluation import accuracy_interval, confusion_matrix
+from fsl_xai.files import atomic_write
 
 from ._base import View
 from .figures import PLOTLY_CONFIG, confusion_figure, distance_figure, heatmap_figure, projection_figure
+from .trust import NOT_FIT, header_lines
 
 
 def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:
@@ -32,12 +37,25 @@ def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figur
         for m in (methods or state.methods):
             maps.append(state.explanations.attribution(m).normalized[0])
             titles.append(m)
-        figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask())
+        warning = r.warning(qi)
+        figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask(),
+                                          warning=f"out-of-distribution query: {NOT_FIT}. {warning}" if warning else "")
     if state.predictions is not None:
         table = state.predictions
+        flagged = int(table["ood_flag"].sum()) if "ood_flag" in table.columns else None
         figs["confusion"] = confusion_figure(confusion_matrix(table), accuracy_interval(table),
-                                             table["episode"].nunique())
+                                             table["episode"].nunique(), flagged=flagged)
     return figs
+
+
+def export_query_table(state) -> pd.DataFrame:
+    """The shown episode's query table as exported: no sample ids (they may identify patients); the
+    domain guard's warning in ``ood_warning`` (empty where a query is not flagged)."""
+    _, episode, _, result = state.shown()
+    table = result.query_table(episode).drop(columns=["sample_id"])
+    if result.guard is not None:
+        table["ood_warning"] = [result.warning(i) or "" for i in range(len(table))]
+    return table
 
 
 # ---------------------------------------------------------------------------------------- offline HTML
@@ -145,7 +163,9 @@ def _write_pngs(figs: dict, folder: Path) -> list[Path]:
 
 
 def export_state(state, folder: str | Path, png: bool | None = None) -> list[Path]:
-    """Write ``state.json`` and one standalone HTML (and PNG, if possible) per figure into ``folder``.
+    """Write ``state.json``, ``queries.csv`` (:func:`export_query_table`), ``README.txt`` (what was shown,
+    with the validation score, the guard and any warning) and one standalone HTML (and PNG, if possible)
+    per figure into ``folder``.
 
     Returns:
         The written paths.
@@ -157,18 +177,29 @@ def export_state(state, folder: str | Path, png: bool | None = None) -> list[Pat
     figs = state_figures(state)
     for name, fig in figs.items():
         written.append(write_figure_html(fig, folder / f"{name}.html"))
+    with atomic_write(folder / "queries.csv") as handle:
+        export_query_table(state).to_csv(handle, index=False)
+    written.append(folder / "queries.csv")
     if png:
         try:
             written.extend(_write_pngs(figs, folder))
         except Exception as exc:  # the state and HTML files are written already: say so
             raise RuntimeError(f"PNG export failed ({type(exc).__name__}: {exc}); state.json and the HTML figures "
                                f"were written to {folder}") from exc
-    (folder / "README.txt").write_text(
-        "fsl-xai workbench export\n"
-        f"dataset: {state.dataset_name}\nmodel: {state.model_name} (fingerprint {state.fingerprint})\n"
-        f"episode: {state.episode.episode_id}\nselected query: {state.query_index}\n"
-        f"methods: {', '.join(state.methods)} params: {json.dumps(state.params)}\n"
-        "re-open: WorkbenchState().restore('state.json') or the workbench's Export > re-open\n")
+    result, qi = state.result, state.query_index
+    warning = result.warning(qi) if 0 <= qi < len(result.pred) else None
+    facts = "".join(f"{html.unescape(re.sub('<[^>]+>', '', line))}\n" for line in header_lines(state))
+    flag_line = f"WARNING: the selected query is flagged out-of-distribution: {NOT_FIT}. {warning}\n" if warning else ""
+    readme = ("fsl-xai workbench export\n"
+              f"dataset: {state.dataset_name}\nmodel: {state.model_name} (fingerprint {state.fingerprint})\n"
+              f"episode: {state.episode.episode_id}\nselected query: {qi}\n"
+              + flag_line + facts
+              + f"methods: {', '.join(state.methods)} params: {json.dumps(state.params)}\n"
+              "queries.csv: one row per query (ood_flag, ood_warning: the domain guard; pred_set: the "
+              "prediction set)\n"
+              "re-open: WorkbenchState().restore('state.json') or the workbench's Export > re-open\n")
+    with atomic_write(folder / "README.txt") as handle:
+        handle.write(readme.encode())
     written.append(folder / "README.txt")
     return written
 

@@ -74,9 +74,10 @@ class FailureExplorer(View):
         self.pred_class.options = sorted(set(table["pred_class"]) | set(names))
         # queries of one episode share a support set: the interval resamples whole episodes
         accuracy, n_episodes = accuracy_interval(table), table["episode"].nunique()
-        self.slot.show(confusion_figure(confusion_matrix(table), accuracy, n_episodes))
+        flagged = int(table["ood_flag"].sum()) if "ood_flag" in table.columns else None
+        self.slot.show(confusion_figure(confusion_matrix(table), accuracy, n_episodes, flagged=flagged))
         self.summary.value = (f"{n_episodes} episodes, {len(table)} queries · "
-                              + rate_text(int(table["correct"].sum()), len(table), interval=accuracy)
+                              + rate_text(int(table["correct"].sum()), len(table), interval=accuracy, flagged=flagged)
                               + " (episode-level bootstrap)")
         wrong = table[~table["correct"]]
         if len(wrong):
@@ -111,9 +112,11 @@ class FailureExplorer(View):
         extra = "".join(f" · {k}={v}" for k, v in self.extra_filter.items())
         head = cases.head(300)
         pairs = zip(head["episode"].astype(int), head["query_index"].astype(int), strict=True)
+        flags = head["ood_flag"] if "ood_flag" in head.columns else [False] * len(head)
         self.cases.options = [
-            (f"episode {e} query {q} · {sid} · margin {m:.3f}{extra}", (e, q))
-            for (e, q), sid, m in zip(pairs, head["sample_id"], head["margin"], strict=True)]
+            (f"{'⚠ out-of-distribution · ' if flag else ''}episode {e} query {q} · {sid} · margin {m:.3f}{extra}",
+             (e, q))
+            for (e, q), sid, m, flag in zip(pairs, head["sample_id"], head["margin"], flags, strict=True)]
 
     def open_selected(self) -> None:
         if not self.cases.value:

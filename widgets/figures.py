@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -40,13 +41,17 @@ def class_color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def rate_text(k: int, n: int, what: str = "accuracy", interval: Interval | None = None) -> str:
+def rate_text(k: int, n: int, what: str = "accuracy", interval: Interval | None = None,
+              flagged: int | None = None) -> str:
     """'accuracy 72.0% (n=25, 95% CI 52.4-85.7%)': k of n with ``interval``, by default Wilson's (right
-    for the queries of one episode; pass an episode-level interval for queries of many episodes)."""
+    for the queries of one episode; pass an episode-level interval for queries of many episodes).
+    ``flagged``: how many of the n queries the domain guard flags (said in the parentheses:
+    "...; 1 flagged out-of-distribution"); None when no guard checked them."""
+    flags = "" if flagged is None else f"; {flagged} flagged out-of-distribution"
     if n == 0:
-        return f"{what}: no labelled cases (n=0)"
+        return f"{what}: no labelled cases (n=0{flags})"
     lo, hi = wilson_interval(k, n) if interval is None else interval.as_tuple()
-    return f"{what} {100 * k / n:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+    return f"{what} {100 * k / n:.1f}% (n={n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%{flags})"
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -95,7 +100,7 @@ def overlay_colorscale(name: str, signed: bool, steps: int = 11) -> list[list]:
 
 def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str], opacity: float = 0.5,
                    colorscale: str = "RdBu_r", signed: bool = True, mask: np.ndarray | None = None,
-                   height: int = 300) -> go.Figure:
+                   height: int = 300, warning: str = "") -> go.Figure:
     """The query image with each attribution map overlaid, side by side.
 
     Args:
@@ -105,6 +110,7 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         opacity: of the overlay, 0..1.
         signed: show signed values (red for, blue against) or their absolute value.
         mask: optional (H, W) bool lesion mask drawn as an outline.
+        warning: a line shown above the maps in red (a query the domain guard flags).
     """
     k = max(1, len(maps))
     fig = make_subplots(1, k, subplot_titles=list(titles) or [""], horizontal_spacing=0.04)
@@ -128,10 +134,16 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
     # fixed widths: the views sit in half-width columns, and plotly's default width (700 px) overflows them
     lines = max((str(t).count("<br>") for t in titles), default=0)
-    fig.update_layout(height=height + 14 * lines, width=40 + 215 * k, margin=dict(l=5, r=5, t=30 + 14 * lines, b=5),
+    # the warning wrapped to the figure's width (about 7 px a character at this size)
+    warned = textwrap.wrap(f"⚠ {warning}", max(40, (40 + 215 * k) // 7)) if warning else []
+    top = 30 + 14 * lines + (16 * len(warned) + 6 if warned else 0)
+    fig.update_layout(height=height + top - 30, width=40 + 215 * k, margin=dict(l=5, r=5, t=top, b=5),
                       showlegend=False)
     for ann in fig.layout.annotations:
         ann.font = dict(size=11)
+    if warned:
+        fig.update_layout(title=dict(text="<br>".join(warned), font=dict(size=12, color="#a00"), x=0.01,
+                                     xanchor="left", y=0.99, yanchor="top", yref="container"))
     return fig
 
 
@@ -236,10 +248,11 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
 
 
 # ---------------------------------------------------------------------------------------- many episodes
-def confusion_figure(matrix: ConfusionMatrix, accuracy: Interval, n_episodes: int, height: int = 420) -> go.Figure:
+def confusion_figure(matrix: ConfusionMatrix, accuracy: Interval, n_episodes: int, height: int = 420,
+                     flagged: int | None = None) -> go.Figure:
     """Row-normalised confusion matrix (``fsl_xai.evaluation.confusion_matrix``); each cell shows its rate
-    and n, its hover text the 95% CI; the title gives the accuracy with its interval. Click a cell for
-    its cases."""
+    and n, its hover text the 95% CI; the title gives the accuracy with its interval (and, given
+    ``flagged``, how many of its queries the domain guard flags). Click a cell for its cases."""
     names, counts, rates = list(matrix.classes), matrix.counts, matrix.rates
     totals = counts.sum(1)
     text, hover = [], []
@@ -255,7 +268,8 @@ def confusion_figure(matrix: ConfusionMatrix, accuracy: Interval, n_episodes: in
     correct = int(np.trace(counts))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
                       title=dict(text=f"confusion over {n_episodes} episodes — "
-                                      f"{rate_text(correct, n, interval=accuracy)}", font=dict(size=13)),
+                                      f"{rate_text(correct, n, interval=accuracy, flagged=flagged)}",
+                                 font=dict(size=13)),
                       xaxis=dict(title="predicted"), yaxis=dict(title="true", autorange="reversed"))
     return fig
 

@@ -1,5 +1,6 @@
 """View 4: the selected query with attribution maps of 1-4 methods side by side, their quality badges,
-and a strip of the support images ranked by their influence on this decision."""
+and a strip of the support images ranked by their influence on this decision. Above the maps, a banner
+when the domain guard flags the query: its explanation explains a prediction the model is not fit to make."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fsl_xai.explain import list_methods, method_spec
 
 from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import COLORMAPS, badge_text, heatmap_figure
+from .trust import NOT_FIT
 
 MAX_METHODS = 4
 
@@ -47,6 +49,8 @@ class HeatmapViewer(View):
         self.slot = FigureSlot(css_class="fsl-heatmap-figure")
         self.badge_html = w.HTML()
         self.badge_html.add_class("fsl-heatmap-caption")
+        self.banner = w.HTML()
+        self.banner.add_class("fsl-ood-banner")
         self.influence_box = CardRow()
         self.timing = w.HTML()
         self.last_maps: dict[str, Any] = {}
@@ -64,7 +68,7 @@ class HeatmapViewer(View):
                            w.HBox([self.opacity, self.colormap, self.signed, self.show_badges])])
         self.children = [w.HTML("<b>heatmaps</b> (red: pushes towards the explained class; blue: against; "
                                 "green outline: lesion mask where known)"),
-                         controls, self.error_area, self.slot, self.badge_html,
+                         controls, self.error_area, self.banner, self.slot, self.badge_html,
                          w.HTML("<b>support images ranked by influence on this decision</b> "
                                 "(how much the margin drops without each one)"),
                          self.influence_box, self.timing]
@@ -240,10 +244,19 @@ class HeatmapViewer(View):
                         f"({html.escape(error)})</span>")
         _, ep, _, r = s.shown()
         qi = s.query_index
+        self._banner(r.warning(qi))
         true = ep.classes[r.true[qi]] if r.true[qi] >= 0 else "unknown"
         head = (f"query #{qi} <code>{html.escape(ep.query_ids[qi])}</code>: true <b>{html.escape(true)}</b>, "
                 f"predicted <b>{html.escape(ep.classes[r.pred[qi]])}</b> (margin {r.margin[qi]:.3f})")
         self.badge_html.value = "<br>".join([head] + rows)
+
+    def _banner(self, warning: str | None) -> None:
+        """The out-of-distribution banner above the maps (empty for a query the guard does not flag)."""
+        text = "" if not warning else (
+            "<div style='color:#a00;background:#fff3e0;border:1px solid #e99;padding:4px 8px;border-radius:4px'>"
+            f"⚠ <b>out-of-distribution query: {html.escape(NOT_FIT)}</b><br>{html.escape(warning)}</div>")
+        if self.banner.value != text:
+            self.banner.value = text
 
     def _draw_influence(self, k: int = 8) -> None:
         s = self.state

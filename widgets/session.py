@@ -138,15 +138,17 @@ def novel_classes(info: Any, images: ImageSet) -> list[str]:
     return rest if len(rest) >= 2 else list(images.class_names)
 
 
-def classes_note(info: Any, classes: list[str] | tuple[str, ...]) -> str:
-    """What the model knows of the episode classes, as plain text (only what its checkpoint says)."""
+def classes_note(info: Any, classes: list[str] | tuple[str, ...], dataset: str = "") -> str:
+    """What the model knows of the episode classes, as plain text (only what its checkpoint says).
+
+    Default models trained on several datasets list their classes as ``dataset:class``."""
     trained = set(getattr(info, "classes", ()) or ())
     if not classes:
         return ""
     names = ", ".join(classes)
     if not trained:
         return f"episode classes: {names} (the model's checkpoint does not list the classes it was trained on)"
-    seen = [c for c in classes if c in trained]
+    seen = [c for c in classes if c in trained or f"{dataset}:{c}" in trained]
     if not seen:
         return f"episodes drawn from classes the model was not trained on: {names}"
     if len(seen) == len(classes):

@@ -12,6 +12,7 @@ drive it directly.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, HasTraits, Instance, Int, List, Unicode
+from traitlets import Bool, Dict, Float, HasTraits, Instance, Int, List, Unicode, observe
 
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import EmbeddingTable, embedding_table, images_for_model
@@ -35,6 +36,7 @@ from . import support_edits as edits
 from .episode_result import EpisodeResult
 from .explanations import Explanations
 from .session import novel_classes, open_dataset, restore_state, write_state
+from .trust import DEFAULT_ALPHA, Trust
 
 
 class WorkbenchState(HasTraits):
@@ -45,7 +47,11 @@ class WorkbenchState(HasTraits):
     params (per method), target ("predicted", "true" or an episode label), contrast (None,
     "runner_up" or an episode label), projection, result (EpisodeResult), error (the last error
     message, shown inline), status, busy, predictions (the many-episode table of the failure
-    explorer), focus (a subgroup filter set by the dashboard).
+    explorer), focus (a subgroup filter set by the dashboard), alpha (the prediction sets' miss rate).
+
+    ``state.trust`` holds the domain guard, the validation score of the data on screen and the
+    conformal calibration: computed when the model, the data or the episode protocol change,
+    never on a query click (see ``widgets.trust``).
     """
 
     dataset_name = Unicode("")
@@ -76,11 +82,13 @@ class WorkbenchState(HasTraits):
     predictions = Instance(pd.DataFrame, allow_none=True)
     predictions_config = Dict()
     focus = Dict()
+    alpha = Float(DEFAULT_ALPHA)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.embedding_table: EmbeddingTable | None = None
         self.explanations = Explanations(self)
+        self.trust = Trust(self)
         self.timings: dict[str, float] = {}
         self._proj: Projection | None = None
         self._query_idx = np.zeros(0, dtype=np.int64)
@@ -104,6 +112,8 @@ class WorkbenchState(HasTraits):
                 self.episode_classes = novel_classes(model_info, imgs)
                 self.n_way = min(max(self.n_way, 2), len(self.episode_classes))
             self.predictions = None
+            self.status = f"fitting the domain guard of {self.model_name} ..."
+            self.trust.prepare_model()
             self.resample(self.seed)
             self.status = f"{dataset_name}: {len(imgs)} images, {imgs.n_classes} classes"
         finally:
@@ -151,6 +161,7 @@ class WorkbenchState(HasTraits):
     def set_episode(self, episode: Episode, refit_projection: bool = True, query_index: int = 0) -> None:
         """Show this episode (checked against the image set); the query selection is reset."""
         images, model, _ = self.loaded()
+        self.trust.prepare_protocol()  # cached per model, data and protocol
         unknown = [c for c in episode.classes if c not in images.class_names]
         if unknown:
             raise EpisodeError(f"the episode's classes {unknown} are not in {images.name}; "
@@ -172,18 +183,35 @@ class WorkbenchState(HasTraits):
         with torch.no_grad():  # all queries together: a transductive model refines with them
             logits = fitted.logits_from_embeddings(q_emb).numpy().astype(np.float64)
         s_xy, q_xy, p_xy = proj.transform_groups(s_emb.numpy(), q_emb.numpy(), fitted.prototypes_.numpy())
+        sets = self.trust.prediction_sets(logits, episode.classes)
         result = EpisodeResult(
             episode_id=episode.episode_id, classes=episode.classes, logits=logits, pred=logits.argmax(1),
             true=np.asarray(episode.query_labels), margin=margins(logits),
             support_labels=np.asarray(episode.support_labels), support_xy=s_xy, query_xy=q_xy, proto_xy=p_xy,
             prev_proto_xy=self.result.proto_xy if keep_map and self.result is not None else None,
-            projection=proj.method)
+            projection=proj.method, guard=self.trust.assess(fitted, q_emb),
+            pred_sets=None if sets is None else sets[0], set_size=None if sets is None else sets[1],
+            alpha=None if sets is None else self.trust.alpha)
         with self.hold_trait_notifications():
             self._query_idx = query
             self.episode, self.fitted, self.result = episode, fitted, result
             self.query_index = min(max(query_index, 0), len(query) - 1)
             self.error = ""
         self.timings["refresh"] = time.perf_counter() - t0
+
+    @observe("alpha")
+    def _on_alpha(self, change: Any) -> None:
+        """Recalibrate the prediction sets (cached held-in episodes) and republish the sets."""
+        def run() -> None:
+            self.trust.recalibrate(change["new"])
+            r = self.result
+            if r is None or self.episode is None:
+                return
+            sets = self.trust.prediction_sets(r.logits, r.classes)
+            self.result = dataclasses.replace(r, pred_sets=None if sets is None else sets[0],
+                                              set_size=None if sets is None else sets[1],
+                                              alpha=None if sets is None else self.trust.alpha)
+        self._guard(run)
 
     def set_projection(self, method: str) -> None:
         """Switch the embedding map between 'pca' and 'tsne' (refits it)."""
@@ -276,13 +304,15 @@ class WorkbenchState(HasTraits):
         """The per-query table over many episodes (shared by the failure explorer and subgroup
         dashboard); ``progress(done, total)`` is called after each episode."""
         images, model, _ = self.loaded()
+        guard = self.trust.guard
         config = {"episodes": episodes, "n_way": self.n_way, "n_shot": self.n_shot, "n_query": self.n_query,
                   "seed": self.seed, "model": self.fingerprint, "data": images.fingerprint(),
-                  "classes": list(self.episode_classes)}
+                  "classes": list(self.episode_classes), "guard": None if guard is None else guard.threshold}
         if self.predictions is not None and self.predictions_config == config:
             return self.predictions
         table = evaluate(model, images, self.n_way, self.n_shot, self.n_query, episodes, self.seed,
-                         classes=list(self.episode_classes) or None, progress=progress or False).predictions
+                         classes=list(self.episode_classes) or None, progress=progress or False,
+                         guard=guard).predictions
         with self.hold_trait_notifications():
             self.predictions_config = config
             self.predictions = table

@@ -98,20 +98,37 @@ class SubgroupDashboard(View):
         disp = disparity(report)
         self.report, self.table, self.disparity, self.by_used = report, table, disp, by
         self.slot.show(subgroup_figure(table, by, disp))
-        self.table_html.value = self._table_html(table)
+        self.table_html.value = self._table_html(table, self._flagged(report, table))
         self.flag_html.value = self._flag_html(disp)
         self.group.options = [(str(g), i) for i, g in enumerate(table["group"])]
         return table
 
-    def _table_html(self, table: pd.DataFrame) -> str:
+    @staticmethod
+    def _flagged(report: SubgroupReport, table: pd.DataFrame) -> list[int] | None:
+        """Queries of each subgroup the domain guard flags (None when the table has no guard columns)."""
+        preds = report.predictions
+        if "ood_flag" not in preds.columns:
+            return None
+        flags = preds["ood_flag"].to_numpy(dtype=bool)
+        return [int(flags[report.rows(str(g))].sum()) for g in table["group"]]
+
+    def _table_html(self, table: pd.DataFrame, flagged: list[int] | None = None) -> str:
         rows = []
-        for _, r in table.iterrows():
+        for k, (_, r) in enumerate(table.iterrows()):
+            flags = "" if flagged is None else f"<td>{flagged[k]}</td>"
             rows.append(f"<tr><td>{html.escape(str(r['group']))}</td><td>{int(r['n'])}</td>"
                         f"<td>{100 * r['error_rate']:.1f}%</td><td>{100 * r['error_ci_low']:.1f}-"
-                        f"{100 * r['error_ci_high']:.1f}%</td><td>{html.escape(str(r.get('note', '')))}</td></tr>")
+                        f"{100 * r['error_ci_high']:.1f}%</td>{flags}"
+                        f"<td>{html.escape(str(r.get('note', '')))}</td></tr>")
         method = html.escape(str(table["ci_method"].iloc[0])) if len(table) and "ci_method" in table else ""
+        head = ("" if flagged is None else
+                "<th title='queries the domain guard flags as out-of-distribution'>flagged</th>")
         return ("<table style='font-size:90%'><tr><th>group</th><th>n</th><th>error</th><th>95% CI</th>"
-                "<th>note</th></tr>" + "".join(rows) + f"</table><span style='color:#666'>interval: {method}</span>")
+                f"{head}<th>note</th></tr>" + "".join(rows)
+                + f"</table><span style='color:#666'>interval: {method}"
+                + ("" if flagged is None else "; flagged: queries of the group (counted in its n) that the domain "
+                   "guard flags as out-of-distribution")
+                + "</span>")
 
     @staticmethod
     def _flag_html(disp: dict | None) -> str:

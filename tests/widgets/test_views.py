@@ -277,7 +277,7 @@ def test_picker_loads_with_progress(state, monkeypatch, synthetic_images):
     from fsl_xai.data import registry
     from fsl_xai.testing import tiny_model
 
-    monkeypatch.setattr(registry, "load_dataset", lambda name, split="test", progress=False: synthetic_images)
+    monkeypatch.setattr(registry, "load_dataset", lambda name, split="test", progress=False, **_: synthetic_images)
     monkeypatch.setattr(training, "default_model", lambda *a, **k: (tiny_model(channels=1, size=32, width=8, seed=3),
                                                                    None))
     picker = DatasetModelPicker(state)
