@@ -221,9 +221,18 @@ class HeatmapViewer(View):
         titles = self._titles()
         if self.figure is None:
             return
+        annotations = self.figure.layout.annotations[:len(titles)]  # the titles come first
+
+        def lines(texts) -> int:
+            return max((str(t).count("<br>") for t in texts), default=0)
+
+        extra = 14 * (lines(titles) - lines(a.text for a in annotations))  # 14 px a line, as heatmap_figure
         with self.figure.batch_update():
-            for ann, text in zip(self.figure.layout.annotations, titles, strict=False):  # titles come first
+            for ann, text in zip(annotations, titles, strict=False):
                 ann.text = text
+            if extra:  # room above the maps for the added lines; the plot area keeps its size
+                self.figure.layout.margin.t += extra
+                self.figure.layout.height += extra
         self._caption()
 
     def _draw(self) -> None:
@@ -246,7 +255,7 @@ class HeatmapViewer(View):
         qi = s.query_index
         self._banner(r.warning(qi))
         true = ep.classes[r.true[qi]] if r.true[qi] >= 0 else "unknown"
-        head = (f"query #{qi} <code>{html.escape(ep.query_ids[qi])}</code>: true <b>{html.escape(true)}</b>, "
+        head = (f"query #{qi}: true <b>{html.escape(true)}</b>, "
                 f"predicted <b>{html.escape(ep.classes[r.pred[qi]])}</b> (margin {r.margin[qi]:.3f})")
         self.badge_html.value = "<br>".join([head] + rows)
 

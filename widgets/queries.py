@@ -119,7 +119,7 @@ class QueryGallery(View):
                 badge = FLAG
                 note += f"\n{FLAG} {r.warning(i)}"
             cards.append(Card(thumbnail(s, ep.query_ids[i]), tooltip_of(s, ep.query_ids[i], note),
-                              caption=f"{badge}#{i} {('✓' if ok else '✗') if known else '?'} {pred[:10]}",
+                              caption=f"{badge}#{i} {('✓' if ok else '✗') if known else '?'} {pred}",
                               border="#1f77b4" if i == s.query_index else ("#2ca02c" if ok else "#d62728"),
                               button_style="info" if i == s.query_index else self._style(i),
                               button_tooltip=f"query #{i}: {note}", payload=i))

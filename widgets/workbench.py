@@ -1,4 +1,11 @@
-"""The workbench: every view composed around one WorkbenchState."""
+"""The workbench: every view composed around one WorkbenchState, laid out as an app.
+
+The layout (styles in widgets/layout.py): a header with the status, the episode's classes in their
+colours and the teaching-mode switch; below it two columns, on the left the query gallery and the
+support set (scrolling on their own), on the right the decision: the selected query's prediction,
+its heatmaps with their titles and badges, and its distances to the prototypes, visible together on a
+1366x768 screen; below, tabs for dataset and model, the failure explorer, subgroups, DICOM import and
+export."""
 
 from __future__ import annotations
 
@@ -11,10 +18,19 @@ from .distances import DistanceView
 from .export import ExportView
 from .failures import FailureExplorer
 from .heatmap import HeatmapViewer
+from .layout import class_legend_html, style_widget
 from .queries import QueryGallery
 from .state import WorkbenchState
 from .subgroups import SubgroupDashboard
 from .support_set import SupportSetView
+
+TEACHING_CLASS = "fsl-teaching"
+
+
+def _box(children: list, css_class: str, vertical: bool = True) -> w.Box:
+    box = (w.VBox if vertical else w.Box)(children)
+    box.add_class(css_class)
+    return box
 
 
 class Workbench(w.VBox):
@@ -27,10 +43,14 @@ class Workbench(w.VBox):
         methods: attribution methods shown side by side at start.
         badges: compute quality badges next to each map.
         export_folder: where Export writes.
+        dicom: offer the DICOM import tab (when pydicom is installed).
+        teaching: start in teaching mode (larger type and controls, for a projector); the
+            "teaching mode" switch in the header turns it on and off.
     """
 
     def __init__(self, state: WorkbenchState, episodes: int = 600, methods: list[str] | None = None,
-                 badges: bool = True, export_folder: str = "artifacts/workbench_export", dicom: bool = True, **kwargs):
+                 badges: bool = True, export_folder: str = "artifacts/workbench_export", dicom: bool = True,
+                 teaching: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.state = state
         if methods:
@@ -44,8 +64,8 @@ class Workbench(w.VBox):
         self.subgroups = SubgroupDashboard(state, failures=self.failures, episodes=episodes)
         self.export = ExportView(state, folder=export_folder)
         self.dicom = None
-        tabs = [self.failures, self.subgroups]
-        titles = ["failure explorer", "subgroups"]
+        tabs: list[w.Widget] = [self.picker, self.failures, self.subgroups]
+        titles = ["dataset and model", "failure explorer", "subgroups"]
         if dicom:
             import importlib.util
 
@@ -59,20 +79,28 @@ class Workbench(w.VBox):
         titles.append("export")
         self.tabs = w.Tab(children=tabs)
         self.tabs.titles = titles
+        self.tabs.add_class("fsl-app-tools")
         self.status = w.HTML()
+        self.status.add_class("fsl-status")
+        self.legend = w.HTML()
+        self.legend.add_class("fsl-class-legend-box")
+        self.teaching = w.ToggleButton(value=teaching, description="teaching mode", icon="television",
+                                       tooltip="larger type and controls, for a projector")
+        self.teaching.add_class("fsl-teaching-toggle")
+        self.teaching.observe(self._on_teaching, names="value")
         state.observe(self._on_status, names=["status", "error"])
-        half = dict(width="50%", padding="0 6px")
-        self.children = [
-            self.status,
-            self.picker,
-            w.HBox([w.VBox([self.support], layout=w.Layout(**half)),
-                    w.VBox([self.queries], layout=w.Layout(**half))]),
-            w.HBox([w.VBox([self.heatmaps], layout=w.Layout(**half)),
-                    w.VBox([self.distances], layout=w.Layout(**half))]),
-            self.tabs,
-        ]
+        state.observe(self._on_episode, names=["episode"])
+        header = _box([w.HTML("<b>fsl-xai workbench</b>"), self.status, self.legend, self.teaching],
+                      "fsl-app-header", vertical=False)
+        left = _box([self.queries, self.support], "fsl-app-left")
+        decision = _box([self.heatmaps, self.distances], "fsl-app-decision", vertical=False)
+        right = _box([decision], "fsl-app-right")
+        grid = _box([left, right], "fsl-app-grid", vertical=False)
+        self.children = [style_widget(), header, grid, self.tabs]
         self.add_class("fsl-workbench")
         self._on_status()
+        self._on_episode()
+        self._on_teaching()
 
     def _on_status(self, change=None) -> None:
         """The status line: what is going on, in red when the last step failed or was cancelled
@@ -81,3 +109,16 @@ class Workbench(w.VBox):
         bad = text.startswith(("failed", "training cancelled"))
         colour = "#a00" if bad else "#555"
         self.status.value = f"<span style='color:{colour}'>{'⚠ ' if bad else ''}{html.escape(text)}</span>"
+
+    def _on_episode(self, change=None) -> None:
+        """The legend: each class of the episode in its colour (the colour it has in every view)."""
+        ep = self.state.episode
+        text = class_legend_html(list(ep.classes)) if ep is not None else ""
+        if self.legend.value != text:
+            self.legend.value = text
+
+    def _on_teaching(self, change=None) -> None:
+        if self.teaching.value:
+            self.add_class(TEACHING_CLASS)
+        else:
+            self.remove_class(TEACHING_CLASS)

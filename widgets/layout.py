@@ -1,0 +1,119 @@
+"""The workbench's look, in one place: the app grid, the stylesheet that keeps every label whole, the
+class colours, and teaching mode (larger type and controls for a projector).
+
+The stylesheet is one ``<style>`` block (``stylesheet()``) that the workbench adds once; everything
+in it is scoped to ``.fsl-workbench`` so a notebook's other outputs are left alone. Views keep their
+own class names (``fsl-heatmap-figure``, ``fsl-distance-bars``, ...); this module only arranges them.
+
+Class colours: ``class_color`` (widgets/figures.py) is the one palette. The support set, the distance
+bars, the embedding map and the workbench's class legend all take their colour from it, so a class
+has the same colour everywhere on the page.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+
+from .figures import class_color
+
+__all__ = ["TEACHING_SCALE", "class_color", "class_legend_html", "stylesheet"]
+
+#: how much larger the base font is in teaching mode (a projector at the back of a room)
+TEACHING_SCALE = 1.4
+BASE_FONT_PX = 13
+
+#: the app grid's left column (queries, support set, dataset and model); the right one takes the rest
+LEFT_COLUMN = "minmax(330px, 27%)"
+
+_CSS = """
+.fsl-workbench {{ --fsl-font: {base}px; font-size: var(--fsl-font);
+  --jp-widgets-font-size: var(--fsl-font); --jp-ui-font-size1: var(--fsl-font);
+  --jp-content-font-size1: var(--fsl-font); }}
+.fsl-workbench.fsl-teaching {{ --fsl-font: {teach}px; --jp-widgets-inline-height: {teach_h}px;
+  --jp-widgets-inline-label-width: auto; }}
+.fsl-workbench .widget-html-content {{ line-height: 1.35; }}
+.fsl-workbench .widget-html-content, .fsl-workbench .widget-label, .fsl-workbench button,
+.fsl-workbench select, .fsl-workbench input, .fsl-workbench .widget-readout {{ font-size: var(--fsl-font); }}
+
+/* ---- the app grid: a header, a scrolling left column, the decision on the right, tools below */
+.fsl-workbench .fsl-app-header {{ display: flex; flex-wrap: wrap; align-items: center; gap: 4px 14px;
+  padding: 2px 4px; border-bottom: 1px solid #ddd; }}
+.fsl-workbench .fsl-app-grid {{ display: grid; grid-template-columns: {left} minmax(0, 1fr); gap: 8px;
+  align-items: start; width: 100%; }}
+/* block, not flex: its views keep their height and the column scrolls (a flex column would squeeze them) */
+.fsl-workbench .fsl-app-left {{ display: block !important; max-height: calc(100vh - 48px); overflow-y: auto;
+  overflow-x: hidden; padding-right: 4px; border-right: 1px solid #eee; min-width: 0; }}
+.fsl-workbench .fsl-app-right {{ min-width: 0; }}
+.fsl-workbench .fsl-app-decision {{ display: flex; flex-wrap: wrap; align-items: flex-start; gap: 4px 10px; }}
+/* each view as wide as its figure, so that the maps and the distances sit side by side */
+.fsl-workbench .fsl-app-decision > .fsl-heatmapviewer,
+.fsl-workbench .fsl-app-decision > .fsl-distanceview {{ flex: 0 0 auto; width: min-content; max-width: 100%; }}
+.fsl-workbench .fsl-app-tools {{ margin-top: 10px; }}
+.fsl-workbench .fsl-class-chip {{ display: inline-block; padding: 0 6px; margin: 1px 2px; border-radius: 3px;
+  color: #fff; font-weight: bold; white-space: nowrap; }}
+
+/* ---- the decision first: in the heatmap view the caption (the prediction) and the maps come before
+   their controls, so the explanation and what it explains are on screen together */
+.fsl-workbench .fsl-heatmapviewer {{ display: flex; flex-direction: column; }}
+.fsl-workbench .fsl-heatmapviewer > .fsl-error {{ order: -5; }}
+.fsl-workbench .fsl-heatmapviewer > .fsl-heatmap-caption {{ order: -4; }}
+.fsl-workbench .fsl-heatmapviewer > .fsl-ood-banner {{ order: -3; }}
+.fsl-workbench .fsl-heatmapviewer > .fsl-heatmap-figure {{ order: -2; }}
+
+/* ---- no truncated label: labels take the width of their text, controls wrap instead of clipping */
+.fsl-workbench .widget-label, .fsl-workbench .widget-label-basic {{ width: auto !important;
+  min-width: max-content; max-width: none !important; overflow: visible; text-overflow: clip;
+  flex-shrink: 0; padding-right: 4px; }}
+.fsl-workbench .widget-inline-hbox:not(.widget-html) {{ min-width: max-content; }}
+.fsl-workbench .widget-hbox {{ flex-wrap: wrap; }}
+.fsl-workbench .widget-button {{
+  width: auto !important; min-width: max-content; max-width: none; overflow: visible; text-overflow: clip;
+  padding: 0 10px; }}
+.fsl-workbench .widget-toggle-button {{ width: auto !important; min-width: max-content; padding: 0 8px; }}
+.fsl-workbench .widget-toggle-buttons .widget-toggle-button {{ overflow: visible; text-overflow: clip; }}
+/* gallery cards: the caption wraps onto a second line instead of losing the predicted class */
+.fsl-workbench .widget-vbox:has(> .fsl-thumb) {{ width: auto !important; min-width: 80px; }}
+.fsl-workbench .widget-vbox > .fsl-thumb + .widget-button {{ width: 100% !important; min-width: min-content;
+  white-space: normal !important; height: auto !important; min-height: 24px; line-height: 1.2;
+  overflow-wrap: normal; text-overflow: clip; padding: 1px 3px; overflow: visible; }}
+/* a slider never collapses to a dot */
+.fsl-workbench .widget-hslider {{ min-width: 230px; flex-shrink: 0; }}
+.fsl-workbench .widget-hslider .slider-container {{ min-width: 100px; flex: 1 1 100px; }}
+/* tab titles: whole words */
+.fsl-workbench .lm-TabBar-tab, .fsl-workbench .p-TabBar-tab {{ flex: 0 0 auto !important;
+  min-width: max-content !important; max-width: none !important; }}
+.fsl-workbench .lm-TabBar-tabLabel, .fsl-workbench .p-TabBar-tabLabel {{ overflow: visible; text-overflow: clip; }}
+
+/* ---- teaching mode: larger type and controls (the figures keep their size) */
+.fsl-workbench.fsl-teaching .widget-button, .fsl-workbench.fsl-teaching .widget-toggle-button,
+.fsl-workbench.fsl-teaching select, .fsl-workbench.fsl-teaching input {{ height: auto !important;
+  min-height: {teach_h}px; }}
+/* plotly places titles by their size: only labels with room around them grow */
+.fsl-workbench.fsl-teaching .fsl-distance-bars .xtick text,
+.fsl-workbench.fsl-teaching .fsl-distance-bars .bartext {{ font-size: {teach_fig}px !important; }}
+"""
+
+
+def stylesheet() -> str:
+    """The workbench's one ``<style>`` block (scoped to ``.fsl-workbench``)."""
+    teach = round(BASE_FONT_PX * TEACHING_SCALE)
+    css = _CSS.format(base=BASE_FONT_PX, teach=teach, teach_h=round(teach * 1.9), teach_fig=teach - 3,
+                      left=LEFT_COLUMN)
+    return f"<style>{css}</style>"
+
+
+def style_widget() -> w.HTML:
+    """The stylesheet as a widget (add it once to the workbench)."""
+    sheet = w.HTML(stylesheet(), layout=w.Layout(display="none"))
+    sheet.add_class("fsl-stylesheet")
+    return sheet
+
+
+def class_legend_html(classes: list[str] | tuple[str, ...]) -> str:
+    """One chip per class in its colour (the same colour as in the support set, bars and map)."""
+    chips = "".join(f"<span class='fsl-class-chip' style='background:{class_color(i)}' "
+                    f"title='class {html.escape(c, quote=True)}'>{html.escape(c)}</span>"
+                    for i, c in enumerate(classes))
+    return f"<span class='fsl-class-legend'>classes: {chips}</span>" if chips else ""
