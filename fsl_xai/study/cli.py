@@ -86,7 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
             freeze_study(target, frozen)
         target = frozen
     db = _store_path(str(target))
-    return serve_rater_app(db, _study_file(db.parent), RATER_NOTEBOOK, host=args.host, port=args.port)
+    return serve_rater_app(db, _study_file(db.parent), RATER_NOTEBOOK, host=args.host, port=args.port,
+                           max_kernels=args.max_kernels, cull_idle_s=args.cull_idle_s)
 
 
 @_one_line_errors
@@ -124,6 +125,10 @@ def register(subparsers) -> None:
     p.add_argument("folder", help="a frozen study folder, or a study file (frozen on first use)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     p.add_argument("--port", type=int, default=8866, help="port to serve on; an error if it is taken")
+    p.add_argument("--max-kernels", type=int, default=40,
+                   help="rater pages open at once (each has a kernel); beyond it: 'too many open sessions'")
+    p.add_argument("--cull-idle-s", type=float, default=900.0,
+                   help="shut a kernel down after this many idle seconds without a connected page")
     p.set_defaults(func=_serve)
     p = sub.add_parser("export", help="export answers (CSV and Parquet) with the study file and provenance")
     p.add_argument("folder")

@@ -12,6 +12,12 @@ would keep answering into a study the organiser believes closed. So:
   their own) is tracked while it lives; on SIGTERM or SIGINT Voila gets SIGTERM (it shuts its
   kernels down), and after a grace period whatever is left of the tracked processes is killed,
   each checked by its start time so that a reused pid is never signalled.
+
+Raters never talk to Voila directly: Voila listens on an internal port of 127.0.0.1 and the gate
+(:mod:`fsl_xai.study.gate`, in this process) on the address raters use. The gate checks the
+token before any kernel starts, caps the kernels, binds each kernel to the page that started it
+and refuses legacy or malformed kernel websockets; Voila's kernel manager culls kernels left idle
+without a page. SIGTERM / SIGINT stop the gate first (no new requests), then Voila and its kernels.
 """
 
 from __future__ import annotations
@@ -217,31 +223,81 @@ def template_path(notebook: Path) -> Path:
     return share
 
 
-def voila_command(notebook: Path, host: str, port: int) -> list[str]:
+#: kernels a page left behind (closed without shutting its kernel down) are culled after this long idle
+CULL_IDLE_S = 900.0
+MAX_KERNELS = 40
+IOPUB_TIMEOUT_S = 60
+KERNEL_START_S = 180
+
+
+def voila_command(notebook: Path, host: str, port: int, cull_idle_s: float = CULL_IDLE_S) -> list[str]:
     """The Voila command line for the rater notebook (the offline template, no moving to another
-    port, no sources)."""
+    port, no sources; kernels without a connected page culled after ``cull_idle_s`` idle)."""
+    interval = max(1, min(60, int(cull_idle_s // 2)))
     return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}", f"--Voila.ip={host}",
-            "--Voila.port_retries=0", "--strip_sources=True", f"--template={VOILA_TEMPLATE}"]
+            "--Voila.port_retries=0", "--strip_sources=True", f"--template={VOILA_TEMPLATE}",
+            # its own address is internal: raters get the gate's, printed by serve_rater_app
+            "--Voila.log_level=WARN",
+            # a class opening its pages at once keeps two cores busy: wait for a kernel's output (the
+            # app) instead of rendering a page without it after nbclient's default 4 s
+            f"--VoilaExecutor.iopub_timeout={IOPUB_TIMEOUT_S}", f"--VoilaExecutor.startup_timeout={KERNEL_START_S}",
+            f"--MappingKernelManager.cull_idle_timeout={max(1, int(cull_idle_s))}",
+            f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=False"]
 
 
-def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127.0.0.1", port: int = 8866) -> int:
-    """Serve the rater notebook with Voila until Voila exits or SIGTERM / SIGINT arrives; then
-    stop Voila and every kernel it started. Returns the exit code (0 after SIGTERM, 130 after
-    SIGINT, Voila's own code if it stopped by itself).
+def _internal_port() -> int:
+    """A free port on 127.0.0.1 for Voila (only the gate talks to it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The gate's listening sockets on host:port; ServeError (the same messages as
+    check_port_free) when that address cannot be listened on."""
+    from .gate_server import bind_sockets
+
+    check_port_free(host, port)
+    try:
+        return bind_sockets(host, port)
+    except OSError:  # taken between the check and now
+        check_port_free(host, port)
+        raise
+
+
+def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127.0.0.1", port: int = 8866,
+                    max_kernels: int = MAX_KERNELS, cull_idle_s: float = CULL_IDLE_S) -> int:
+    """Serve the rater notebook behind the gate until Voila exits or SIGTERM / SIGINT arrives;
+    then stop the gate, Voila and every kernel it started. Returns the exit code (0 after
+    SIGTERM, 130 after SIGINT, Voila's own code if it stopped by itself).
+
+    Args:
+        max_kernels: rater pages open at once; beyond it a page says "too many open sessions".
+        cull_idle_s: a kernel without a connected page is shut down after this many idle seconds.
 
     Raises:
-        ServeError: Voila is not installed, the port is taken or cannot be used, or Voila did
-            not start serving.
+        ServeError: Voila is not installed, the port is taken or cannot be used, a limit is not
+            a positive number, or Voila did not start serving.
         StudyStoreError: the store cannot be opened for writing (read-only, damaged).
     """
     if importlib.util.find_spec("voila") is None:
         raise ServeError("Voila is not installed; install the user-interface extra: pip install 'fsl-xai[ui]'")
     if not notebook.is_file():
         raise ServeError(f"the rater notebook {notebook} is missing; reinstall fsl-xai from its source folder")
+    if isinstance(max_kernels, bool) or not isinstance(max_kernels, int) or max_kernels < 1:
+        raise ServeError(f"--max-kernels must be a whole number of 1 or more, got {max_kernels!r}; "
+                         "e.g. --max-kernels 40")
+    if not isinstance(cull_idle_s, (int, float)) or not 1 <= cull_idle_s <= 7 * 24 * 3600:
+        raise ServeError(f"--cull-idle-s must be a number of seconds from 1 to 604800, got {cull_idle_s!r}; "
+                         "e.g. --cull-idle-s 900")
+    from .gate import Gate, GateSettings
+    from .gate_server import GateThread
+
     with ResponseStore(db):  # raters' answers must be writable before anyone gets a page
         pass
-    check_port_free(host, port)
     share = template_path(notebook)
+    sockets = _listen(host, port)
+    internal = _internal_port()
     env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()), "FSL_XAI_STUDY_FILE": str(study_file.resolve()),
                         "JUPYTER_PATH": os.pathsep.join(p for p in (str(share), os.environ.get("JUPYTER_PATH")) if p)}
 
@@ -256,19 +312,22 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
             previous[stop] = signal.signal(stop, on_signal)
     except ValueError:  # not the main thread: the caller stops us by other means
         pass
-    process = subprocess.Popen(voila_command(notebook, host, port), env=env, stdin=subprocess.DEVNULL,
-                               start_new_session=True)
+    gate = GateThread(sockets, Gate(db, internal, GateSettings(max_kernels=max_kernels,
+                                                               poll_s=min(30.0, max(0.5, cull_idle_s / 4)))))
+    process = subprocess.Popen(voila_command(notebook, "127.0.0.1", internal, cull_idle_s), env=env,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
     tracker = ChildTracker(process.pid)
     try:
+        gate.start()
         ready, deadline, next_refresh = False, time.monotonic() + READY_TIMEOUT_S, 0.0
         while not received and process.poll() is None:
-            if not ready and _accepts(host, port):
+            if not ready and _accepts("127.0.0.1", internal):
                 ready = True
                 print(f"serving the rater app on http://{_url_host(host)}:{port}/ (each rater needs their "
                       "?token=... link); stop with Ctrl-C", flush=True)
             elif not ready and time.monotonic() > deadline:
-                raise ServeError(f"Voila did not start listening on {host}:{port} within {READY_TIMEOUT_S:.0f} s; "
-                                 "see its messages above")
+                raise ServeError(f"Voila did not start listening on 127.0.0.1:{internal} within "
+                                 f"{READY_TIMEOUT_S:.0f} s; see its messages above")
             if time.monotonic() >= next_refresh:  # kernels come and go: track them while Voila lives
                 tracker.refresh()
                 next_refresh = time.monotonic() + 1.0
@@ -277,6 +336,9 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
             raise ServeError(f"Voila exited with code {process.returncode} before serving on {host}:{port}; see its "
                              "messages above")
     finally:
+        gate.stop()  # no new requests while Voila and its kernels stop
+        for s in sockets:
+            s.close()
         stop_children(process, tracker, hurry=lambda: len(received) > 1)
         for stop, handler in previous.items():
             if handler is not None:  # None: a handler not set from Python, which cannot be put back
