@@ -125,9 +125,10 @@ class Trust:
     # ------------------------------------------------------------------ when the model or data change
     def _model_key(self) -> tuple:
         s = self.state
-        _, model, table = s.loaded()
+        images, model, table = s.loaded()
+        # the image shape too: the same weights on another image size give embeddings of another size
         return (table.key[0] if table.key else embedding_fingerprint(model), s.dataset_name, s.split,
-                held_in.training_sources(s.model_info))
+                held_in.training_sources(s.model_info), images.n_channels, images.image_size)
 
     def prepare_model(self) -> None:
         """Fit (or fetch) the domain guard of the loaded model; on failure ``guard_note`` says why."""
