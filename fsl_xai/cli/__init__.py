@@ -1,5 +1,5 @@
-"""The ``fsl-xai`` command: datasets, train, evaluate, guard, dicom, lab, export-model, report (and ``study``
-when installed).
+"""The ``fsl-xai`` command: datasets, train, evaluate, guard, dicom, lab, export-model, report, audit (and
+``study`` when installed).
 
 Other scripts may call these subcommands as contracts; ``evaluate --json`` and ``guard --json``
 print exactly one JSON object on stdout. Errors the library raises on purpose (FslXaiError) print
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import FslXaiError
-from . import datasets, dicom, evaluate, export_model, guard, lab, report, train
+from . import audit, datasets, dicom, evaluate, export_model, guard, lab, report, train
 from .lab import NOTEBOOK_DATASETS
 
 EXIT_ERROR = 2
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     guard.add_parser(sub)
     export_model.add_parser(sub)
     report.add_parser(sub)
+    audit.add_parser(sub)
     lab.add_parsers(sub)
     register_plugins(sub)
     return parser
