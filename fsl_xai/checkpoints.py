@@ -17,16 +17,19 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, FslXaiError
+from .errors import CheckpointError, EpisodeError, FslXaiError
 from .files import atomic_write
 from .models import make_backbone, make_model
 from .models.base import FewShotClassifier
 from .models.external import is_external_spec, sha256_of
+
+if TYPE_CHECKING:
+    from .data import ImageSet
 
 #: bump when the layout of the file changes incompatibly
 FORMAT_VERSION = 1
@@ -310,3 +313,31 @@ def training_state(path: str | os.PathLike) -> tuple[CheckpointInfo, dict | None
     """(info, training state or None, raw payload) of a checkpoint, for resuming."""
     payload = read_checkpoint(path)
     return CheckpointInfo.from_dict(payload["info"]), payload.get("training"), payload
+
+
+def images_for_checkpoint(images: ImageSet, info: CheckpointInfo, convert: bool) -> ImageSet:
+    """The images at the checkpoint's channels and size, converted only when ``convert`` is set."""
+    want_c, want_hw = info.in_channels, tuple(info.image_size)
+    if images.n_channels == want_c and tuple(images.image_size) == want_hw:
+        return images
+    if not convert:
+        raise CheckpointError(
+            f"the checkpoint expects {want_c}-channel {want_hw[0]}x{want_hw[1]} images but {images.name} has "
+            f"{images.n_channels}-channel {images.image_size[0]}x{images.image_size[1]} images; "
+            "pass --convert to convert them, or use a checkpoint trained on such images")
+    return images.convert(channels=want_c, size=info.image_size)
+
+
+def untrained_classes(info: CheckpointInfo, images: ImageSet, chosen: list[str] | tuple[str, ...] | None = None
+                      ) -> list[str]:
+    """The classes to draw episodes from: ``chosen`` (``--classes``), else those of ``images`` the
+    checkpoint was not trained on (at least two, or an EpisodeError saying to name them)."""
+    if chosen:
+        return list(chosen)
+    seen = set(info.classes)
+    classes = [c for c in images.class_names if c not in seen]
+    if len(classes) < 2:
+        raise EpisodeError(
+            f"{images.name} has {len(classes)} class(es) the model was not trained on; "
+            f"name the classes to use with --classes (classes: {list(images.class_names)})")
+    return classes

@@ -77,46 +77,17 @@ class _Prepared:
     guard: Any
 
 
-def _load_images(spec: AuditSpec, info: CheckpointInfo, progress: bool) -> ImageSet:
-    if spec.data_file is not None:
-        from ..data import read_npz
-
-        images = read_npz(spec.data_file, split=spec.split)
-    else:
-        from ..data.registry import load_dataset
-
-        images = load_dataset(str(spec.dataset), split=spec.split, progress=progress)
-    if images.n_channels == info.in_channels and tuple(images.image_size) == tuple(info.image_size):
-        return images
-    if not spec.convert:
-        raise AuditError(f"the checkpoint expects {info.in_channels}-channel {info.image_size[0]}x{info.image_size[1]} "
-                         f"images but {images.name} has {images.n_channels}-channel "
-                         f"{images.image_size[0]}x{images.image_size[1]} images; pass --convert to convert them")
-    return images.convert(channels=info.in_channels, size=info.image_size)
-
-
-def _classes(spec: AuditSpec, info: CheckpointInfo, images: ImageSet) -> list[str]:
-    """--classes, else the classes the model was not trained on."""
-    if spec.classes:
-        return list(spec.classes)
-    seen = set(info.classes)
-    classes = [c for c in images.class_names if c not in seen]
-    if len(classes) < 2:
-        raise AuditError(f"{images.name} has {len(classes)} class(es) the model was not trained on; name the classes "
-                         f"to audit with --classes (classes: {list(images.class_names)})")
-    return classes
-
-
 def _prepare(spec: AuditSpec, progress: bool) -> _Prepared:
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import images_for_checkpoint, load_checkpoint, untrained_classes
+    from ..data.open import load_images
     from ..evaluation import evaluate
 
     spec = spec.checked()
     model, info = load_checkpoint(spec.checkpoint)
     checkpoint = Path(spec.checkpoint).read_bytes()
-    images = _load_images(spec, info, progress)
+    images = images_for_checkpoint(load_images(spec.dataset, spec.data_file, spec.split, progress), info, spec.convert)
     by_columns(images, spec.by)
-    classes = _classes(spec, info, images)
+    classes = untrained_classes(info, images, spec.classes)
     guard = None
     if spec.guard is not None:
         from ..guard import DomainGuard

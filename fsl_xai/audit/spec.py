@@ -43,8 +43,8 @@ class AuditSpec:
 
     Attributes:
         checkpoint: a checkpoint written by ``fsl-xai train`` (path).
-        dataset / data_file: the images: a registered dataset name, or a MedMNIST-format .npz file
-            (exactly one of them).
+        dataset / data_file: the images (exactly one of them): a registered dataset name, or your own
+            images (an .npz file, an image folder or a DICOM folder; see ``fsl_xai.data.open``).
         split: the split to audit.
         convert: convert the images to the checkpoint's channels and size when they differ.
         classes: the classes to draw episodes from (default: those the model was not trained on).
@@ -89,7 +89,8 @@ class AuditSpec:
         from ..explain import method_spec
 
         if (self.dataset is None) == (self.data_file is None):
-            raise DataError("give the images as exactly one of a dataset name (--dataset) or a .npz file (--data-file)")
+            raise DataError("give the images as exactly one of a dataset name (--dataset) or your own images "
+                            "(--data-file)")
         for name in ("n_shot", "n_query", "episodes", "chunk_episodes"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

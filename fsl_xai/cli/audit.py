@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import DATA_FILE_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``audit`` command to the subparsers."""
@@ -14,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fsl-xai train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name (see `fsl-xai datasets`)")
-    src.add_argument("--data-file", help="a MedMNIST-format .npz file")
+    src.add_argument("--data-file", help=DATA_FILE_HELP)
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--convert", action="store_true",
                    help="convert images to the checkpoint's channels and size when they differ")

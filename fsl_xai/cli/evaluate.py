@@ -21,7 +21,7 @@ from .backbone_args import (
     refuse_external_options,
     report_backbone,
 )
-from .common import DATA_FILE_HELP, format_ci, images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, format_ci, set_torch_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,15 +80,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _episode_classes(args: argparse.Namespace, info: CheckpointInfo, images: ImageSet) -> list[str]:
     """The classes to draw episodes from: --classes, else those the model was not trained on."""
-    if args.classes:
-        return list(args.classes)
-    seen = set(info.classes)
-    classes = [c for c in images.class_names if c not in seen]
-    if len(classes) < 2:
-        raise EpisodeError(
-            f"{images.name} has {len(classes)} class(es) the model was not trained on; "
-            f"name the classes to test with --classes (classes: {list(images.class_names)})")
-    if len(classes) < images.n_classes:
+    from ..checkpoints import untrained_classes
+
+    classes = untrained_classes(info, images, args.classes)
+    if not args.classes and len(classes) < images.n_classes:
         print(f"evaluating on the classes the model was not trained on: {classes}", file=sys.stderr)
     return classes
 
@@ -96,7 +91,9 @@ def _episode_classes(args: argparse.Namespace, info: CheckpointInfo, images: Ima
 def _calibrate(args: argparse.Namespace, model: FewShotClassifier, info: CheckpointInfo, classes: list[str],
                n_way: int, progress: bool) -> tuple[ConformalCalibration, dict[str, Any]]:
     """Calibrate prediction sets on held-in episodes (see :mod:`fsl_xai.conformal` for why these)."""
+    from ..checkpoints import images_for_checkpoint
     from ..conformal import calibrate
+    from ..data.open import load_images
     from ..evaluation import evaluate
 
     split = args.calibration_split or CALIBRATION_SPLIT
@@ -164,7 +161,8 @@ def _frozen_backbone(args: argparse.Namespace, images: ImageSet) -> tuple[FewSho
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import images_for_checkpoint, load_checkpoint
+    from ..data.open import load_images
     from ..evaluation import evaluate
 
     if args.conformal is not None and not 0 < args.conformal < 1:

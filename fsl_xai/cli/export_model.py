@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import EpisodeError
-from .common import DATA_FILE_HELP, format_ci, images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, format_ci, set_torch_threads
 
 if TYPE_CHECKING:
     from ..checkpoints import CheckpointInfo
@@ -45,18 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def bundle_classes(requested: list[str] | None, info: CheckpointInfo, images: ImageSet) -> list[str]:
     """--classes, else the classes of the data the model was not trained on (as ``evaluate`` chooses)."""
-    if requested:
-        return list(requested)
-    seen = set(info.classes)
-    classes = [c for c in images.class_names if c not in seen]
-    if len(classes) < 2:
-        raise EpisodeError(f"{images.name} has {len(classes)} class(es) the model was not trained on; name the "
-                           f"bundle's classes with --classes (classes: {list(images.class_names)})")
-    return classes
+    from ..checkpoints import untrained_classes
+
+    return untrained_classes(info, images, requested)
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import images_for_checkpoint, load_checkpoint
+    from ..data.open import load_images
     from ..deploy import export_bundle
 
     if args.n_shot < 1 or args.episodes < 1 or args.n_query < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
-from .common import DATA_FILE_HELP, images_for_checkpoint, load_images, set_torch_threads
+from .common import DATA_FILE_HELP, set_torch_threads
 
 if TYPE_CHECKING:
     from ..data import ImageSet
@@ -49,7 +49,8 @@ def cmd_guard(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import images_for_checkpoint, load_checkpoint
+    from ..data.open import load_images
     from ..embeddings import embed_all, embedding_fingerprint
     from ..guard import DEFAULT_K, DEFAULT_QUANTILE, DomainGuard, detection_summary
 

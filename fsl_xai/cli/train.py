@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .backbone_args import BACKBONE_HELP, add_backbone_options, check_backbone_name, external_options, report_backbone
-from .common import format_ci, load_images, set_torch_threads
+from .common import format_ci, set_torch_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..data.open import load_images
     from ..embeddings import images_for_model
     from ..episodes import ClassSplit
     from ..errors import ModelError

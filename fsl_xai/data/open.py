@@ -234,3 +234,34 @@ def open_images(path: str | os.PathLike, split: str = "test", labels_csv: str | 
     if kind == "dicom":
         return _open_dicom(source, split, labels_csv, name, size, channels, progress)
     return _open_folder(source, split, labels_csv, name, size, channels, progress)
+
+
+def _is_path(text: str) -> bool:
+    """A dataset argument that names a file or folder on this machine rather than a registered set."""
+    from .registry import list_datasets
+
+    path = Path(text).expanduser()
+    if not path.exists():
+        return False
+    known = {i.name for i in list_datasets()}
+    return text.strip().lower().replace("_", "-") not in known or path.suffix.lower() == ".npz"
+
+
+def load_images(dataset: str | None, data_file: str | None, split: str, progress: bool,
+                labels: str | None = None) -> ImageSet:
+    """One split of a registered dataset (``--dataset``) or of your own images (``--data-file``: a
+    MedMNIST-format npz, an image folder with or without a CSV, or a DICOM folder; see
+    :func:`fsl_xai.data.open.open_images`). A ``--dataset`` that is a path on this machine is opened
+    the same way. ``labels`` is the CSV of a folder (default: the folder's only CSV)."""
+    if data_file is not None:
+        return open_images(data_file, split=split, labels_csv=labels, progress=progress)
+    if dataset is None:
+        raise DataError("no images to load: give a dataset name (--dataset) or your own images (--data-file: "
+                        "an .npz file, an image folder or a DICOM folder)")
+    if _is_path(dataset):
+        return open_images(dataset, split=split, labels_csv=labels, progress=progress)
+    if labels is not None:
+        raise DataError(f"--labels is for your own folders; {dataset!r} is a registered dataset with its own labels")
+    from .registry import load_dataset
+
+    return load_dataset(dataset, split=split, progress=progress)
