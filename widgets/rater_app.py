@@ -46,10 +46,14 @@ def token_from_environment() -> str | None:
     return values[0] if values else None
 
 
-def _png(data_b64: str | None, width: int = 256) -> W.Widget:
-    if not data_b64:
-        return W.HTML("")
-    return W.Image(value=base64.b64decode(data_b64), format="png", width=width, height=width)
+def _png(data_b64: str | None) -> bytes:
+    return base64.b64decode(data_b64) if data_b64 else b""
+
+
+def _set_image(image: W.Image, data_b64: str | None) -> None:
+    """Show ``data_b64`` in ``image`` (hidden, and emptied, when there is none)."""
+    image.value = _png(data_b64)
+    image.layout.display = "" if data_b64 else "none"
 
 
 def _in_panel(widget: W.Widget, panel: str) -> W.Widget:
@@ -58,6 +62,17 @@ def _in_panel(widget: W.Widget, panel: str) -> W.Widget:
     for child in getattr(widget, "children", ()):
         _in_panel(child, panel)
     return widget
+
+
+def _blank(widget: W.Widget) -> None:
+    """Empty ``widget`` and everything inside it: a panel off the screen keeps nothing of a case
+    (the page holds every widget's state, shown or not)."""
+    if isinstance(widget, W.Image):
+        widget.value = b""
+    elif isinstance(widget, W.HTML):
+        widget.value = ""
+    for child in getattr(widget, "children", ()):
+        _blank(child)
 
 
 SUBMIT_LABELS = {"single": "Submit answer", "first": "Confirm my own answer", "revised": "Submit final answer"}
@@ -71,6 +86,11 @@ def _message(css_class: str, text: str) -> str:
 class RaterApp(W.VBox):
     """One rater's screen.
 
+    The screen's widgets are built once and updated in place from case to case (the page then
+    only receives new values, not new widgets): one image for the case, one answer widget per
+    question and set of options, one widget per advice panel. A panel off the screen is taken out
+    of its area and emptied.
+
     Args:
         store: the study's response store.
         design: the study design.
@@ -82,7 +102,8 @@ class RaterApp(W.VBox):
         self.store, self.design = store, design
         self.header = W.HTML()
         self.progress = W.IntProgress(min=0, max=1, description="Progress", layout=W.Layout(width="60%"))
-        self.case_area = W.HBox()
+        self.case_image = W.Image(format="png", width=256, height=256)
+        self.case_area = W.HBox([self.case_image])
         self.advice_area = W.VBox()
         self.inputs: dict[str, W.Widget] = {}
         self.question_area = W.VBox()
@@ -94,6 +115,9 @@ class RaterApp(W.VBox):
         self.back_button.on_click(lambda _: self._back())
         self.next_button.on_click(lambda _: self._render())
         self.add_class("fsl-rater-app")
+        self._panels: dict[str, W.Widget] = {}  # panel -> its widget, built on first use
+        self._tiles: list[W.VBox] = []  # the prototypes panel's reference tiles, grown on demand
+        self._rows: dict[tuple, tuple[W.VBox, W.Widget]] = {}  # (question, options) -> (row, answer widget)
         self.session: RaterSession | None = None
         try:
             self.session = RaterSession(store, token or "", design)  # no token: AccessDenied says what to do
@@ -112,7 +136,8 @@ class RaterApp(W.VBox):
             raise AccessDenied("no rater session; open the link you were given")
         return self.session
 
-    def _render(self) -> None:
+    def _render(self, status: str = "") -> None:
+        """Show the session's current screen, with ``status`` (HTML) under it."""
         s = self._session()
         done, total = s.progress
         self.progress.max, self.progress.value = max(total, 1), done
@@ -121,9 +146,12 @@ class RaterApp(W.VBox):
         if s.done:
             self.header.value = (f"<h3>Thank you, {html.escape(s.rater.pseudonym)}</h3>"
                                  f"<p>All {total} cases are answered.</p>")
-            self.case_area.children, self.advice_area.children, self.question_area.children = (), (), ()
+            _set_image(self.case_image, None)
+            self._show_advice([])
+            self.question_area.children, self.inputs = (), {}
             self.submit_button.layout.display = "none"
             self.back_button.layout.display = "none"
+            self.status.value = status
             return
         self.item = s.current()
         shown, step = self.item["shown"], self.item["step"]
@@ -134,56 +162,109 @@ class RaterApp(W.VBox):
                           "it.</p>",
                  "revised": "<p class='fsl-step'>Now with the AI's output: keep your answer or revise it.</p>"}
         self.header.value = f"<h3>Case {s.position + 1} of {total}</h3>{reference}{steps.get(step, '')}"
-        self.case_area.children = [_png(shown.get("image_png"), 256)]
+        _set_image(self.case_image, shown.get("image_png"))
         teaching = self.design.mode == "teaching"
         advice = [] if teaching or step == "first" else self._advice(self.item["panels"], shown)
         if step == "revised":
             advice = [self._first_answer(self.item.get("first_answers", {})), *advice]
-        self.advice_area.children = advice
+        self._show_advice(advice)
         self.question_area.children = self._questions(shown, self.item.get("previous_answers", {}))
         self.submit_button.description = SUBMIT_LABELS[step]
-        self.status.value = ""
+        self.status.value = status  # set once: every message is one more frame before the page settles
+
+    def _show_advice(self, shown_panels: list[W.Widget]) -> None:
+        """Put ``shown_panels`` on the screen and empty every other panel."""
+        for widget in self._panels.values():
+            if widget not in shown_panels:
+                _blank(widget)
+        self.advice_area.children = shown_panels
+
+    def _panel(self, name: str, text: str) -> W.HTML:
+        """The panel ``name`` (one HTML widget, built once) holding ``text``."""
+        widget = self._panels.get(name)
+        if widget is None:
+            widget = self._panels[name] = _in_panel(W.HTML(), name)
+        assert isinstance(widget, W.HTML)
+        widget.value = text
+        return widget
 
     def _first_answer(self, first: dict) -> W.Widget:
         """The rater's confirmed first answer, recalled on the revised screen."""
         asked = [q for q in self.design.questions if q.id in first and first[q.id] not in (None, "")]
         parts = "; ".join(f"{html.escape(q.text or q.id.capitalize())}: {html.escape(str(first[q.id]))}"
                           for q in asked)
-        return _in_panel(W.HTML(f"<div class='fsl-first-answer'><b>Your first answer</b> (saved): {parts}</div>"),
-                         "first_answer")
+        return self._panel("first_answer",
+                           f"<div class='fsl-first-answer'><b>Your first answer</b> (saved): {parts}</div>")
+
+    def _heatmap(self, method: str, data_b64: str) -> W.Widget:
+        if "heatmap" not in self._panels:
+            self._panels["heatmap"] = _in_panel(W.VBox([W.HTML(), W.Image(format="png", width=256, height=256)]),
+                                                "heatmap")
+        box = self._panels["heatmap"]
+        title, image = box.children
+        title.value = f"<b>Where the model looked</b> ({html.escape(method)})"
+        _set_image(image, data_b64)
+        return box
+
+    def _prototypes(self, support: list[dict]) -> W.Widget:
+        # the reference images by class only: their sample ids stay in the provenance
+        if "prototypes" not in self._panels:
+            self._panels["prototypes"] = _in_panel(W.VBox([W.HTML(), W.HBox()]), "prototypes")
+        box = self._panels["prototypes"]
+        title, row = box.children
+        title.value = "<b>Most similar reference cases</b>"
+        while len(self._tiles) < len(support):
+            self._tiles.append(_in_panel(W.VBox([W.Image(format="png", width=96, height=96), W.HTML()]),
+                                         "prototypes"))
+        for tile, t in zip(self._tiles, support, strict=False):
+            image, caption = tile.children
+            _set_image(image, t.get("image_png"))
+            caption.value = f"<small>{html.escape(str(t['class']))}</small>"
+        for tile in self._tiles[len(support):]:
+            _blank(tile)
+        row.children = self._tiles[:len(support)]
+        return box
 
     def _advice(self, panels: list[str], shown: dict) -> list[W.Widget]:
         out: list[W.Widget] = []
         if panels and shown.get("guard_warning"):
-            out.append(_in_panel(W.HTML(
+            out.append(self._panel("guard", (
                 "<div class='fsl-guard-warning' style='border:2px solid #b00020;padding:6px;color:#b00020'>"
-                f"<b>Warning:</b> {html.escape(str(shown['guard_warning']))}</div>"), "guard"))
+                f"<b>Warning:</b> {html.escape(str(shown['guard_warning']))}</div>")))
         if "prediction" in panels and "prediction" in shown:
             p = shown["prediction"]
-            out.append(_in_panel(W.HTML(
+            out.append(self._panel("prediction", (
                 f"<div class='fsl-advice'><b>Model suggests:</b> {html.escape(str(p['class']))} "
-                f"(probability {p.get('probability', float('nan')):.2f})</div>"), "prediction"))
+                f"(probability {p.get('probability', float('nan')):.2f})</div>")))
         if "prediction_set" in panels and shown.get("prediction_set"):
             ps = shown["prediction_set"]
             coverage = 1 - float(ps.get("alpha", float("nan")))
-            out.append(_in_panel(W.HTML(
+            out.append(self._panel("prediction_set", (
                 f"<div class='fsl-prediction-set'><b>The model's answer set:</b> {html.escape(str(ps['text']))} "
-                f"(such sets hold the true answer about {coverage:.0%} of the time)</div>"), "prediction_set"))
+                f"(such sets hold the true answer about {coverage:.0%} of the time)</div>")))
         if "heatmap" in panels and shown.get("heatmap_png"):
-            out.append(_in_panel(W.VBox([
-                W.HTML(f"<b>Where the model looked</b> ({html.escape(shown.get('method', ''))})"),
-                _png(shown["heatmap_png"], 256)]), "heatmap"))
+            out.append(self._heatmap(shown.get("method", ""), shown["heatmap_png"]))
         if "prototypes" in panels and shown.get("nearest_support"):
-            # the reference images by class only: their sample ids stay in the provenance
-            tiles = [W.VBox([_png(t["image_png"], 96), W.HTML(f"<small>{html.escape(str(t['class']))}</small>")])
-                     for t in shown["nearest_support"]]
-            out.append(_in_panel(W.VBox([W.HTML("<b>Most similar reference cases</b>"), W.HBox(tiles)]),
-                                 "prototypes"))
+            out.append(self._prototypes(shown["nearest_support"]))
         if "badges" in panels and shown.get("badges"):
             items = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
                             for k, v in shown["badges"].items())
-            out.append(_in_panel(W.HTML(f"<b>Explanation checks</b><ul>{items}</ul>"), "badges"))
+            out.append(self._panel("badges", f"<b>Explanation checks</b><ul>{items}</ul>"))
         return out
+
+    def _answer_row(self, q, options: tuple[str, ...]) -> tuple[W.VBox, W.Widget]:
+        """The row of question ``q`` with these answer options, built once and reused."""
+        key = (q.id, q.type, options)
+        if key not in self._rows:
+            label = W.HTML(f"<b>{html.escape(q.text or q.id.capitalize())}</b>")
+            widget: W.Widget
+            if q.type in ("choice", "likert"):
+                widget = W.ToggleButtons(options=list(options), value=None)
+            else:
+                widget = W.Textarea(placeholder="optional comment", layout=W.Layout(width="60%"))
+            widget.add_class(f"fsl-q-{q.id}")
+            self._rows[key] = (W.VBox([label, widget]), widget)
+        return self._rows[key]
 
     def _questions(self, shown: dict, previous: dict) -> list[W.Widget]:
         rows = []
@@ -192,19 +273,18 @@ class RaterApp(W.VBox):
         for q in self.design.questions:
             if q.id not in asked:
                 continue
-            label = W.HTML(f"<b>{html.escape(q.text or q.id.capitalize())}</b>")
             if q.type == "choice":
-                options = list(q.options or shown.get("classes", []))
-                widget = W.ToggleButtons(options=options, value=None)
+                options = tuple(q.options or shown.get("classes", []))
             elif q.type == "likert":
-                widget = W.ToggleButtons(options=[str(i) for i in range(1, q.scale + 1)], value=None)
+                options = tuple(str(i) for i in range(1, q.scale + 1))
             else:
-                widget = W.Textarea(placeholder="optional comment", layout=W.Layout(width="60%"))
-            if q.id in previous and previous[q.id] is not None:
-                widget.value = str(previous[q.id])
-            widget.add_class(f"fsl-q-{q.id}")
+                options = ()
+            row, widget = self._answer_row(q, options)
+            answer = previous.get(q.id)
+            # every case starts blank (or at the rater's previous answer to this screen)
+            widget.value = str(answer) if answer is not None else (None if options else "")
             self.inputs[q.id] = widget
-            rows.append(W.VBox([label, widget]))
+            rows.append(row)
         return rows
 
     # ------------------------------------------------------------------ actions
@@ -227,8 +307,7 @@ class RaterApp(W.VBox):
             self._session().submit(self.answers(), shown_key=self.item["shown_key"])
         except AlreadyAnswered as exc:
             # nothing was stored; the session has moved on to the next unanswered case
-            self._render()
-            self.status.value = _message("fsl-notice", str(exc))
+            self._render(_message("fsl-notice", str(exc)))
             return
         except (StudyStoreError, AccessDenied) as exc:
             self.status.value = _message("fsl-error", str(exc))
@@ -238,15 +317,13 @@ class RaterApp(W.VBox):
         s = self._session()
         if self.item["step"] == "first" and not s.done and s.items[s.position] == self.item["item_id"]:
             # the same case again, now at its revised step: the AI's output comes only now
-            self._render()
-            self.status.value = _message("fsl-saved", "Your own answer is saved. Here is the AI's output: keep "
-                                                      "your answer or revise it.")
+            self._render(_message("fsl-saved", "Your own answer is saved. Here is the AI's output: keep "
+                                               "your answer or revise it."))
         elif self.design.mode == "teaching":
             self.status.value = _message("fsl-saved", "Answer saved.")
             self._reveal()
         else:
-            self._render()
-            self.status.value = _message("fsl-saved", "Answer saved.")
+            self._render(_message("fsl-saved", "Answer saved."))
 
     def _reveal(self) -> None:
         """Teaching mode: after answering, show the truth, the model's advice and explanation."""
@@ -254,11 +331,11 @@ class RaterApp(W.VBox):
         given = self.inputs[self.design.questions[0].id].value
         truth = shown.get("true_class")
         verdict = "correct" if given == truth else "not correct"
-        feedback = [_in_panel(W.HTML(
+        feedback = self._panel("feedback", (
             f"<div class='fsl-feedback'><b>Your answer is {verdict}.</b> You said {html.escape(str(given))}; "
-            f"the label is {html.escape(str(truth))}.</div>"), "feedback")]
-        self.advice_area.children = feedback + self._advice(
-            ["prediction", "prediction_set", "heatmap", "prototypes", "badges"], shown)
+            f"the label is {html.escape(str(truth))}.</div>"))
+        self._show_advice([feedback, *self._advice(
+            ["prediction", "prediction_set", "heatmap", "prototypes", "badges"], shown)])
         self.submit_button.disabled = True
         self.next_button.layout.display = ""
 

@@ -182,3 +182,41 @@ def test_no_widget_of_any_condition_identifies_the_case(blood_study):
             assert list(options.options) == classes and options.value is None and not options.tooltips
             _answer(app, classes[0])
     assert seen == set(CONDITION_PANELS)
+
+
+def test_a_submit_updates_the_screen_in_place_instead_of_creating_widgets(tmp_path, monkeypatch):
+    """Each widget model the kernel creates is one more the page must build before it can show
+    the next case: after a screen of each condition, a submit creates none, and the first screen of
+    a condition only builds its panels (a few widgets), never a whole new screen (~30 before)."""
+    import ipywidgets as W
+
+    save_checkpoint(tmp_path / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
+    conditions = list(CONDITION_PANELS)
+    spec = {"study_id": "inplace", "dataset": {"name": "synthetic"}, "model": {"checkpoint": "model.pt"},
+            "episode": {"n_way": 2, "n_shot": 2, "seed": 1}, "cases": {"n": 2 * len(conditions), "seed": 0},
+            "conditions": conditions, "method": "saliency",
+            "questions": [{"id": "diagnosis", "type": "choice"}, {"id": "confidence", "type": "likert", "scale": 5},
+                          {"id": "comment", "type": "text", "required": False}]}
+    (tmp_path / "inplace.json").write_text(json.dumps(spec))
+    db = freeze_study(tmp_path / "inplace.json", tmp_path / "frozen", progress=False)
+    (_, token), = add_raters(db, 1)
+    opened = []
+    real_open = W.Widget.open
+    monkeypatch.setattr(W.Widget, "open", lambda self: (opened.append(type(self).__name__), real_open(self))[1])
+    with ResponseStore(db) as store:
+        app = RaterApp(store, load_design(tmp_path / "frozen" / "inplace.json"), token)
+        assert len(opened) > 20  # the counter sees the first screen being built
+        seen, created = set(), []
+        while not app.session.done:
+            seen.add(app.item["condition"])
+            before = len(opened)
+            _answer(app, app.item["shown"]["classes"][0])
+            assert "Answer saved" in app.status.value
+            nxt = None if app.session.done else app.item["condition"]
+            if nxt is not None:  # the answer widgets were reset, not replaced: the next case starts blank
+                assert [app.inputs[q].value for q in ("diagnosis", "confidence", "comment")] == [None, None, ""]
+            created.append((nxt, nxt in seen or nxt is None, opened[before:]))
+        assert all(not new for _, repeat, new in created if repeat), created
+        assert all(len(new) <= 12 for _, _, new in created), created
+        assert sum(len(new) for _, _, new in created) <= 25, created
+    assert seen == set(conditions)
