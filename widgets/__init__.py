@@ -31,7 +31,7 @@ _MODULES = {"EpisodeResult": "state", "WorkbenchState": "state",
             "DatasetModelPicker": "dataset_model", "DistanceView": "distances", "ExportView": "export",
             "export_state": "export", "FailureExplorer": "failures", "HeatmapViewer": "heatmap",
             "QueryGallery": "queries", "SubgroupDashboard": "subgroups", "SupportSetView": "support_set",
-            "Workbench": "workbench", "DicomImportView": "dicom_import"}
+            "Workbench": "workbench", "DicomImportView": "dicom_import", "FigureWidget": "_figurewidget"}
 
 __all__ = sorted(_MODULES)
 
