@@ -29,11 +29,25 @@ class DistanceView(View):
 
     def _on_selection(self) -> None:
         # a resample changes both the result and the query: draw once per (result, query)
+        # a query click on the same result only moves the ring of the map (the map itself is unchanged)
         last_result, last_query = getattr(self, "_drawn_for", (None, -2))
         if self.state.result is not last_result or self.state.query_index != last_query:
             self._drawn_for = (self.state.result, self.state.query_index)
-            self.redraw_map()
+            if self.state.result is not last_result or not self.move_selection():
+                self.redraw_map()
             self.redraw_bars()
+
+    def move_selection(self) -> bool:
+        """Ring the selected query on the map in place; False when the map has no 'selected' trace."""
+        s, fig = self.state, self.map
+        ring = None if fig is None or s.result is None else next((t for t in fig.data if t.name == "selected"), None)
+        if ring is None or s.result is None:
+            return False
+        xy = s.result.query_xy
+        chosen = [s.query_index] if 0 <= s.query_index < len(xy) else []
+        with fig.batch_update():
+            ring.x, ring.y = xy[chosen, 0].tolist(), xy[chosen, 1].tolist()
+        return True
 
     @property
     def bars(self) -> go.FigureWidget:

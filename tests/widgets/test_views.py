@@ -40,6 +40,9 @@ def test_query_click_drives_heatmap_and_distances(bench):
     sel = _trace(bench.distances.map, "selected")
     assert sel.x[0] == pytest.approx(s.result.query_xy[4, 0])
     assert bench.queries.buttons[4].button_style == "info"
+    bench.queries.buttons[2].click()  # same episode: the ring moves on the map, which is not redrawn
+    assert _trace(bench.distances.map, "selected") is sel
+    assert (sel.x[0], sel.y[0]) == pytest.approx(tuple(s.result.query_xy[2]))
 
 
 def test_projection_click_selects_the_query(bench):
