@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,14 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
+
+from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port  # noqa: E402
 
 from fsl_xai.files import atomic_write  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTSIDE = re.compile(r"^(https?|wss?)://(?!(127\.\d+\.\d+\.\d+|localhost|\[::1\])[:/])")
 APP, PEER = "app_workbench.ipynb", "peer_figurewidget.ipynb"
 VIEWPORT = {"width": 1366, "height": 768}
 LOAD_TIMEOUT_MS = 300_000  # kernel start, imports, data and the cached model on two busy cores
@@ -130,25 +127,6 @@ EDIT_WATCHES = [HEATMAP, {"sel": ".fsl-distance-bars", "kind": "html"}, {"sel": 
 
 
 # ---------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def environment(home: Path) -> dict[str, str]:
-    """The venv first on PATH, the checkout importable, the fsl-xai template found, Jupyter's folders private."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JUPYTER_PLATFORM_DIRS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-               JUPYTER_PATH=os.pathsep.join(p for p in (str(ROOT / "share" / "jupyter"),
-                                                        os.environ.get("JUPYTER_PATH", "")) if p))
-    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-        (home / name).mkdir(parents=True, exist_ok=True)
-        env[name] = str(home / name)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 def start_voila(folder: Path, port: int, log_path: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "voila", str(folder), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
             "--ServerApp.port_retries=0", "--template=fsl-xai"]

@@ -28,7 +28,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,9 @@ import numpy as np
 import psutil  # type: ignore[import-untyped]  # installed with ipykernel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
+
+from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port  # noqa: E402
 
 import fsl_xai as F  # noqa: E402
 from fsl_xai.checkpoints import save_checkpoint  # noqa: E402
@@ -50,10 +51,6 @@ from fsl_xai.study.freeze import add_raters, freeze_study  # noqa: E402
 from fsl_xai.study.serve import IOPUB_TIMEOUT_S, KERNEL_START_S  # noqa: E402
 from fsl_xai.study.store import ResponseStore  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTSIDE = re.compile(r"^(https?|wss?)://(?!(127\.\d+\.\d+\.\d+|localhost|\[::1\])[:/])")
 TIMEOUT_MS = 120_000
 BARE_NOTEBOOK = {
     "cells": [{"cell_type": "code", "execution_count": None, "id": "bare", "metadata": {}, "outputs": [],
@@ -96,24 +93,6 @@ async () => {
   });
 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def environment(home: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JUPYTER_PLATFORM_DIRS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-               JUPYTER_PATH=os.pathsep.join(p for p in (str(ROOT / "share" / "jupyter"),
-                                                        os.environ.get("JUPYTER_PATH", "")) if p))
-    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "IPYTHONDIR"):
-        (home / name).mkdir(parents=True, exist_ok=True)
-        env[name] = str(home / name)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:

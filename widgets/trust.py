@@ -9,10 +9,9 @@ held-in evaluation are kept in module caches, so a second workbench on the same 
 
 from __future__ import annotations
 
-import contextlib
 import html
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from fsl_xai.errors import DataError, FslXaiError
 from fsl_xai.evaluation import accuracy_interval, evaluate
 from fsl_xai.guard import DomainGuard, GuardScores
 from fsl_xai.intervals import Interval
+from fsl_xai.training import torch_threads
 from fsl_xai.training.validation import VALIDATION_SEED_OFFSET
 
 from . import held_in
@@ -55,19 +55,6 @@ def _remember(cache: OrderedDict, key: tuple, value: Any) -> Any:
     while len(cache) > CACHE_SIZE:
         cache.popitem(last=False)
     return value
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread for a while: scoring an episode from embeddings is a few tiny products,
-    and a second thread only adds synchronisation (measured on 2 busy cores: 100 held-in episodes in
-    0.3-0.6 s on one thread, 6 s on two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -194,7 +181,7 @@ class Trust:
                 raise DataError(f"{where} has too few images of some class for {n_shot}-shot episodes with queries")
             shape = (n_way, n_shot, n_query)
             embed_all(model, held)  # batched convolutions: with every thread torch has
-            with _one_thread():
+            with torch_threads(1):
                 result = evaluate(model, held, n_way, n_shot, n_query, HELD_IN_EPISODES, seed=VALIDATION_SEED_OFFSET,
                                   classes=list(classes), progress=False, guard=self.guard)
         except FslXaiError as exc:
@@ -219,7 +206,7 @@ class Trust:
         The guard was fitted for this model's embeddings (its fingerprint is the cache key)."""
         if self.guard is None:
             return None
-        with _one_thread():  # small products: see _one_thread
+        with torch_threads(1):  # small products: see fsl_xai.training.torch_threads
             return self.guard.assess(query_embeddings, fitted.support_embeddings_)
 
     def prediction_sets(self, logits: np.ndarray, classes: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray] | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..models import FewShotClassifier
+from ..training import torch_threads
 
 #: models kept per process (one audit uses one; a long-lived worker may serve a few)
 MODEL_CACHE_SIZE = 2
@@ -90,17 +89,6 @@ class ChunkResult:
     quality: pd.DataFrame | None
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block with one torch thread (float reductions are ordered by the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def cached_model(checkpoint: bytes, sha256: str) -> FewShotClassifier:
     """The model of these checkpoint bytes, loaded once per process."""
     from ..checkpoints import load_checkpoint
@@ -162,7 +150,7 @@ def run_chunk(context: ChunkContext, task: ChunkTask) -> ChunkResult:
     """
     from ..explain import explain
 
-    with one_thread():
+    with torch_threads(1):
         model = cached_model(context.checkpoint, context.checkpoint_sha256)
         maps: dict[str, list[np.ndarray]] = {m: [] for m in context.methods}
         quality: list[pd.DataFrame] = []
@@ -187,4 +175,4 @@ def run_chunk(context: ChunkContext, task: ChunkTask) -> ChunkResult:
 
 
 __all__ = ["QUALITY_COLUMNS", "ChunkContext", "ChunkResult", "ChunkTask", "EpisodeInputs", "as_float16",
-           "cached_model", "one_thread", "run_chunk"]
+           "cached_model", "run_chunk"]

@@ -11,7 +11,7 @@
 """
 
 from ..checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
-from .loops import TrainResult, pretrain, set_threads, train_episodic
+from .loops import TrainResult, pretrain, set_threads, torch_threads, train_episodic
 from .recipes import (
     CROSS_DOMAIN,
     DEFAULT_SPLITS,
@@ -30,6 +30,6 @@ __all__ = [
     "CROSS_DOMAIN", "CheckpointInfo", "DEFAULT_SPLITS", "DefaultRecipe", "FROM_PROTONET", "PRETRAINED_MODELS",
     "SELF_TRAINED", "TrainResult", "build_model", "canonical_dataset_name", "default_class_split",
     "default_model", "default_model_from_recipe", "default_recipe", "episode_accuracies", "fit_base_statistics",
-    "load_checkpoint", "pretrain", "save_checkpoint", "set_threads", "train_episodic", "train_recipe",
-    "validation_accuracy",
+    "load_checkpoint", "pretrain", "save_checkpoint", "set_threads", "torch_threads", "train_episodic",
+    "train_recipe", "validation_accuracy",
 ]
