@@ -100,7 +100,7 @@ def overlay_colorscale(name: str, signed: bool, steps: int = 11) -> list[list]:
 
 def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str], opacity: float = 0.5,
                    colorscale: str = "RdBu_r", signed: bool = True, mask: np.ndarray | None = None,
-                   height: int = 300, warning: str = "") -> go.Figure:
+                   height: int = 300, warning: str = "", compact: bool = False) -> go.Figure:
     """The query image with each attribution map overlaid, side by side.
 
     Args:
@@ -111,15 +111,18 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         signed: show signed values (red for, blue against) or their absolute value.
         mask: optional (H, W) bool lesion mask drawn as an outline.
         warning: a line shown above the maps in red (a query the domain guard flags).
+        compact: send less to the page (for a live view redrawn on every click): the maps rounded to
+            3 decimals and the image as a PNG (``source``) instead of its pixel values (``z``).
     """
     k = max(1, len(maps))
     fig = make_subplots(1, k, subplot_titles=list(titles) or [""], horizontal_spacing=0.04)
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
+    picture = dict(source=data_url(image)) if compact else dict(z=rgb)
     for i, m in enumerate(maps):
-        m = np.asarray(m, dtype=np.float32)
+        m = np.round(np.asarray(m, dtype=np.float64), 3) if compact else np.asarray(m, dtype=np.float32)
         z = m if signed else np.abs(m)
-        fig.add_trace(go.Image(z=rgb, hoverinfo="skip", name="image"), 1, i + 1)
+        fig.add_trace(go.Image(**picture, hoverinfo="skip", name="image"), 1, i + 1)
         fig.add_trace(go.Heatmap(z=z, zmin=-1 if signed else 0, zmax=1,
                                  colorscale=overlay_colorscale(colorscale, signed),
                                  opacity=opacity,

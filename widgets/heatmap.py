@@ -4,6 +4,7 @@ when the domain guard flags the query: its explanation explains a prediction the
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from typing import Any
@@ -57,6 +58,7 @@ class HeatmapViewer(View):
         self._badges: dict[str, Any] = {}  # method -> fsl_xai.explain.Badges of the shown map
         self._badge_errors: dict[str, str] = {}
         self._busy = False
+        self._refreshes = 0  # counts refresh calls: deferred work of an older one is skipped
         self.methods.observe(self.guard(self._on_methods), names="value")
         for widget in (self.target, self.contrast):
             widget.observe(self.guard(self._on_target), names="value")
@@ -172,8 +174,9 @@ class HeatmapViewer(View):
             self.refresh()
 
     def refresh(self, with_badges: bool = True) -> None:
-        """Compute (or fetch from the cache) the maps of the selected query and redraw; then, if the
-        badges are on, compute them and redraw the titles (the map is on screen meanwhile)."""
+        """Compute (or fetch from the cache) the maps of the selected query and redraw; then (deferred
+        while a kernel's event loop runs) the influence strip and, if the badges are on, the badges in
+        the titles (the map is on screen meanwhile)."""
         s = self.state
         if s.result is None or s.query_index < 0:
             return
@@ -191,15 +194,41 @@ class HeatmapViewer(View):
         self._badges, self._badge_errors = {}, {}
         self._draw()
         elapsed = time.perf_counter() - t0
+        self.timing.value = f"<span style='color:#888;font-size:90%'>maps ready in {1000 * elapsed:.0f} ms</span>"
+        self._refreshes += 1
+        self._defer(self._after_maps, self._refreshes, s.result, s.query_index,
+                    with_badges and self.show_badges.value and bool(self.last_maps))
+
+    def _defer(self, fn, *args) -> None:
+        """Run ``fn(*args)`` after the current event (so the other views' observers paint first) when
+        an event loop runs (a Jupyter/Voila kernel), at once otherwise (scripts, unit tests); its
+        errors go to this view's inline error area, never to the kernel."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - a view must survive any failing action
+                self.fail(exc)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            run()
+        else:
+            loop.call_soon(run)
+
+    def _after_maps(self, refresh: int, result, query: int, with_badges: bool) -> None:
+        """The influence strip and the quality badges of the maps drawn by refresh number ``refresh``;
+        nothing if a later refresh or another result or query came meanwhile (their work is stale)."""
+        s = self.state
+        if refresh != self._refreshes or s.result is not result or s.query_index != query:
+            return
         self._draw_influence()
-        if with_badges and self.show_badges.value and self.last_maps:
+        if with_badges:
             for m in self.last_maps:
                 try:
                     self._badges[m] = s.explanations.badges(m)
                 except Exception as exc:  # noqa: BLE001 - a failing check is shown, the map stays
                     self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
             self._update_titles()
-        self.timing.value = f"<span style='color:#888;font-size:90%'>maps ready in {1000 * elapsed:.0f} ms</span>"
 
     def _titles(self) -> list[str]:
         ep = self.state.shown()[1]
@@ -241,7 +270,8 @@ class HeatmapViewer(View):
             return
         maps = [amap.normalized[0] for amap in self.last_maps.values()]
         fig = heatmap_figure(s.query_image(), maps, self._titles(), opacity=self.opacity.value,
-                             colorscale=self.colormap.value, signed=self.signed.value, mask=s.query_mask())
+                             colorscale=self.colormap.value, signed=self.signed.value, mask=s.query_mask(),
+                             compact=True)
         self.slot.show(fig)
         self._caption()
 
