@@ -341,9 +341,13 @@ class PageErrors:
                                    "the machine):\n" + "\n".join(dict.fromkeys(self.external)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Headless Debian Chromium driven by Playwright (one per session)."""
+    """Headless Debian Chromium driven by Playwright (one per test module).
+
+    Not one per session: while Playwright's sync API is open, its event loop counts as the main
+    thread's running loop (``asyncio.get_running_loop()`` returns it), so widget code tested after
+    it would take the path it takes inside a kernel (work deferred to a loop that never runs)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium chromium-driver), "
                     "or deselect the browser tests with -m 'not ui'", pytrace=False)
