@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 GUARD_METHODS = ("knn",)
 DEFAULT_K = 5
 DEFAULT_QUANTILE = 0.95
+#: share of the train split held out for calibration when a held-in set has no val split
+HELD_OUT_SHARE = 0.2
 #: query rows per distance block: bounds memory at ROWS x n_reference floats
 _ROWS = 2048
 #: episodes per batched support product
@@ -390,6 +392,22 @@ def _describe(images: Pixels) -> str:
     return f"{len(images)} images"
 
 
+def reference_and_calibration(train: ImageSet, val: ImageSet | None, seed: int = 0
+                              ) -> tuple[ImageSet, ImageSet, str]:
+    """A guard's reference and calibration images: ``train`` and ``val``, or, without a val split, a
+    seeded share (``HELD_OUT_SHARE``) of ``train`` held out of the reference for calibration.
+
+    Returns:
+        (reference, calibration, where the calibration images came from, in words).
+    """
+    if val is not None:
+        return train, val, f"val split ({len(val)} images)"
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_cal = max(1, round(HELD_OUT_SHARE * len(train)))
+    return (train.subset(order[n_cal:]), train.subset(order[:n_cal]),
+            f"{HELD_OUT_SHARE:.0%} of the train split (seed {seed}) held out, {n_cal} images")
+
+
 def fit_guard(model: FewShotClassifier, reference_images: Pixels, calibration_images: Pixels, k: int = DEFAULT_K,
               quantile: float = DEFAULT_QUANTILE, batch_size: int = 64, progress: bool = False) -> DomainGuard:
     """A domain guard for ``model``: reference = the embeddings of ``reference_images`` (its
@@ -488,5 +506,5 @@ def detection_summary(guard: DomainGuard, in_embeddings: Embeddings, ood_embeddi
             **guard.to_dict()}
 
 
-__all__ = ["DEFAULT_K", "DEFAULT_QUANTILE", "GUARD_METHODS", "DomainGuard", "GuardScores", "add_guard_columns",
-           "auroc", "detection_summary", "fit_guard", "fpr_at_tpr"]
+__all__ = ["DEFAULT_K", "DEFAULT_QUANTILE", "GUARD_METHODS", "HELD_OUT_SHARE", "DomainGuard", "GuardScores",
+           "add_guard_columns", "auroc", "detection_summary", "fit_guard", "fpr_at_tpr", "reference_and_calibration"]

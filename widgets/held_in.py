@@ -23,12 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from fsl_xai.cli.guard import GUARD_HELD_OUT
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import images_for_model
 from fsl_xai.errors import DataError, FslXaiError
+from fsl_xai.guard import reference_and_calibration
 from fsl_xai.models import FewShotClassifier
 
 #: seed of the calibration images held out of a train split that has no val split beside it
@@ -83,13 +81,10 @@ def _reference_and_calibration(names: Sequence[str], model: FewShotClassifier) -
     label = "+".join(names)
     train = _joined([load_split(n, "train", model) for n in names], label)
     try:
-        calibration = _joined([load_split(n, "val", model) for n in names], label)
-        where = f"val split ({len(calibration)} images)"
+        val: ImageSet | None = _joined([load_split(n, "val", model) for n in names], label)
     except FslXaiError:
-        order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(train))
-        n_cal = max(1, round(GUARD_HELD_OUT * len(train)))
-        calibration, train = train.subset(order[:n_cal]), train.subset(order[n_cal:])
-        where = f"{GUARD_HELD_OUT:.0%} of the train split held out ({len(calibration)} images)"
+        val = None
+    train, calibration, where = reference_and_calibration(train, val, seed=HOLD_OUT_SEED)
     return train, calibration, f"{label} train split ({len(train)} images), threshold from its {where}"
 
 

@@ -14,9 +14,6 @@ from .common import DATA_FILE_HELP, set_torch_threads
 if TYPE_CHECKING:
     from ..data import ImageSet
 
-#: share of the train split held out for calibration when a held-in set has no val split
-GUARD_HELD_OUT = 0.2
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``guard`` command to the subparsers."""
@@ -46,13 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from ..checkpoints import images_for_checkpoint, load_checkpoint
     from ..data.open import load_images
     from ..embeddings import embed_all, embedding_fingerprint
-    from ..guard import DEFAULT_K, DEFAULT_QUANTILE, DomainGuard, detection_summary
+    from ..guard import DEFAULT_K, DEFAULT_QUANTILE, DomainGuard, detection_summary, reference_and_calibration
 
     if args.split in ("train", "val", "all"):
         raise DataError(f"--split {args.split} overlaps the guard's reference (train) or calibration (val) images; "
@@ -64,15 +60,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     def held_in(split: str) -> ImageSet:
         return images_for_checkpoint(load_images(args.dataset, args.data_file, split, progress), info, args.convert)
 
-    reference = held_in("train")
     try:
-        calibration = held_in("val")
-        where = "val split"
-    except DataError:  # no val split: hold a seeded part of train out of the reference
-        order = np.random.default_rng(args.seed).permutation(len(reference))
-        n_cal = max(1, round(GUARD_HELD_OUT * len(reference)))
-        calibration, reference = reference.subset(order[:n_cal]), reference.subset(order[n_cal:])
-        where = f"{GUARD_HELD_OUT:.0%} of the train split (seed {args.seed})"
+        val: ImageSet | None = held_in("val")
+    except DataError:  # no val split: a seeded part of train is held out of the reference
+        val = None
+    reference, calibration, where = reference_and_calibration(held_in("train"), val, seed=args.seed)
     tested = held_in(args.split)
     ood = images_for_checkpoint(load_images(args.ood_dataset, args.ood_data_file, args.ood_split, progress), info,
                                 args.convert)
@@ -85,7 +77,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
     guard = DomainGuard.fit(emb(reference), emb(calibration), k=k, quantile=quantile,
                             embedding_fingerprint=embedding_fingerprint(model),
                             reference_data=f"{reference.name} train ({len(reference)} images)",
-                            calibration_data=f"{calibration.name} {where} ({len(calibration)} images)")
+                            calibration_data=f"{calibration.name} {where}")
     summary = detection_summary(guard, emb(tested), emb(ood))
     summary.update({"dataset": tested.name, "split": args.split, "ood_dataset": ood.name, "ood_split": args.ood_split,
                     "checkpoint": str(Path(args.checkpoint)), "model": info.model, "backbone": info.backbone,
