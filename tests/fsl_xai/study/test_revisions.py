@@ -72,7 +72,7 @@ def test_hand_computed_counts_and_rates(summary, metric, k, n):
     assert (row["k"], row["n"]) == (k, n)
     assert row["value"] == pytest.approx(k / n)
     assert 0 <= row["ci_low"] <= row["value"] <= row["ci_high"] <= 1
-    assert row["interval"].startswith("two-way cluster bootstrap")
+    assert row["interval"].startswith("pigeonhole bootstrap")
 
 
 def test_counts_change_and_the_unaided_condition(summary):
