@@ -8,7 +8,8 @@
   +1/-1 weights (``selection_weights``), and the one wrapper module Captum and the quality metrics
   call (``ExplainedOutput``);
 - backbone layers by name (``conv_layers``, ``default_layer``, ``resolve_layer``: the one place a
-  default layer is chosen) and which methods a backbone supports (``check_method_backbone``).
+  default layer is chosen) and which methods a backbone supports (``check_method_backbone``,
+  ``method_refusal``, ``refused_methods``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from torch import nn
 from ..deferred import defer_captum_visualization
 from ..errors import DataError, EpisodeError, ModelError
 from ..models import FewShotClassifier, FittedEpisode
-from ..models.external import ExternalBackbone
 
 defer_captum_visualization()  # Captum is imported on first use; keep matplotlib out of that import
 
@@ -346,38 +346,97 @@ def default_layer(owner: FewShotClassifier | FittedEpisode) -> str:
 
 #: methods that replace the backward pass of nonlinearity modules (Captum's module rules)
 MODULE_RULE_METHODS = ("deeplift", "guided_backprop", "guided_gradcam")
+#: the guided methods and what each map would be where the guided rule changes nothing
+GUIDED_METHODS = {"guided_backprop": ("the plain input gradient (saliency with abs=False)",
+                                      "saliency (abs=False), smoothgrad or integrated_gradients"),
+                  "guided_gradcam": ("Grad-CAM times the plain input gradient",
+                                     "gradcam (beside saliency for pixel-level detail)")}
+#: activation modules other than nn.ReLU (and its subclasses). Captum's Guided Backprop clamps the
+#: gradient only at nn.ReLU modules and passes every other activation's gradient unchanged. Gates
+#: (Sigmoid, Hardsigmoid, Softmax, Tanh) are not listed: a ReLU network with squeeze-excitation
+#: gates is still guided at each of its rectifiers.
+OTHER_ACTIVATIONS = (nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
+                     nn.Hardswish, nn.Hardtanh, nn.Softplus)
+#: the module types with a DeepLIFT rule in Captum (``captum.attr._core.deep_lift.SUPPORTED_NON_LINEAR``,
+#: Captum 0.7-0.9). Captum matches the exact type, so a subclass of one of them gets no rule either.
+DEEPLIFT_RULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softmax,
+                  nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 #: module types DeepLIFT has no rule for (Captum passes plain gradients through them)
-NO_DEEPLIFT_RULE = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.MultiheadAttention, nn.TransformerEncoderLayer)
+NO_DEEPLIFT_RULE = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.PReLU, nn.RReLU,
+                    nn.CELU, nn.SELU, nn.MultiheadAttention, nn.TransformerEncoderLayer)
+
+
+def _backbone_name(backbone: nn.Module) -> str:
+    return str(getattr(backbone, "backbone_name", type(backbone).__name__))
+
+
+def _guided_refusal(method: str, name: str, modules: list[nn.Module]) -> str | None:
+    """Why a guided method would not be guided on these modules, or None when it would."""
+    others = sorted({type(m).__name__ for m in modules
+                     if isinstance(m, OTHER_ACTIVATIONS) and not isinstance(m, nn.ReLU)})
+    has_relu = any(isinstance(m, nn.ReLU) for m in modules)
+    if has_relu and not others:
+        return None
+    would_be, instead = GUIDED_METHODS[method]
+    if has_relu:
+        kinds = f"{', '.join(others)} activations beside its ReLUs, whose gradients would pass unguided"
+        result = "a mix of guided and plain gradients"
+    elif others:
+        kinds = f"{', '.join(others)} activations and no nn.ReLU"
+        result = would_be
+    else:
+        kinds = "no nn.ReLU modules (its activations are functions or of other kinds)"
+        result = would_be
+    return (f"{method} passes only positive gradients back through nn.ReLU modules (the guided rule changes no "
+            f"other activation), and backbone {name} has {kinds}, so the map would be {result}, not a guided "
+            f"map; use {instead} instead")
+
+
+def method_refusal(owner: FewShotClassifier | FittedEpisode, method: str) -> str | None:
+    """Why ``method`` cannot give its own answer on this model's backbone (one sentence that says
+    what to use instead), or None when it can. See :func:`check_method_backbone`."""
+    if method not in MODULE_RULE_METHODS:
+        return None
+    backbone = _classifier(owner).backbone
+    name = _backbone_name(backbone)
+    if not getattr(backbone, "hookable", True):
+        return (f"{method} rewrites the backward pass of the backbone's activation modules, but backbone {name} "
+                "is TorchScript and its modules run inside compiled code; use integrated_gradients, saliency or a "
+                "perturbation method (occlusion, feature_ablation), or load the network as a py: factory")
+    modules = list(backbone.modules())
+    if method in GUIDED_METHODS:
+        return _guided_refusal(method, name, modules)
+    without = sorted({type(m).__name__ for m in modules if isinstance(m, NO_DEEPLIFT_RULE)
+                      or (isinstance(m, DEEPLIFT_RULES) and type(m) not in DEEPLIFT_RULES)})
+    if without:
+        return (f"deeplift has no rule for {without} in backbone {name} (Captum would pass plain gradients "
+                "through them, so the result would not be DeepLIFT); use integrated_gradients or gradient_shap")
+    return None
+
+
+def refused_methods(owner: FewShotClassifier | FittedEpisode, methods: Sequence[str]) -> dict[str, str]:
+    """The methods among ``methods`` that this model's backbone refuses, each with its reason (for
+    method pickers and ``--methods`` checks: offer or accept only the others)."""
+    reasons = {m: method_refusal(owner, m) for m in methods}
+    return {m: reason for m, reason in reasons.items() if reason is not None}
 
 
 def check_method_backbone(owner: FewShotClassifier | FittedEpisode, method: str) -> None:
-    """Raise ModelError when ``method`` cannot give its own answer on this backbone: a module-rule
-    method (DeepLIFT, Guided Backprop) on a backbone whose modules no hook reaches (TorchScript),
-    Guided Backprop without ReLU modules, DeepLIFT through modules it has no rule for (GELU,
-    attention) on an external backbone. Captum would otherwise return plain gradients under the
-    method's name."""
-    if method not in MODULE_RULE_METHODS:
-        return
-    backbone = _classifier(owner).backbone
-    name = getattr(backbone, "backbone_name", type(backbone).__name__)
-    if not getattr(backbone, "hookable", True):
-        raise ModelError(f"{method} rewrites the backward pass of the backbone's activation modules, but backbone "
-                         f"{name} is TorchScript and its modules run inside compiled code; use integrated_gradients, "
-                         "saliency or a perturbation method (occlusion, feature_ablation), or load the network as a "
-                         "py: factory")
-    modules = list(backbone.modules())
-    # for external networks only: the project's ResNet-12 has LeakyReLU units, which Captum's Guided
-    # Backprop leaves alone as well, and its views have always offered the method (a known limitation)
-    external = isinstance(backbone, ExternalBackbone)
-    if external and method.startswith("guided") and not any(isinstance(m, nn.ReLU) for m in modules):
-        raise ModelError(f"{method} passes only positive gradients through ReLU modules, and backbone {name} has "
-                         "none (its activations are functions or of other kinds), so the map would be a plain "
-                         "gradient; use saliency or integrated_gradients")
-    if method == "deeplift":
-        without = sorted({type(m).__name__ for m in modules if isinstance(m, NO_DEEPLIFT_RULE)})
-        if without:
-            raise ModelError(f"deeplift has no rule for {without} in backbone {name} (its result would not be "
-                             "DeepLIFT); use integrated_gradients or gradient_shap")
+    """Raise ModelError when ``method`` cannot give its own answer on this backbone, where Captum
+    would otherwise return another map under the method's name:
+
+    - a module-rule method (DeepLIFT, Guided Backprop, Guided Grad-CAM) on a backbone whose
+      modules no hook reaches (TorchScript);
+    - Guided Backprop or Guided Grad-CAM on any backbone, built-in or external, whose activations
+      are not all nn.ReLU (the built-in ResNet-12's LeakyReLU, a ViT's GELU, functional
+      activations): the guided rule changes only nn.ReLU modules, so the map would be the plain
+      gradient (saliency) or Grad-CAM times it;
+    - DeepLIFT through modules it has no rule for (GELU, SiLU, attention; LeakyReLU, ELU and the
+      other rules Captum has are fine).
+    """
+    reason = method_refusal(owner, method)
+    if reason is not None:
+        raise ModelError(reason)
 
 
 def resolve_layer(owner: FewShotClassifier | FittedEpisode,

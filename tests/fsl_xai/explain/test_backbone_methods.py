@@ -27,8 +27,8 @@ CHEAP = {"integrated_gradients": {"n_steps": 4}, "gradient_shap": {"n_samples": 
 #: (backbone kind, method) -> what the refusal must say; every other pair must work
 REFUSED = {
     ("vit", "deeplift"): "deeplift has no rule for .*MultiheadAttention",
-    ("vit", "guided_backprop"): "passes only positive gradients through ReLU modules.*has none",
-    ("vit", "guided_gradcam"): "passes only positive gradients through ReLU modules.*has none",
+    ("vit", "guided_backprop"): "passes only positive gradients back through nn.ReLU modules.*has no nn.ReLU",
+    ("vit", "guided_gradcam"): "passes only positive gradients back through nn.ReLU modules.*has no nn.ReLU",
     ("torchscript", "deeplift"): "is TorchScript and its modules run inside compiled code",
     ("torchscript", "guided_backprop"): "is TorchScript and its modules run inside compiled code",
     ("torchscript", "guided_gradcam"): "is TorchScript and its modules run inside compiled code",
