@@ -266,6 +266,11 @@ def _build(design: StudyDesign, study_file: Path, folder: Path, progress: bool) 
         store.set_reading(design.reading, design.aided_conditions)
         images = load_dataset(design.dataset["name"], split=design.dataset.get("split", "test"), progress=progress)
         model, info = _load_model(design, study_file.parent)
+        from ..explain.core import method_refusal
+
+        reason = method_refusal(model, design.method)
+        if reason is not None:
+            raise StudyDesignError(f"method: {reason}")
         if images.n_channels != model.backbone.in_channels or images.image_size != tuple(model.backbone.image_size):
             images = images.convert(channels=model.backbone.in_channels, size=tuple(model.backbone.image_size))
         episode = _episode_and_cases(design, images)

@@ -275,3 +275,17 @@ def test_a_corrupt_store_is_one_clear_line(frozen, tmp_path, capsys, damage):
         err = capsys.readouterr().err
         assert err.startswith("fsl-xai study: error:") and err.count("\n") == 1 and "Traceback" not in err
         assert "restore it from a backup, or freeze the study again" in err
+
+
+def test_a_method_the_network_cannot_explain_is_refused_before_anything_is_frozen(frozen, tmp_path):
+    """Guided Backprop on ResNet-12 (LeakyReLU) would show the plain gradient: the freeze says why."""
+    d, _, _ = frozen
+    model = F.make_model("protonet", F.make_backbone("resnet12", 1, 64))
+    save_checkpoint(tmp_path / "resnet.pt", model)
+    study = json.loads((d / "study.json").read_text())
+    study.update(model={"checkpoint": str(tmp_path / "resnet.pt")}, method="guided_backprop")
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    with pytest.raises(Exception, match=r"method: .*nn\.ReLU") as caught:
+        freeze_study(tmp_path / "study.json", tmp_path / "out", progress=False)
+    assert type(caught.value).__name__ == "StudyDesignError"
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
