@@ -171,7 +171,9 @@ class DatasetModelPicker(View):
             self._failed("no dataset chosen")
             raise ValueError("choose a dataset first (none is available: set FSL_XAI_DATA_DIR to your data folders)")
         try:
-            self._run_in_output(lambda: self.state.load(name, self.model.value, progress=True))
+            # a load the user asked for shows its guard and validation score with its first episode
+            # (only the page's first load defers them until after the first paint)
+            self._run_in_output(lambda: self.state.load(name, self.model.value, progress=True).finish_trust())
             if self.state.error:  # loaded, but no episode could be drawn: the guard shows why
                 raise ValueError(self.state.error)
         except Exception:
@@ -206,7 +208,7 @@ class DatasetModelPicker(View):
             s = self.state
             s.n_way, s.n_shot, s.n_query = self.n_way.value, self.n_shot.value, self.n_query.value
             self._run_in_output(lambda: s.load(images.name, model_name, split=self.split.value, progress=True,
-                                               images=images, model=model, model_info=info))
+                                               images=images, model=model, model_info=info).finish_trust())
             if s.error:  # loaded, but no episode could be drawn: the guard shows why
                 raise ValueError(s.error)
         except Exception:

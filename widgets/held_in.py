@@ -19,13 +19,14 @@ does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import images_for_model
-from fsl_xai.errors import DataError, FslXaiError
+from fsl_xai.errors import DataError, DatasetNotFoundError, FslXaiError
 from fsl_xai.guard import reference_and_calibration
 from fsl_xai.models import FewShotClassifier
 
@@ -102,21 +103,70 @@ def guard_data(info: Any, model: FewShotClassifier, dataset_name: str, split_on_
             ref, cal, text = _reference_and_calibration(sources, model)
             return GuardData(ref, cal, "training data", f"the model's training data: {text}")
         except FslXaiError as exc:
-            problems.append(f"its training data ({', '.join(sources)}) cannot be read here ({exc})")
+            problems.append(f"its training data ({', '.join(sources)}) {_why_not(exc)}")
     else:
         problems.append("the model does not say what it was trained on")
     if dataset_name and split_on_screen == "train":
-        problems.append(f"the train split of {dataset_name} is on screen, so it cannot also be the reference its "
-                        "queries are compared with")
+        problems.append(f"the train split of {_short(dataset_name)} is on screen, so it cannot also be the "
+                        "reference its queries are compared with")
     elif dataset_name:
         try:
             ref, cal, text = _reference_and_calibration([dataset_name], model)
             return GuardData(ref, cal, "data on screen",
                              f"the data on screen (standing in for the model's training data): {text}")
         except FslXaiError as exc:
-            problems.append(f"{dataset_name} has no train split here ({exc})")
+            problems.append(f"{_short(dataset_name)} has no train split here" if isinstance(exc, DatasetNotFoundError)
+                            else f"the train split of {_short(dataset_name)} {_why_not(exc)}")
     raise DataError("no domain guard for this model: " + "; ".join(problems)
-                    + ". Open a data set with a train split (or the model's training data) to get one")
+                    + " (open a data set with a train split, or the model's training data, to get one)")
+
+
+def _short(name: str) -> str:
+    """A data set's name for a sentence: a path by its file name."""
+    if "/" in name or "\\" in name:
+        return os.path.basename(name.rstrip("/\\")) or name
+    return name
+
+
+def _why_not(exc: FslXaiError) -> str:
+    """Why data cannot be used, in a few words: a data set that is not here is only said to be
+    absent (its error lists every registered data set), another error by its first line."""
+    if isinstance(exc, DatasetNotFoundError):
+        return "is not on this machine"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"cannot be read here ({first[:160]}{'…' if len(first) > 160 else ''})"
+
+
+def files_signature(names: Sequence[str]) -> tuple[str, ...] | None:
+    """What identifies the files behind data sets (path, size and modification time of each file;
+    "builtin" for a built-in set), without reading them: a result computed from them is kept on
+    disk under this signature. "absent" for a name with no file here; None when a name cannot be
+    told apart from other data of that name (then nothing is kept on disk)."""
+    from fsl_xai.data.registry import get_info, resolve_path
+
+    out = []
+    for name in dict.fromkeys(n for n in names if n):
+        path: str | os.PathLike[str]
+        try:
+            info = get_info(name)
+        except FslXaiError:
+            info = None
+        if info is not None and info.kind == "builtin":
+            out.append(f"{name}:builtin")
+            continue
+        if info is not None:
+            try:
+                path = resolve_path(name, download=False, progress=False, verify=False)
+            except FslXaiError:
+                out.append(f"{name}:absent")
+                continue
+        elif os.path.isfile(name):
+            path = name
+        else:
+            return None
+        stat = os.stat(path)
+        out.append(f"{name}:{os.path.abspath(os.fspath(path))}:{stat.st_size}:{stat.st_mtime_ns}")
+    return tuple(out)
 
 
 def held_in_images(dataset_name: str, split_on_screen: str, images_on_screen: ImageSet,

@@ -51,7 +51,9 @@ class WorkbenchState(HasTraits):
 
     ``state.trust`` holds the domain guard, the validation score of the data on screen and the
     conformal calibration: computed when the model, the data or the episode protocol change,
-    never on a query click (see ``widgets.trust``).
+    never on a query click; in a kernel, after the first episode is shown (the views say
+    "checking…" until then; saving, exporting and the many-episode table wait for them), and kept
+    in the cache folder for the next page load (see ``widgets.trust``).
     """
 
     dataset_name = Unicode("")
@@ -89,6 +91,9 @@ class WorkbenchState(HasTraits):
         self.embedding_table: EmbeddingTable | None = None
         self.explanations = Explanations(self)
         self.trust = Trust(self)
+        #: compute the guard and the held-in evaluation after the first episode is shown when an event
+        #: loop runs (a kernel); False computes them before it, as scripts and tests always do
+        self.defer_trust = True
         self.timings: dict[str, float] = {}
         self._proj: Projection | None = None
         self._query_idx = np.zeros(0, dtype=np.int64)
@@ -112,8 +117,7 @@ class WorkbenchState(HasTraits):
                 self.episode_classes = novel_classes(model_info, imgs)
                 self.n_way = min(max(self.n_way, 2), len(self.episode_classes))
             self.predictions = None
-            self.status = f"fitting the domain guard of {self.model_name} ..."
-            self.trust.prepare_model()
+            self.trust.model_changed()  # the guard is fitted with the first episode (deferred in a kernel)
             self.resample(self.seed)
             self.status = f"{dataset_name}: {len(imgs)} images, {imgs.n_classes} classes"
         finally:
@@ -161,7 +165,9 @@ class WorkbenchState(HasTraits):
     def set_episode(self, episode: Episode, refit_projection: bool = True, query_index: int = 0) -> None:
         """Show this episode (checked against the image set); the query selection is reset."""
         images, model, _ = self.loaded()
-        self.trust.prepare_protocol()  # cached per model, data and protocol
+        # cached per model, data and protocol (in memory and on disk); in a kernel, what is not cached
+        # is computed after this episode is shown, and the views say "checking…" until then
+        self.trust.prepare(defer=self.defer_trust, on_ready=self._trust_ready)
         unknown = [c for c in episode.classes if c not in images.class_names]
         if unknown:
             raise EpisodeError(f"the episode's classes {unknown} are not in {images.name}; "
@@ -198,6 +204,25 @@ class WorkbenchState(HasTraits):
             self.query_index = min(max(query_index, 0), len(query) - 1)
             self.error = ""
         self.timings["refresh"] = time.perf_counter() - t0
+
+    def _trust_ready(self) -> None:
+        """The deferred guard and held-in evaluation are done: republish the episode on screen with
+        the guard's flags and the prediction sets (the views update in place)."""
+        def run() -> None:
+            r, fitted = self.result, self.fitted
+            if r is None or fitted is None or self.episode is None:
+                return
+            sets = self.trust.prediction_sets(r.logits, r.classes)
+            self.result = dataclasses.replace(
+                r, guard=self.trust.assess(fitted, self.embeddings(self._query_idx)),
+                pred_sets=None if sets is None else sets[0], set_size=None if sets is None else sets[1],
+                alpha=None if sets is None else self.trust.alpha)
+        self._guard(run)
+
+    def finish_trust(self) -> None:
+        """Wait for the domain guard and the held-in evaluation (deferred after the first paint in a
+        kernel): they are computed now if they are still pending, and the episode is republished."""
+        self.trust.finish()
 
     @observe("alpha")
     def _on_alpha(self, change: Any) -> None:
@@ -304,6 +329,7 @@ class WorkbenchState(HasTraits):
         """The per-query table over many episodes (shared by the failure explorer and subgroup
         dashboard); ``progress(done, total)`` is called after each episode."""
         images, model, _ = self.loaded()
+        self.finish_trust()  # the table's flags come from the guard: never a table silently without them
         guard = self.trust.guard
         config = {"episodes": episodes, "n_way": self.n_way, "n_shot": self.n_shot, "n_query": self.n_query,
                   "seed": self.seed, "model": self.fingerprint, "data": images.fingerprint(),
@@ -339,10 +365,13 @@ class WorkbenchState(HasTraits):
         return True
 
     def save(self, path: str | Path) -> Path:
-        """Write the state file (``widgets.session``) that re-opens this view."""
+        """Write the state file (``widgets.session``) that re-opens this view (after the guard and
+        the held-in evaluation are ready: an export made right after the page opened waits for them)."""
+        self.finish_trust()
         return write_state(self, path)
 
     def restore(self, data: dict | str | Path, images: ImageSet | None = None, model: FewShotClassifier | None = None,
                 model_info: Any = None) -> None:
         """Re-open a saved state (a state file's path or content): see ``widgets.session.restore_state``."""
         restore_state(self, data, images=images, model=model, model_info=model_info)
+        self.finish_trust()  # a re-opened view shows its guard and validation score with its episode

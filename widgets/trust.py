@@ -4,25 +4,42 @@ validation score of the data on screen.
 ``state.trust`` (a :class:`Trust`) computes these when the model, the data or the episode protocol
 changes, and caches them per model and data; a query click only reads them. The guard and the
 held-in evaluation are kept in module caches, so a second workbench on the same model and data
-(a test, a benchmark, a re-opened session) reuses them. Where they come from: :mod:`widgets.held_in`.
+(a test, a benchmark, a re-opened session) reuses them, and in the cache folder
+(``FSL_XAI_CACHE_DIR/workbench-trust``, keyed by the model's fingerprint, the data files and the
+protocol), so a second page load does not recompute them either. Where they come from:
+:mod:`widgets.held_in`.
+
+In a kernel (Voila, Jupyter) what is not cached is computed after the first episode is shown, in
+short steps on the kernel's event loop (``Trust.prepare(defer=True)``); until then the guard and
+the validation score are "pending" and every place that shows them says "checking…" /
+"computing…" instead of silently showing no flag. ``Trust.finish()`` runs the rest at once (an
+export waits for it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
 import html
+import json
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fsl_xai.config import cache_dir
 from fsl_xai.conformal import ConformalCalibration, add_prediction_sets, calibrate, set_text
 from fsl_xai.embeddings import embed_all, embedding_fingerprint
 from fsl_xai.errors import DataError, FslXaiError
 from fsl_xai.evaluation import accuracy_interval, evaluate
+from fsl_xai.files import atomic_write
 from fsl_xai.guard import DomainGuard, GuardScores
 from fsl_xai.intervals import Interval
 from fsl_xai.training import torch_threads
@@ -44,9 +61,25 @@ DEFAULT_ALPHA = 0.1
 NOT_FIT = "the explanation explains a prediction the model is not fit to make"
 #: model x data entries kept in each cache
 CACHE_SIZE = 8
+#: seconds after the first episode is shown before the deferred guard and held-in work starts (the
+#: page's widgets are fetched and drawn meanwhile), and between its steps (the kernel answers clicks)
+DEFER_START_S = 0.5
+DEFER_STEP_S = 0.02
+#: the version of the files kept under FSL_XAI_CACHE_DIR/workbench-trust (a new one ignores old files)
+DISK_FORMAT = 2
+#: what the page says while the deferred work runs
+GUARD_CHECKING = ("domain guard: checking… out-of-distribution flags are not shown until it is ready "
+                  "(exports wait for it)")
+GUARD_CHECKING_SHORT = "domain guard: checking…"
+VALIDATION_COMPUTING = "validation score: computing… (held-in episodes of the data on screen)"
+VALIDATION_COMPUTING_SHORT = "validation score: computing…"
+SETS_COMPUTING = "prediction sets: calibrating on held-in episodes…"
 
 _GUARDS: OrderedDict[tuple, tuple[DomainGuard | None, str]] = OrderedDict()
-_HELD_IN: OrderedDict[tuple, tuple[pd.DataFrame | None, str, tuple[int, int, int]]] = OrderedDict()
+#: a held-in evaluation: its per-query table (None: the note says why), what it was measured on (or
+#: why there is none), its episode shape (n_way, n_shot, n_query) and its score
+HeldIn = tuple["pd.DataFrame | None", str, tuple[int, int, int], "HeldInScore | None"]
+_HELD_IN: OrderedDict[tuple, HeldIn] = OrderedDict()
 
 
 def _remember(cache: OrderedDict, key: tuple, value: Any) -> Any:
@@ -55,6 +88,78 @@ def _remember(cache: OrderedDict, key: tuple, value: Any) -> Any:
     while len(cache) > CACHE_SIZE:
         cache.popitem(last=False)
     return value
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread (a Jupyter/Voila kernel's), None in scripts and tests."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _write_quietly(write: Callable[[], Any]) -> None:
+    """Keep a result in the cache folder; a folder that cannot be written only costs a recomputation."""
+    try:
+        write()
+    except OSError:
+        pass
+
+
+def _read_guard(path: Path, fingerprint: str) -> DomainGuard | None:
+    """A guard kept by an earlier session, None when absent, unreadable, without its reference
+    embeddings or fitted on other embeddings."""
+    if not path.is_file():
+        return None
+    try:
+        guard = DomainGuard.load(path)
+    except (FslXaiError, OSError, ValueError, KeyError):
+        return None
+    if guard.reference_ is None or guard.embedding_fingerprint != fingerprint:
+        return None
+    return guard
+
+
+def _write_held_in(path: Path, entry: HeldIn) -> None:
+    """The per-query table of a held-in evaluation as plain arrays (no pickles), with what it was
+    measured on and its score (read back without recomputing its bootstrap interval)."""
+    table, where, shape, score = entry
+    assert table is not None and score is not None
+    arrays: dict[str, np.ndarray] = {}
+    kinds = []
+    for i, column in enumerate(table.columns):
+        values = table[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            arrays[f"c{i}"] = values.to_numpy()
+            kinds.append("value")
+        else:
+            arrays[f"c{i}"] = np.asarray(values.astype(str).to_numpy(), dtype=str)
+            kinds.append("text")
+    meta = {"columns": [str(c) for c in table.columns], "kinds": kinds, "where": where, "shape": list(shape),
+            "score": dataclasses.asdict(score)}
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the keywords for allow_pickle
+
+
+def _read_held_in(path: Path) -> HeldIn | None:
+    """What :func:`_write_held_in` kept; None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored["meta"]))
+            columns = {name: (stored[f"c{i}"] if kind == "value" else stored[f"c{i}"].astype(object))
+                       for i, (name, kind) in enumerate(zip(meta["columns"], meta["kinds"], strict=True))}
+        way, shot, query = (int(v) for v in meta["shape"])
+        s = meta["score"]
+        score = HeldInScore(accuracy=Interval(**s["accuracy"]), n_correct=int(s["n_correct"]),
+                            n_queries=int(s["n_queries"]), n_episodes=int(s["n_episodes"]),
+                            n_flagged=None if s["n_flagged"] is None else int(s["n_flagged"]),
+                            where=str(s["where"]), shape=(way, shot, query), classes=tuple(s["classes"]))
+        return pd.DataFrame(columns), str(meta["where"]), (way, shot, query), score
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +183,15 @@ class HeldInScore:
     shape: tuple[int, int, int]
     classes: tuple[str, ...]
 
+    @classmethod
+    def of(cls, table: pd.DataFrame, where: str, shape: tuple[int, int, int], classes: tuple[str, ...]
+           ) -> HeldInScore:
+        """The score of a held-in evaluation's per-query table."""
+        flags = int(table["ood_flag"].sum()) if "ood_flag" in table.columns else None
+        return cls(accuracy=accuracy_interval(table), n_correct=int(table["correct"].sum()), n_queries=len(table),
+                   n_episodes=int(table["episode"].nunique()), n_flagged=flags, where=where, shape=shape,
+                   classes=classes)
+
     def text(self) -> str:
         way, shot, query = self.shape
         return (f"{rate_text(self.n_correct, self.n_queries, 'validation accuracy', self.accuracy, self.n_flagged)}"
@@ -89,10 +203,14 @@ class Trust:
     """The guard, the validation score and the prediction sets of one WorkbenchState.
 
     Attributes:
-        guard: the domain guard for the loaded model (None when none could be fitted: ``guard_note``).
+        guard: the domain guard for the loaded model (None when none could be fitted: ``guard_note``,
+            or while it is still being fitted: ``guard_pending``).
         guard_text: what the guard was fitted on.
-        validation: the held-in score of the data on screen (None: ``validation_note`` says why).
+        validation: the held-in score of the data on screen (None: ``validation_note`` says why, or
+            ``validation_pending``).
         calibration: the conformal calibration at ``alpha`` (None: ``sets_note`` says why).
+        guard_pending, validation_pending: True while the deferred work (:meth:`prepare` with
+            ``defer``) has not fitted the guard / run the held-in episodes yet; the notes then say so.
     """
 
     def __init__(self, state: WorkbenchState):
@@ -101,15 +219,28 @@ class Trust:
         self.guard: DomainGuard | None = None
         self.guard_text = ""
         self.guard_note = ""
+        self.guard_pending = False
         self.validation: HeldInScore | None = None
         self.validation_note = ""
+        self.validation_pending = False
         self.calibration: ConformalCalibration | None = None
         self.sets_note = ""
+        self.timings: dict[str, float] = {}
         self._held_in: pd.DataFrame | None = None
         self._held_in_where = ""
         self._protocol: tuple | None = None
+        self._guard_key: tuple | None = None
+        self._token = 0
+        self._work: Iterator[None] | None = None
+        self._work_for: tuple | None = None
+        self._on_ready: Callable[[], None] | None = None
 
-    # ------------------------------------------------------------------ when the model or data change
+    @property
+    def pending(self) -> bool:
+        """Whether the guard or the held-in evaluation is still being computed (after the first paint)."""
+        return self.guard_pending or self.validation_pending
+
+    # ------------------------------------------------------------------ keys
     def _model_key(self) -> tuple:
         s = self.state
         images, model, table = s.loaded()
@@ -117,57 +248,214 @@ class Trust:
         return (table.key[0] if table.key else embedding_fingerprint(model), s.dataset_name, s.split,
                 held_in.training_sources(s.model_info), images.n_channels, images.image_size)
 
+    def _protocol_base(self) -> tuple:
+        """The episode protocol on screen, without the guard's threshold (known once it is fitted)."""
+        s = self.state
+        images = s.loaded()[0]
+        classes = tuple(s.episode_classes) or tuple(images.class_names)
+        return classes, min(s.n_way, len(classes)), s.n_shot, s.n_query
+
+    def _protocol_key(self, base: tuple) -> tuple:
+        # not keyed on the images on screen: images appended to them (an import) need no new episodes
+        return (*self._model_key(), *base, self.guard.threshold if self.guard is not None else None,
+                HELD_IN_EPISODES)
+
+    # ------------------------------------------------------------------ when the model, data or protocol change
+    def model_changed(self) -> None:
+        """Forget the guard and held-in results of the previous model or data (the next
+        :meth:`prepare` finds or computes them); deferred work still running for them is dropped."""
+        self._token += 1
+        self._work = self._work_for = None
+        self._guard_key = self._protocol = None
+        self.guard, self.guard_text, self.guard_note, self.guard_pending = None, "", "", False
+        self._set_held_in(None, "", None)
+        self.validation_pending = False
+
     def prepare_model(self) -> None:
-        """Fit (or fetch) the domain guard of the loaded model; on failure ``guard_note`` says why."""
+        """Fit (or fetch) the domain guard of the loaded model now; on failure ``guard_note`` says why."""
+        self.model_changed()
+        for _ in self._guard_steps(self._model_key()):
+            pass
+        self.validation_pending = False  # computed by the next prepare (the protocol is unknown here)
+        self._set_held_in(None, "", None)
+
+    def prepare_protocol(self) -> None:
+        """Evaluate held-in episodes for the protocol on screen now (cached): the validation score
+        and the prediction sets' calibration."""
+        self.prepare(defer=False)
+
+    def prepare(self, defer: bool = False, on_ready: Callable[[], None] | None = None) -> bool:
+        """Make the guard, the validation score and the calibration those of the model, data and
+        protocol on screen. What is cached (in memory, or on disk under ``FSL_XAI_CACHE_DIR``) is
+        applied at once. The rest is computed now, or, with ``defer`` and a running event loop (a
+        kernel), in short steps on that loop after the current event (so the first episode paints
+        first); meanwhile ``guard_pending`` / ``validation_pending`` are set, the notes say
+        "checking" / "computing", and ``on_ready()`` is called when everything is in place.
+
+        Returns:
+            True when everything is ready now, False when work was deferred.
+        """
+        mkey, base = self._model_key(), self._protocol_base()
+        if self._work is not None and self._work_for == (mkey, base):
+            if defer and _running_loop() is not None:
+                self._on_ready = on_ready or self._on_ready
+                return False  # already under way for this model, data and protocol
+            self.finish()  # wanted now: the rest of that work, here
+            return True
+        self._token += 1
+        self._work, self._work_for = None, None
+        steps = self._steps(mkey, base)
+        loop = _running_loop() if defer else None
+        if loop is None:
+            for _ in steps:
+                pass
+            return True
+        try:
+            next(steps)  # the cheap part (caches) runs now; the first slow step waits
+        except StopIteration:
+            return True
+        self._work, self._work_for, self._on_ready = steps, (mkey, base), on_ready
+        loop.call_later(DEFER_START_S, self._advance, loop, self._token)
+        return False
+
+    def finish(self) -> bool:
+        """Run any deferred work to its end now (an export waits for the guard this way).
+
+        Returns:
+            True when there was deferred work (the result on screen was then republished).
+        """
+        work = self._work
+        if work is None:
+            return False
+        self._token += 1  # the scheduled steps of this work stop
+        self._work = self._work_for = None
+        try:
+            for _ in work:
+                pass
+        except Exception as exc:  # noqa: BLE001 - shown on the page instead of a guard that silently lacks
+            self._failed(exc)
+        self._ready()
+        return True
+
+    def _advance(self, loop: asyncio.AbstractEventLoop, token: int) -> None:
+        """One deferred step; the next is scheduled so that the kernel answers the page in between."""
+        if token != self._token or self._work is None:
+            return  # another model, data or protocol came meanwhile, or finish() ran it
+        try:
+            next(self._work)
+        except StopIteration:
+            self._work = self._work_for = None
+            self._ready()
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing step must not leave "checking..." forever
+            self._work = self._work_for = None
+            self._failed(exc)
+            self._ready()
+            return
+        loop.call_later(DEFER_STEP_S, self._advance, loop, token)
+
+    def _failed(self, exc: BaseException) -> None:
+        what = f"{type(exc).__name__}: {exc}"
+        if self.guard_pending:
+            self.guard, self.guard_text, self.guard_pending = None, "", False
+            self.guard_note = f"no domain guard: fitting it failed ({what})"
+        if self.validation_pending:
+            self.validation_pending = False
+            self._set_held_in(None, f"the held-in evaluation failed ({what})", None)
+
+    def _ready(self) -> None:
+        callback, self._on_ready = self._on_ready, None
+        if callback is not None:
+            callback()
+
+    # ------------------------------------------------------------------ the steps
+    def _steps(self, mkey: tuple, base: tuple) -> Iterator[None]:
+        """The guard (if the model or data changed) then the held-in evaluation (if the protocol
+        changed); yields before each slow step."""
+        if mkey != self._guard_key:
+            yield from self._guard_steps(mkey)
+        protocol = self._protocol_key(base)
+        if protocol != self._protocol:
+            yield from self._held_in_steps(protocol, base)
+
+    def _guard_steps(self, key: tuple) -> Iterator[None]:
         s = self.state
         _, model, _ = s.loaded()
-        key = self._model_key()
-        if key not in _GUARDS:
+        entry = _GUARDS.get(key)
+        disk = None
+        if entry is None:
+            disk = self._disk_path("guard", key, "json")
+            guard = _read_guard(disk, key[0]) if disk is not None else None
+            if guard is not None:
+                entry = (guard, guard.reference_data)
+        if entry is None:
+            self.guard, self.guard_text, self.guard_pending = None, "", True
+            self.guard_note = GUARD_CHECKING
+            self._protocol = None
+            # the held-in episodes count the guard's flags: they follow it
+            self.validation_pending = True
+            self._set_held_in(None, VALIDATION_COMPUTING, None)
+            self.sets_note = SETS_COMPUTING
+            yield
+            t0 = time.perf_counter()
             try:
                 data = held_in.guard_data(s.model_info, model, s.dataset_name, s.split)
+                yield
                 # embedded once per machine (the embedding cache on disk), then read back
-                fitted = DomainGuard.fit(embed_all(model, data.reference, disk_cache=True),
-                                         embed_all(model, data.calibration, disk_cache=True),
+                reference = embed_all(model, data.reference, disk_cache=True)
+                yield
+                fitted = DomainGuard.fit(reference, embed_all(model, data.calibration, disk_cache=True),
                                          embedding_fingerprint=key[0],
                                          reference_data=data.description, calibration_data=data.description)
-                _remember(_GUARDS, key, (fitted, data.description))
+                entry = (fitted, data.description)
+                if disk is not None:
+                    _write_quietly(lambda: fitted.save(disk))
             except FslXaiError as exc:
-                _remember(_GUARDS, key, (None, str(exc)))
-        guard, text = _GUARDS[key]
-        self.guard = guard
+                entry = (None, str(exc))  # not stored on disk: data may appear on this machine later
+            self.timings["guard"] = time.perf_counter() - t0
+        _remember(_GUARDS, key, entry)
+        guard, text = entry
+        self.guard, self.guard_pending, self._guard_key = guard, False, key
         self.guard_text, self.guard_note = (text, "") if guard is not None else ("", text)
         self._protocol = None  # the held-in evaluation counts flags with this guard
 
-    # ------------------------------------------------------------------ when the episode protocol changes
-    def prepare_protocol(self) -> None:
-        """Evaluate held-in episodes for the protocol on screen (cached): the validation score and
-        the prediction sets' calibration."""
-        s = self.state
-        images, model, _ = s.loaded()
-        classes = tuple(s.episode_classes) or tuple(images.class_names)
-        n_way = min(s.n_way, len(classes))
-        # not keyed on the images on screen: images appended to them (an import) need no new episodes
-        protocol = (*self._model_key(), classes, n_way, s.n_shot, s.n_query,
-                    self.guard.threshold if self.guard is not None else None, HELD_IN_EPISODES)
-        if protocol == self._protocol:
-            return
-        if protocol not in _HELD_IN:
-            _remember(_HELD_IN, protocol, self._evaluate_held_in(classes, n_way))
-        table, where, shape = _HELD_IN[protocol]
-        self._protocol, self._held_in, self._held_in_where = protocol, table, where
+    def _held_in_steps(self, protocol: tuple, base: tuple) -> Iterator[None]:
+        classes, n_way = base[0], base[1]
+        entry = _HELD_IN.get(protocol)
+        disk = None
+        if entry is None:
+            disk = self._disk_path("held-in", protocol, "npz")
+            entry = _read_held_in(disk) if disk is not None else None
+        if entry is None:
+            self.validation_pending = True
+            self._set_held_in(None, VALIDATION_COMPUTING, None)
+            self.sets_note = SETS_COMPUTING
+            yield
+            t0 = time.perf_counter()
+            table, where, shape = yield from self._evaluate_held_in(classes, n_way)
+            entry = (table, where, shape, None if table is None else HeldInScore.of(table, where, shape, classes))
+            if disk is not None and table is not None:
+                _write_quietly(lambda: _write_held_in(disk, entry))
+            self.timings["held-in"] = time.perf_counter() - t0
+        _remember(_HELD_IN, protocol, entry)
+        table, where, _, score = entry
+        self._protocol = protocol
+        self.validation_pending = False
+        self._set_held_in(table, where, score)
+
+    def _set_held_in(self, table: pd.DataFrame | None, where: str, score: HeldInScore | None) -> None:
+        self._held_in, self._held_in_where = table, where
+        self.validation = score
         if table is None:
-            self.validation, self.validation_note = None, where
-            self.calibration, self.sets_note = None, f"no prediction sets: {where}"
+            self.validation_note = where
+            self.calibration = None
+            self.sets_note = f"no prediction sets: {where}" if where else ""
             return
-        flags = int(table["ood_flag"].sum()) if "ood_flag" in table.columns else None
-        self.validation = HeldInScore(
-            accuracy=accuracy_interval(table), n_correct=int(table["correct"].sum()), n_queries=len(table),
-            n_episodes=int(table["episode"].nunique()), n_flagged=flags, where=where, shape=shape, classes=classes)
         self.validation_note = ""
         self.recalibrate(self.alpha)
 
     def _evaluate_held_in(self, classes: tuple[str, ...], n_way: int
-                          ) -> tuple[pd.DataFrame | None, str, tuple[int, int, int]]:
+                          ) -> Generator[None, None, tuple[pd.DataFrame | None, str, tuple[int, int, int]]]:
         s = self.state
         images, model, _ = s.loaded()
         n_shot = s.n_shot
@@ -180,7 +468,9 @@ class Trust:
             if n_query < 1:
                 raise DataError(f"{where} has too few images of some class for {n_shot}-shot episodes with queries")
             shape = (n_way, n_shot, n_query)
+            yield None
             embed_all(model, held)  # batched convolutions: with every thread torch has
+            yield None
             with torch_threads(1):
                 result = evaluate(model, held, n_way, n_shot, n_query, HELD_IN_EPISODES, seed=VALIDATION_SEED_OFFSET,
                                   classes=list(classes), progress=False, guard=self.guard)
@@ -188,6 +478,21 @@ class Trust:
             return None, f"no held-in episodes of the data on screen ({exc})", shape
         seed_note = "" if other_split else f", seed {VALIDATION_SEED_OFFSET}"
         return result.predictions, f"{where}{seed_note}", shape
+
+    # ------------------------------------------------------------------ on disk
+    def _disk_path(self, kind: str, key: tuple, suffix: str) -> Path | None:
+        """Where a result for ``key`` is kept in the cache folder; None when the data behind it
+        cannot be told apart from other data of the same name (then it is only kept in memory)."""
+        s = self.state
+        images, _, table = s.loaded()
+        names = (*held_in.training_sources(s.model_info), s.dataset_name)
+        files = held_in.files_signature(names)
+        if files is None:
+            return None
+        # the held-in episodes may be drawn from the images on screen (no val split); the guard never is
+        on_screen = (table.key[1] if table.key else images.fingerprint()) if kind == "held-in" else ""
+        digest = hashlib.sha256(repr((DISK_FORMAT, kind, key, files, on_screen)).encode()).hexdigest()[:24]
+        return cache_dir() / "workbench-trust" / f"{kind}-{digest}.{suffix}"
 
     def recalibrate(self, alpha: float) -> None:
         """Calibrate the prediction sets at miss rate ``alpha`` on the cached held-in episodes."""
@@ -199,6 +504,25 @@ class Trust:
             self.sets_note = ""
         except FslXaiError as exc:
             self.calibration, self.sets_note = None, f"no prediction sets: {exc}"
+
+    def status_html(self) -> str:
+        """One short line for the page header: what is still being computed (in orange), or how
+        the guard and the validation score stand."""
+        if self.pending:
+            parts = [GUARD_CHECKING_SHORT if self.guard_pending else "",
+                     VALIDATION_COMPUTING_SHORT if self.validation_pending else ""]
+            return ("<span style='color:#a60'>⏳ " + " · ".join(html.escape(p) for p in parts if p)
+                    + "</span>")
+        parts = []
+        r = self.state.result
+        if self.guard is not None:
+            flagged = int(r.ood_flag.sum()) if r is not None and r.guard is not None else 0
+            parts.append(html.escape(f"domain guard ready ({flagged} flagged)" if flagged else "domain guard ready"))
+        elif self.guard_note:
+            parts.append("<span style='color:#a60'>no domain guard</span>")
+        if self.validation is not None:
+            parts.append(html.escape(f"validation accuracy {self.validation.accuracy.estimate:.0%}"))
+        return " · ".join(parts)
 
     # ------------------------------------------------------------------ per shown episode (not per click)
     def assess(self, fitted: FittedEpisode, query_embeddings: torch.Tensor) -> GuardScores | None:
@@ -239,12 +563,15 @@ def set_words(pred_set: str | None) -> str:
 def header_lines(state: WorkbenchState) -> list[str]:
     """HTML lines for the page header: the validation score of the data on screen (with n, interval
     and what it was measured on), the domain guard (what it was fitted on, or why there is none),
-    and this episode's accuracy with its flagged queries. (Which episode classes the model saw in
-    training is ``widgets.session.classes_note``.)"""
+    and this episode's accuracy with its flagged queries. While the guard or the validation score is
+    still being computed, the lines say so. (Which episode classes the model saw in training is
+    ``widgets.session.classes_note``.)"""
     t = state.trust
     lines = []
     if t.validation is not None:
         lines.append(html.escape(t.validation.text()))
+    elif t.validation_pending:
+        lines.append(f"<span style='color:#a60'>{html.escape(VALIDATION_COMPUTING)}</span>")
     elif t.validation_note:
         lines.append(f"<span style='color:#a60'>no validation score for the data on screen: "
                      f"{html.escape(t.validation_note)}</span>")
@@ -255,7 +582,8 @@ def header_lines(state: WorkbenchState) -> list[str]:
         lines.append(f"<span style='color:#a60'>{html.escape(t.guard_note)}</span>")
     r = state.result
     if r is not None:
-        lines.append("this episode: " + html.escape(episode_accuracy_text(r)))
+        flags = " (flags not checked yet)" if t.guard_pending else ""
+        lines.append("this episode: " + html.escape(episode_accuracy_text(r) + flags))
     return lines
 
 

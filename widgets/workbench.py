@@ -82,6 +82,10 @@ class Workbench(w.VBox):
         self.tabs.add_class("fsl-app-tools")
         self.status = w.HTML()
         self.status.add_class("fsl-status")
+        # the domain guard and the validation score: "checking…" / "computing…" while they are computed
+        # after the first paint, then how they stand (updated in place)
+        self.trust_status = w.HTML()
+        self.trust_status.add_class("fsl-trust-status")
         self.legend = w.HTML()
         self.legend.add_class("fsl-class-legend-box")
         self.teaching = w.ToggleButton(value=teaching, description="teaching mode", icon="television",
@@ -90,7 +94,9 @@ class Workbench(w.VBox):
         self.teaching.observe(self._on_teaching, names="value")
         state.observe(self._on_status, names=["status", "error"])
         state.observe(self._on_episode, names=["episode"])
-        header = _box([w.HTML("<b>fsl-xai workbench</b>"), self.status, self.legend, self.teaching],
+        state.observe(self._on_trust, names=["result", "model"])
+        header = _box([w.HTML("<b>fsl-xai workbench</b>"), self.status, self.trust_status, self.legend,
+                       self.teaching],
                       "fsl-app-header", vertical=False)
         left = _box([self.queries, self.support], "fsl-app-left")
         decision = _box([self.heatmaps, self.distances], "fsl-app-decision", vertical=False)
@@ -100,6 +106,7 @@ class Workbench(w.VBox):
         self.add_class("fsl-workbench")
         self._on_status()
         self._on_episode()
+        self._on_trust()
         self._on_teaching()
 
     def _on_status(self, change=None) -> None:
@@ -109,6 +116,13 @@ class Workbench(w.VBox):
         bad = text.startswith(("failed", "training cancelled"))
         colour = "#a00" if bad else "#555"
         self.status.value = f"<span style='color:{colour}'>{'⚠ ' if bad else ''}{html.escape(text)}</span>"
+
+    def _on_trust(self, change=None) -> None:
+        """The header's trust line: the guard and the validation score, or that they are still being
+        computed (each new result re-reads them, so the line changes in place when they are ready)."""
+        text = self.state.trust.status_html() if self.state.model is not None else ""
+        if self.trust_status.value != text:
+            self.trust_status.value = text
 
     def _on_episode(self, change=None) -> None:
         """The legend: each class of the episode in its colour (the colour it has in every view)."""
