@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from fsl_xai.embeddings import clear_embedding_cache
 from fsl_xai.episodes import EpisodeSampler
 from fsl_xai.projection import Projection
+from fsl_xai.testing import tiny_model
 from widgets.state import WorkbenchState
 
 
@@ -33,7 +35,19 @@ def test_predictions_match_the_model_on_pixels(state):
     assert np.all(state.result.margin >= 0)
 
 
-def test_swap_moves_only_that_prototype_and_embeds_one_image(state):
+@pytest.fixture
+def unshared_state(synthetic_images) -> WorkbenchState:
+    """A workbench whose embedding table starts empty: earlier tests (an audit folder's evaluation,
+    the held-in episodes) may have embedded every image of the shared table."""
+    clear_embedding_cache()
+    s = WorkbenchState(n_way=3, n_shot=3, n_query=3)
+    s.load("synthetic", images=synthetic_images, model=tiny_model(channels=1, size=32, width=8))
+    assert s.error == ""
+    return s
+
+
+def test_swap_moves_only_that_prototype_and_embeds_one_image(unshared_state):
+    state = unshared_state
     before = state.result.proto_xy.copy()
     embedded_before = state.embedding_table.n_embedded
     label = state.episode.support_labels[0]
