@@ -16,6 +16,8 @@ about real data are tested on the real shared data sets.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,17 @@ from .episodes import Episode, EpisodeSampler
 from .models import make_backbone, make_model
 from .models.base import FewShotClassifier
 
-__all__ = ["make_episode", "make_imageset", "tiny_model"]
+__all__ = ["make_episode", "make_imageset", "quietly", "tiny_model"]
+
+
+def quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with torch's TorchScript deprecation notices silenced (a
+    DeprecationWarning in torch 2.13, a FutureWarning in 2.14): tests still make TorchScript files
+    as users have them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return fn(*args, **kwargs)
 
 
 def make_imageset(

@@ -7,8 +7,10 @@ Grad-CAM and similarity maps use, ``default_cam_layer`` names that layer, and ``
 ``image_size`` / ``transform`` state the input (see :mod:`fsl_xai.models.transforms`).
 
 - ``timm:NAME``: ``timm.create_model(NAME, num_classes=0)`` (an optional extra; timm needs
-  torchvision). Weights: ``weights=PATH`` (a state_dict file), or ``weights="hub"`` to let timm
-  download the published ones; without either the network starts from random weights.
+  torchvision), with ``in_chans`` and, for a model that takes it (a ViT), ``img_size`` when the
+  input channels / size are given. Weights: ``weights=PATH`` (a state_dict file), or
+  ``weights="hub"`` to let timm download the published ones; without either the network starts
+  from random weights.
 - ``torchscript:PATH``: ``torch.jit.load``. The archive's bytes are kept (``archive``) so that a
   checkpoint can hold the network itself; ``sha256`` identifies it.
 - ``py:MODULE:FUNCTION``: ``MODULE.FUNCTION()`` must return an ``nn.Module``; it is imported again
@@ -44,7 +46,7 @@ from .spatial import (
     last_reaching_block,
     trace_outputs,
 )
-from .transforms import InputTransform, resolve_transform
+from .transforms import InputTransform, as_size, resolve_transform
 
 KINDS = ("timm", "torchscript", "py")
 #: a TorchScript archive may state its input in this extra file: {"input_size": [C, H, W], "mean": [...],
@@ -257,7 +259,8 @@ def _load_torchscript(target: str, archive: bytes | None) -> tuple[nn.Module, by
     extra = {TORCHSCRIPT_INPUT_FILE: ""}
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; loading it is what was asked for
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+            # torch 2.13 says so with a DeprecationWarning, 2.14 with a FutureWarning (shown to every user)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=Warning)
             net = torch.jit.load(io.BytesIO(archive), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise ModelError(f"backbone torchscript:{target} is not a TorchScript archive ({type(exc).__name__}: "
@@ -274,7 +277,7 @@ def _load_torchscript(target: str, archive: bytes | None) -> tuple[nn.Module, by
     return net, archive
 
 
-def _load_timm(name: str, channels: int | None, hub: bool) -> nn.Module:
+def _load_timm(name: str, channels: int | None, hub: bool, size: tuple[int, int] | None = None) -> nn.Module:
     try:
         import timm  # type: ignore[import-not-found, unused-ignore]
     except (ImportError, RuntimeError, AttributeError, OSError, TypeError) as exc:  # torchvision may fail too
@@ -286,6 +289,13 @@ def _load_timm(name: str, channels: int | None, hub: bool) -> nn.Module:
     if channels is not None:
         kwargs["in_chans"] = channels
     try:
+        if size is not None:
+            # a ViT is built for one image size (224): timm builds it for the size asked for (and
+            # resamples published position embeddings); a CNN takes any size and no img_size argument
+            try:
+                return timm.create_model(name, pretrained=hub, img_size=size, **kwargs)
+            except TypeError:
+                pass
         return timm.create_model(name, pretrained=hub, **kwargs)
     except Exception as exc:
         raise ModelError(f"backbone timm:{name}: timm cannot build it ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -336,6 +346,7 @@ def load_external(spec: str, *, input_channels: int | None = None, input_size: A
         raise ModelError(f"weights 'hub' are for timm: backbones; for {spec} give a state_dict file")
     stored = InputTransform.from_dict(transform) if isinstance(transform, dict) else transform
     chans = stored.channels if stored is not None else input_channels
+    size = stored.image_size if stored is not None else (None if input_size is None else as_size(input_size))
     found_hash = ""
     if kind == "py":
         net, found_hash = _load_py(target)
@@ -343,7 +354,7 @@ def load_external(spec: str, *, input_channels: int | None = None, input_size: A
         net, archive = _load_torchscript(target, archive)
         found_hash = sha256_of(archive)
     else:
-        net = _load_timm(target, chans, hub)
+        net = _load_timm(target, chans, hub, size)
     if weights is not None and not hub:
         load_weights(net, weights, spec)
     if stored is None:

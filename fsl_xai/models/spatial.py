@@ -6,6 +6,8 @@ a small batch with a forward hook on every submodule and reads what each one ret
 
 - a CNN: the default layer is the last module (in the order modules finish) whose output is a 4-D
   map larger than 1x1 (a global pooling's 1x1 output is not a map);
+- 4-D outputs of modules inside a module that returns tokens (N, T, C), after the first tokens, are
+  a transformer's attention internals (N, heads, T, d), not maps, and are left out;
 - a ViT-style network (token sequences (N, T, C) after its last 4-D map, the patch embedding): the
   last *block* (a numbered entry of a ModuleList/Sequential) that returns tokens whose patch tokens
   reach the output (the caller checks by a gradient). Its patch tokens,
@@ -92,8 +94,23 @@ def _patch_grid(n_tokens: int, maps: list[LayerTrace]) -> tuple[int, int] | None
     return None
 
 
+def _image_maps(traces: list[LayerTrace], batch: int) -> list[LayerTrace]:
+    """The 4-D outputs that are maps of the image: not those of a module inside a module that returns
+    tokens (N, T, C), once the network works on tokens. Those are a transformer block's attention
+    internals, (N, heads, T, head_dim) queries and keys or (N, heads, T, T) weights (timm's ViT
+    has nn.Identity q_norm / k_norm there), not (N, C, h, w). A patch embedding's own convolution,
+    inside a module that returns the first tokens, is an image map and stays."""
+    tokens = [t for t in traces if len(t.shape) == 3 and t.shape[0] == batch]
+    if not tokens:
+        return [t for t in traces if len(t.shape) == 4 and t.shape[0] == batch]
+    first = min(t.order for t in tokens)
+    prefixes = tuple(f"{t.name}." for t in tokens)
+    return [t for t in traces if len(t.shape) == 4 and t.shape[0] == batch
+            and not (t.order > first and t.name.startswith(prefixes))]
+
+
 def _token_layouts(traces: list[LayerTrace], batch: int) -> list[TokenLayout]:
-    maps = [t for t in traces if len(t.shape) == 4 and t.shape[0] == batch]
+    maps = _image_maps(traces, batch)
     last_map = max((t.order for t in maps), default=-1)
     tokens = [t for t in traces if len(t.shape) == 3 and t.shape[0] == batch and t.order > last_map]
     blocks = [t for t in tokens if t.name.rsplit(".", 1)[-1].isdigit()] or tokens[-1:]
@@ -112,8 +129,8 @@ def find_spatial_layers(traces: list[LayerTrace], batch: int) -> tuple[list[str]
     embeds by its class token, the last block's patch tokens are dropped, and the block before it
     is the one that counts."""
     names: list[str] = []
-    for t in traces:
-        if len(t.shape) == 4 and t.shape[0] == batch and t.shape[2] * t.shape[3] > 1 and t.name not in names:
+    for t in _image_maps(traces, batch):
+        if t.shape[2] * t.shape[3] > 1 and t.name not in names:
             names.append(t.name)
     return names, _token_layouts(traces, batch)
 

@@ -165,6 +165,12 @@ def resolve_transform(net: Any, *, image_size: Any = None, channels: int | None 
         mean, std, sources["normalisation"] = tuple(normalise[0]), tuple(normalise[1]), "option"
     elif "mean" in stated or "std" in stated:
         mean, std, sources["normalisation"] = stated.get("mean", (0.0,)), stated.get("std", (1.0,)), "model"
+        if any(len(v) not in (1, chans) for v in (mean, std)):
+            # the model states one value per channel of its own input (timm: 3, ImageNet's), but it is
+            # fed another number of channels (--input-channels 1: timm adapts the first layer by summing
+            # its RGB weights): one value, the average over the stated channels, fits any number
+            mean, std = ((sum(v) / len(v),) for v in (mean, std))
+            sources["normalisation"] = f"model, averaged over its channels for {chans}-channel input"
     else:
         mean, std, sources["normalisation"] = (0.0,), (1.0,), "default"
     return InputTransform(size, chans, tuple(float(v) for v in mean), tuple(float(v) for v in std), sources)

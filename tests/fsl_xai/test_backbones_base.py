@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,3 +219,216 @@ def test_protonet_is_registered() -> None:
     assert isinstance(model, PrototypicalNetwork) and model.name == "protonet"
     assert model.config() == {"model": "protonet", "distance": "euclidean", "cosine_scale": 10.0}
     assert len(model.fingerprint()) == 16
+
+
+# ------------------------------------------------------------------ external backbones: input and torch versions
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TIMM_LIKE = '''
+import torch
+from torch import nn
+
+
+class GreyNet(nn.Module):
+    """What timm builds with in_chans=1: a first layer for one channel, while its pretrained_cfg
+    still states the ImageNet input (3 channels, 224 px, one mean and std per RGB channel)."""
+
+    pretrained_cfg = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x).mean(dim=(2, 3))
+
+
+def grey_net():
+    return GreyNet()
+'''
+
+
+def test_per_channel_normalisation_of_the_model_averages_for_other_channels() -> None:
+    from fsl_xai.models.transforms import resolve_transform
+
+    class Stated:
+        pretrained_cfg = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+    same = resolve_transform(Stated())
+    assert (same.channels, same.mean, same.std) == (3, IMAGENET_MEAN, IMAGENET_STD)
+    assert same.sources["normalisation"] == "model"
+    grey = resolve_transform(Stated(), channels=1, image_size=32)
+    assert grey.channels == 1 and grey.image_size == (32, 32)
+    assert grey.mean == pytest.approx((sum(IMAGENET_MEAN) / 3,)) and grey.std == pytest.approx((sum(IMAGENET_STD) / 3,))
+    assert grey.sources["normalisation"] == "model, averaged over its channels for 1-channel input"
+    assert "averaged over its channels" in grey.describe()
+    # the user's own --normalise is taken as given: three values for one channel stay an error
+    with pytest.raises(ModelError, match="normalisation mean has 3 values for 1-channel images"):
+        resolve_transform(Stated(), channels=1, normalise=(IMAGENET_MEAN, IMAGENET_STD))
+
+
+def test_a_grey_network_stating_rgb_normalisation_loads_and_normalises(tmp_path, monkeypatch) -> None:
+    (tmp_path / "timm_like_nets.py").write_text(TIMM_LIKE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bb = make_backbone("py:timm_like_nets:grey_net", input_channels=1, input_size=16).eval()
+    assert (bb.in_channels, bb.image_size) == (1, (16, 16))
+    x = torch.rand(2, 1, 16, 16)
+    expected = bb.net((x - sum(IMAGENET_MEAN) / 3) / (sum(IMAGENET_STD) / 3))
+    assert torch.allclose(bb(x), expected, atol=1e-6)
+
+
+def test_torchscript_backbone_loads_when_torch_warns_with_a_future_warning(tmp_path, monkeypatch) -> None:
+    """torch 2.14 says torch.jit.load is deprecated with a FutureWarning (2.13: a DeprecationWarning);
+    loading a TorchScript backbone is what the user asked for, so neither may reach them (here every
+    warning is an error)."""
+    import warnings
+
+    from fsl_xai.models.external import load_external
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())),
+                       str(tmp_path / "net.pt"))
+    original = torch.jit.load
+
+    def load_as_torch_2_14(*args, **kwargs):
+        warnings.warn("`torch.jit.load` is deprecated. Please switch to `torch.export`.", FutureWarning, stacklevel=2)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", load_as_torch_2_14)
+    bb = load_external(f"torchscript:{tmp_path / 'net.pt'}", input_channels=1, input_size=12)
+    assert bb.returns_map and bb.default_cam_layer == "output_map" and bb.out_dim == 4
+
+
+TIMM_STYLE_VIT = '''
+import torch
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(1, dim, 4, stride=4)  # its (N, dim, 4, 4) output is an image map
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """As timm's: queries and keys (N, heads, T, head_dim) pass through modules (q_norm, k_norm)."""
+
+    def __init__(self, dim, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim)
+        self.norm2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
+                                                                 nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTimmViT(nn.Module):
+    """16x16 grey images, 4x4 patches, a class token, two blocks; embeds by the class token."""
+
+    input_size = (1, 16, 16)
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.patch_embed = PatchEmbed(dim)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.blocks = nn.Sequential(Block(dim), Block(dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        return self.norm(self.blocks(x))[:, 0]
+
+
+def tiny_timm_vit():
+    torch.manual_seed(0)
+    return TinyTimmViT()
+'''
+
+
+def test_attention_internals_of_a_timm_style_vit_are_not_maps(tmp_path, monkeypatch) -> None:
+    """timm's ViT passes queries and keys (N, heads, T, d) through modules: 4-D outputs that are not
+    image maps. Its default layer is the token map of the last block whose patch tokens reach the
+    class token (the first block here), and Grad-CAM and similarity maps work on it."""
+    from fsl_xai.explain import explain, similarity_map
+
+    (tmp_path / "timm_style_vit.py").write_text(TIMM_STYLE_VIT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bb = make_backbone("py:timm_style_vit:tiny_timm_vit").eval()
+    assert not [name for name in bb.spatial_layers if "attn" in name], bb.spatial_layers
+    assert bb.spatial_layers == ["net.patch_embed.proj", "token_map"] and bb.default_cam_layer == "token_map"
+    assert bb.feature_map(torch.rand(2, 1, 16, 16)).shape == (2, 8, 4, 4)
+    torch.manual_seed(1)
+    fitted = make_model("protonet", bb).eval().fit(torch.rand(4, 1, 16, 16), torch.tensor([0, 0, 1, 1]))
+    query = torch.rand(1, 1, 16, 16)
+    cam = explain(fitted, query, method="gradcam")
+    assert cam.params["layer"] == "token_map" and cam.maps.shape == (1, 16, 16) and abs(cam.maps).max() > 1e-6
+    assert similarity_map(fitted, query[0]) is not None
+
+
+def _fake_timm(tmp_path, monkeypatch) -> list[dict]:
+    """A stand-in for the timm package (timm does not import beside this torch): ``create_model``
+    records its arguments; ``vit`` takes ``img_size`` as timm's ViTs do, ``cnn`` does not."""
+    import types
+
+    (tmp_path / "timm_style_vit.py").write_text(TIMM_STYLE_VIT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import timm_style_vit  # type: ignore[import-not-found]
+
+    calls: list[dict] = []
+
+    def create_model(name, pretrained=False, num_classes=1000, in_chans=3, **kwargs):
+        calls.append({"name": name, "in_chans": in_chans, **kwargs})
+        if name == "cnn":
+            if kwargs:
+                raise TypeError(f"__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+            return torch.nn.Sequential(torch.nn.Conv2d(in_chans, 4, 3), torch.nn.ReLU())
+        size = kwargs.get("img_size", (16, 16))
+        net = timm_style_vit.TinyTimmViT()
+        if tuple(size) != (16, 16):  # as timm: the position embeddings are made for the grid asked for
+            net.pos_embed = torch.nn.Parameter(torch.zeros(1, 1 + (size[0] // 4) * (size[1] // 4), 8))
+        return net
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    return calls
+
+
+def test_timm_gets_the_input_size_when_its_model_takes_one(tmp_path, monkeypatch) -> None:
+    from fsl_xai.models.external import load_external
+
+    calls = _fake_timm(tmp_path, monkeypatch)
+    vit = load_external("timm:vit", input_channels=1, input_size=32)
+    assert calls[-1] == {"name": "vit", "in_chans": 1, "img_size": (32, 32)}
+    assert vit.image_size == (32, 32) and vit.default_cam_layer == "token_map"
+    assert vit.feature_map(torch.rand(1, 1, 32, 32)).shape == (1, 8, 8, 8)
+    # rebuilt from a checkpoint's stored transform: the same size again, so that the weights fit
+    again = load_external("timm:vit", transform=vit.transform.to_dict())
+    assert calls[-1]["img_size"] == (32, 32)
+    again.load_state_dict(vit.state_dict())
+    # a model without img_size (a CNN) is built without it; no size given: no img_size either
+    cnn = load_external("timm:cnn", input_channels=1, input_size=20)
+    assert [c.get("img_size") for c in calls[-2:]] == [(20, 20), None] and cnn.image_size == (20, 20)
+    load_external("timm:vit", input_channels=1)
+    assert "img_size" not in calls[-1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,26 +13,22 @@ import torch
 from fsl_xai.checkpoints import load_checkpoint
 from fsl_xai.cli import main
 from fsl_xai.models.external import TORCHSCRIPT_INPUT_FILE
+from fsl_xai.testing import quietly
 from tests.fsl_xai.models import _factories as F
 
 PY = "py:tests.fsl_xai.models._factories:"
 EPISODE = ["--n-way", "2", "--n-shot", "1", "--n-query", "2", "--no-progress"]
 
 
-def _quietly(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch marks TorchScript as deprecated
-        return fn(*args, **kwargs)
-
 
 @pytest.fixture(scope="module")
 def ts_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli_ts")
     torch.manual_seed(4)
-    _quietly(torch.jit.save, _quietly(torch.jit.script, F.SmallCNN()), str(folder / "cnn.pt"),
+    quietly(torch.jit.save, quietly(torch.jit.script, F.SmallCNN()), str(folder / "cnn.pt"),
              _extra_files={TORCHSCRIPT_INPUT_FILE: json.dumps({"input_size": [1, 32, 32]})})
-    traced = _quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
-    _quietly(torch.jit.save, traced, str(folder / "map.pt"))
+    traced = quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
+    quietly(torch.jit.save, traced, str(folder / "map.pt"))
     return {"cnn": folder / "cnn.pt", "map": folder / "map.pt"}
 
 
@@ -147,3 +142,29 @@ def test_timm_without_timm_says_how_to_install_it(tmp_path, capsys):
     code = main(["train", "--dataset", "synthetic", "--backbone", "timm:resnet18", "--episodes", "1", "--no-val",
                  "--no-progress", "--out", str(tmp_path / "x.pt")])
     assert code == 2 and "pip install timm" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(not _timm_importable(),
+                    reason="timm is not importable here (it needs torchvision, which does not import with this torch)")
+# resnet10t's layer4 is 1x1 at 32 px, not a map: its layer3 (2x2) is the last one
+@pytest.mark.parametrize(("name", "layer"), [("resnet10t", "net.layer3"), ("vit_tiny_patch16_224", "token_map")])
+def test_timm_train_then_evaluate_on_grey_images(name, layer, tmp_path, capsys):  # pragma: no cover - needs timm
+    """timm: a CNN and a ViT, both on 1-channel 32x32 images (the ViT is built for that size; the
+    model's ImageNet normalisation is averaged to one channel), trained, then evaluated."""
+    from fsl_xai.explain import explain
+
+    out = tmp_path / "m.pt"
+    assert _train(f"timm:{name}", out, "--input-size", "32", "--input-channels", "1") == 0
+    err = capsys.readouterr().err
+    assert f"backbone timm:{name}: input 1x32x32" in err and "averaged over its channels" in err
+    assert f"Grad-CAM layer {layer}" in err
+    code = main(["evaluate", "--checkpoint", str(out), "--dataset", "synthetic", "--classes", "round", "ring",
+                 "--episodes", "2", "--convert", "--json", *EPISODE])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backbone"] == f"timm:{name}" and summary["input_transform"]["image_size"] == [32, 32]
+    model, _ = load_checkpoint(out)
+    assert model.backbone.default_cam_layer == layer
+    fitted = model.eval().fit(torch.rand(4, 1, 32, 32), torch.tensor([0, 0, 1, 1]))
+    cam = explain(fitted, torch.rand(1, 1, 32, 32), method="gradcam")
+    assert cam.params["layer"] == layer and cam.maps.shape == (1, 32, 32) and abs(cam.maps).max() > 0

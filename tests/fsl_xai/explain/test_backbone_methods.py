@@ -4,7 +4,6 @@ clearly why it cannot. Also the default layer (Grad-CAM, similarity maps, concep
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from fsl_xai.explain.core import conv_layers, default_layer, resolve_layer
 from fsl_xai.explain.methods import METHODS
 from fsl_xai.models import make_backbone, make_model
 from fsl_xai.models.external import TORCHSCRIPT_INPUT_FILE
+from fsl_xai.testing import quietly
 from tests.fsl_xai.models import _factories as F
 
 PY = "py:tests.fsl_xai.models._factories:"
@@ -40,21 +40,16 @@ REFUSED = {
 KINDS = ("cnn", "vit", "map_cnn", "torchscript", "torchscript_map")
 
 
-def _quietly(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch marks TorchScript as deprecated
-        return fn(*args, **kwargs)
-
 
 @pytest.fixture(scope="module")
 def ts_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ts_explain")
     torch.manual_seed(2)
     stated = json.dumps({"input_size": [1, 32, 32]})
-    _quietly(torch.jit.save, _quietly(torch.jit.script, F.SmallCNN()), str(folder / "cnn.pt"),
+    quietly(torch.jit.save, quietly(torch.jit.script, F.SmallCNN()), str(folder / "cnn.pt"),
              _extra_files={TORCHSCRIPT_INPUT_FILE: stated})
-    traced = _quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
-    _quietly(torch.jit.save, traced, str(folder / "map.pt"))
+    traced = quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
+    quietly(torch.jit.save, traced, str(folder / "map.pt"))
     return folder
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,12 @@ from fsl_xai.embeddings import embed_all, embedding_fingerprint
 from fsl_xai.errors import CheckpointError, ModelError
 from fsl_xai.models import make_backbone, make_model
 from fsl_xai.models.external import TORCHSCRIPT_INPUT_FILE, ExternalBackbone
+from fsl_xai.testing import quietly
 
 from . import _factories as F
 
 PY = "py:tests.fsl_xai.models._factories:"
 
-
-def _quietly(fn, *args, **kwargs):
-    """torch marks TorchScript as deprecated; the tests still make TorchScript files as users have them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return fn(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +29,11 @@ def ts_files(tmp_path_factory) -> dict[str, Path]:
     """A scripted CNN that states its input in an extra file, and a traced CNN returning a map."""
     folder = tmp_path_factory.mktemp("ts")
     torch.manual_seed(1)
-    scripted = _quietly(torch.jit.script, F.SmallCNN())
+    scripted = quietly(torch.jit.script, F.SmallCNN())
     stated = json.dumps({"input_size": [1, 32, 32], "mean": [0.5], "std": [0.25]})
-    _quietly(torch.jit.save, scripted, str(folder / "cnn.pt"), _extra_files={TORCHSCRIPT_INPUT_FILE: stated})
-    traced = _quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
-    _quietly(torch.jit.save, traced, str(folder / "map.pt"))
+    quietly(torch.jit.save, scripted, str(folder / "cnn.pt"), _extra_files={TORCHSCRIPT_INPUT_FILE: stated})
+    traced = quietly(torch.jit.trace, F.MapCNN().eval(), torch.rand(1, 3, 32, 32))
+    quietly(torch.jit.save, traced, str(folder / "map.pt"))
     return {"cnn": folder / "cnn.pt", "map": folder / "map.pt", "scripted": scripted}
 
 
