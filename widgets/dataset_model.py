@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import html
+import os
 import shutil
 import tempfile
 import threading
@@ -35,6 +36,21 @@ SPLITS = ("test", "val", "train", "all")
 class TrainingCancelled(BaseException):  # noqa: N818 - not an error: the user's choice
     """Raised inside the training thread when the user clicks cancel (a BaseException, like
     KeyboardInterrupt, so that no ``except Exception`` in the training code swallows it)."""
+
+
+def backbone_line(model: Any, info: Any) -> str:
+    """What the model's network is and the input it takes (size, channels, normalisation): the
+    backbone spec as trained (``torchscript:FILE``, ``py:MODULE:FUNCTION``, ``timm:NAME`` or a
+    built-in name; a file by its name, the full path in the tooltip)."""
+    backbone = getattr(model, "backbone", None)
+    spec = str(getattr(info, "backbone", "") or getattr(backbone, "backbone_name", "") or "")
+    if not spec:
+        return ""
+    kind, _, rest = spec.partition(":")
+    short = f"{kind}:{os.path.basename(rest)}" if kind == "torchscript" and rest else spec
+    transform = getattr(backbone, "transform", None)
+    described = f", input {html.escape(transform.describe())}" if transform is not None else ""
+    return f"backbone <code title='{html.escape(spec, quote=True)}'>{html.escape(short)}</code>{described}"
 
 
 class DatasetModelPicker(View):
@@ -374,6 +390,7 @@ class DatasetModelPicker(View):
         if trained is False:
             note = getattr(info, "note", "") or "not trained"
             parts.append(f"<span style='color:#a00'>untrained model ({html.escape(note)})</span>")
+        parts += [line for line in [backbone_line(s.model, info)] if line]
         from .trust import header_lines
 
         lines = header_lines(s)  # validation on the data on screen, the domain guard, this episode (with flags)
