@@ -149,5 +149,13 @@ class AuditSpec:
         args += ["--chunk-episodes", str(self.chunk_episodes), "--seed", str(self.seed), "--out", out_dir]
         return shlex.join(args)
 
+    def report_command(self, out_dir: str, html: str = "report.html") -> str:
+        """The ``fsl-xai report`` command line for the audit in ``out_dir``: with ``--data-file`` when the
+        audit read your own images (the report shows the query images from that file)."""
+        args = ["fsl-xai", "report", out_dir, "--out", html]
+        if self.data_file is not None:
+            args += ["--data-file", str(self.data_file)]
+        return shlex.join(args)
+
 
 __all__ = ["DEFAULT_CHUNK_EPISODES", "FORMAT", "IDENTIFYING_COLUMNS", "AuditError", "AuditSpec"]
