@@ -55,8 +55,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
                      n_shot=args.n_shot, n_query=args.n_query, episodes=args.episodes, seed=args.seed,
                      methods=args.methods, quality=args.quality, by=args.by or (), guard=args.guard,
                      chunk_episodes=args.chunk_episodes or DEFAULT_CHUNK_EPISODES)
-    result = run_audit(spec, args.out, scheduler=args.scheduler, workers=0 if args.scheduler else args.workers,
-                       progress=not args.no_progress, force=args.force)
+    workers = 0 if args.scheduler else args.workers
+    if workers == 0 and not args.scheduler:
+        from ..audit.chunks import keep_freed_memory
+
+        keep_freed_memory()  # this process exists to run the chunks, as a worker does
+    result = run_audit(spec, args.out, scheduler=args.scheduler, workers=workers, progress=not args.no_progress,
+                       force=args.force)
     print(f"audit written to {Path(result.out_dir).resolve()} ({result.computed} chunk(s) computed, "
-          f"{result.skipped} already done); report: fsl-xai report {args.out} --out report.html")
+          f"{result.skipped} already done); report: {result.report_command}")
     return 0

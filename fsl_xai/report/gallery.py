@@ -69,27 +69,27 @@ def load_query_images(manifest: dict, data_file: str | os.PathLike[str] | None =
 
     Args:
         manifest: the audit's manifest.
-        data_file: the ``.npz`` file the audit read, when it used ``--data-file`` (the manifest keeps
-            only its base name; without this argument the path in the manifest's reproduce command
-            is tried). Overrides the dataset name when given.
+        data_file: the images the audit read (an npz file, an image folder or a DICOM folder), when
+            it used ``--data-file`` (the manifest keeps only its base name; without this argument the
+            path in the manifest's reproduce command is tried). Overrides the dataset name when given.
 
     Returns:
         The images, or a problem saying how to supply them; nothing is downloaded.
     """
-    from ..data import read_npz
+    from ..data.open import open_images
     from ..data.registry import load_dataset
 
     data = manifest.get("data") or {}
     name, split = str(data.get("name", "")), str(data.get("split", "test"))
     try:
         if data_file is not None:
-            images = read_npz(data_file, split=split)
+            images = open_images(data_file, split=split)
         elif data.get("source") == "file":
             recorded = recorded_data_file(manifest)
-            if recorded is None or not recorded.is_file():
-                return QueryImages(None, f"the audit read its images from the file {name}; pass --data-file with "
-                                         "that file to show the query images")
-            images = read_npz(recorded, split=split)
+            if recorded is None or not recorded.exists():
+                return QueryImages(None, f"the audit read your own images ({name}); pass --data-file with that "
+                                         "file or folder to show the query images")
+            images = open_images(recorded, split=split)
         else:
             images = load_dataset(name, split=split, download=False, progress=False)
     except FslXaiError as exc:

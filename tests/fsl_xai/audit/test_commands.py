@@ -52,3 +52,25 @@ def test_audit_of_a_data_file_records_a_working_report_command(checkpoint: Path,
     assert main(args[1:]) == 0
     assert "wrote report.html" in capsys.readouterr().out
     assert (tmp_path / "report.html").stat().st_size > 0
+
+
+def test_the_report_shows_the_query_images_of_an_audited_image_folder(checkpoint: Path, tmp_path: Path) -> None:
+    """An audit of a folder of PNGs (one sub-folder per class): the report's gallery reads the folder."""
+    from PIL import Image
+
+    from fsl_xai.report.gallery import load_query_images
+
+    data = make_synthetic(n_per_class=4, size=64, n_classes=4, split="test")
+    folder = tmp_path / "my images"
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        target = folder / data.class_names[int(label)] / f"img{i:03d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(target)
+    spec = AuditSpec(checkpoint=str(checkpoint), data_file=str(folder), split="all", n_way=4, n_shot=1, n_query=2,
+                     episodes=1, methods=("saliency",), chunk_episodes=1, seed=0)
+    result = run_audit(spec, tmp_path / "audit", workers=0, progress=False)
+    manifest = json.loads((tmp_path / "audit" / "manifest.json").read_text())
+    assert _option(result.report_command, "--data-file") == str(folder)
+    for given in (str(folder), None):  # given, or found through the manifest's reproduce command
+        found = load_query_images(manifest, given)
+        assert found.problem == "" and found.images is not None and len(found.images) == len(data)

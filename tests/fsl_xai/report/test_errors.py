@@ -115,8 +115,8 @@ def test_images_that_cannot_be_found_or_do_not_match(folder, tmp_path, hostile_f
     _edit_manifest(folder, data={**json.loads((folder / "manifest.json").read_text())["data"], "source": "file",
                                  "name": "mine.npz"})
     problems = write_report(folder, tmp_path / "report.html")
-    assert problems == [("gallery", "the audit read its images from the file mine.npz; pass --data-file with that "
-                                    "file to show the query images")]
+    assert problems == [("gallery", "the audit read your own images (mine.npz); pass --data-file with that file or "
+                                    "folder to show the query images")]
     page = read_page((tmp_path / "report.html").read_text())
     assert page.cases and all(alt != "query image" for case in page.cases for alt, _ in case["images"])
     # a file that is not the audited one is refused, not shown as if it were
