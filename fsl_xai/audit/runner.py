@@ -83,9 +83,13 @@ def _prepare(spec: AuditSpec, progress: bool) -> _Prepared:
     from ..checkpoints import images_for_checkpoint, load_checkpoint, untrained_classes
     from ..data.open import load_images
     from ..evaluation import evaluate
+    from ..explain.core import refused_methods
 
     spec = spec.checked()
     model, info = load_checkpoint(spec.checkpoint)
+    refused = refused_methods(model, spec.methods)
+    if refused:  # said before any chunk runs, not by the first chunk that tries the method
+        raise AuditError("--methods: " + "; ".join(refused.values()))
     checkpoint = Path(spec.checkpoint).read_bytes()
     images = images_for_checkpoint(load_images(spec.dataset, spec.data_file, spec.split, progress), info, spec.convert)
     by_columns(images, spec.by)

@@ -66,3 +66,14 @@ def test_library_errors_are_typed(checkpoint: Path, tmp_path: Path) -> None:
         run_audit(small_spec(checkpoint, data_file="x.npz"), tmp_path, progress=False)
     with pytest.raises(AuditError, match="workers must be 0"):
         run_audit(small_spec(checkpoint), tmp_path, workers=-1, progress=False)
+
+
+def test_a_method_the_network_cannot_explain_is_refused_before_any_chunk(tmp_path: Path) -> None:
+    """Guided Backprop on ResNet-12 (LeakyReLU) would be the plain gradient: said at once, nothing written."""
+    import fsl_xai as F
+    from fsl_xai.checkpoints import save_checkpoint
+
+    resnet = save_checkpoint(tmp_path / "resnet.pt", F.make_model("protonet", F.make_backbone("resnet12", 1, 64)))
+    with pytest.raises(AuditError, match=r"--methods: .*nn\.ReLU"):
+        run_audit(small_spec(resnet, methods=("gradcam", "guided_backprop")), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
