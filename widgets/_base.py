@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import dataclasses
 import functools
 import html
@@ -15,13 +14,14 @@ import traceback
 from collections.abc import Callable
 
 import ipywidgets as w
+import numpy as np
 import plotly.graph_objects as go
 from ipywidgets.widgets.widget_string import HTMLStyle
 
 from fsl_xai.errors import FslXaiError
 
 from ._figurewidget import FigureWidget
-from .figures import png_bytes
+from .figures import class_colors, png_bytes
 from .state import WorkbenchState
 
 THUMB = 64
@@ -141,6 +141,13 @@ def thumbnail(state: WorkbenchState, sample_id: str, size: int = THUMB) -> bytes
     return cache[key]
 
 
+def episode_colors(state: WorkbenchState) -> list[str]:
+    """The colour of each class of the shown episode, keyed by the class's name in its image set
+    (``figures.class_colors``): the same in every view and export, whatever episode shows the class."""
+    images, episode = state.shown()[:2]
+    return class_colors(episode.classes, images.class_names)
+
+
 def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
     """Hover text of an image: its sample id and metadata (and ``extra``)."""
     images = state.loaded()[0]
@@ -152,9 +159,13 @@ def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
 class FigureSlot(w.Box):
     """A place on the page for one plotly FigureWidget, redrawn in place.
 
-    The first ``show`` creates the FigureWidget; later calls replace its traces and layout with
-    plotly's update messages (delete and add traces, one relayout), so the page keeps one widget
-    model per slot instead of opening a new figure model (and view) on every redraw.
+    The first ``show`` creates the FigureWidget; later calls change it in place with plotly's update
+    messages, so the page keeps one widget model per slot instead of opening a new figure model (and
+    view) on every redraw. A figure with the same traces (count and types) as the one shown costs one
+    update message with only the trace properties and top-level layout keys that differ (a new
+    query's heatmap: its image, its maps and the titles); other figures replace the traces (delete,
+    add) and then send the layout's differences. Nothing is sent twice: a front end that connects
+    later gets the current figure when it asks for the widget's state (``_figurewidget``).
 
     The widget is ``_figurewidget.FigureWidget`` (plotly's front end loaded once per page). Should
     a front end still drop updates (anywidget gives a model two seconds to set up in the browser,
@@ -187,20 +198,21 @@ class FigureSlot(w.Box):
         fw = self.figure
         if fw is None:
             return self._new_widget(fig)
-        new_layout = fig.layout.to_plotly_json()
-        stale = set(fw.layout.to_plotly_json()) - set(new_layout)
-        fw.data = []  # one deleteTraces message
-        if fig.data:
-            fw.add_traces(list(fig.data))  # one addTraces message
-        with fw.batch_update():  # one relayout message
-            for key in stale:
-                fw.layout[key] = None
-            fw.layout.update(new_layout, overwrite=True)
-        # The messages reach only front-ends connected now. One that connects later (Voila shows
-        # the page after the whole notebook ran) starts from the widget's synced initial state,
-        # which plotly refreshes only when the widget itself is displayed: keep it current.
-        fw._widget_layout = copy.deepcopy(fw._layout_obj._props)
-        fw._widget_data = copy.deepcopy(fw._data)
+        same = len(fw.data) == len(fig.data) and all(
+            a.type == b.type for a, b in zip(fw.data, fig.data, strict=True))
+        if not same:
+            fw.data = []  # one deleteTraces message
+            if fig.data:
+                fw.add_traces(list(fig.data))  # one addTraces message
+        with fw.batch_update():  # one update message: what changed in the traces and in the layout
+            if same:
+                for old, new in zip(fw.data, fig.data, strict=True):
+                    _restyle(old, new)
+            _relayout(fw, fig)
+        # a front end that connects later asks for the widget's state: _figurewidget.FigureWidget answers
+        # with the figure as it is then (plotly's handler of the front end's layout deltas reads the layout)
+        if isinstance(fw, FigureWidget):
+            fw.remember_figure(data=False)
         self._expect_ack(fw)
         if self.on_figure is not None:
             self.on_figure(fw)
@@ -232,6 +244,52 @@ class FigureSlot(w.Box):
             return  # redrawn again since, or confirmed
         self.rebuilds += 1
         self._new_widget(go.Figure(fw))
+
+
+def same_value(a, b) -> bool:
+    """Whether two plotly property values (numbers, strings, arrays, nested dicts and lists) are equal."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        x, y = np.asarray(a), np.asarray(b)
+        try:
+            return x.shape == y.shape and bool(np.array_equal(x, y))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+_MISSING = object()
+
+
+def _restyle(old, new) -> None:
+    """Give the trace ``old`` (of a figure widget in batch mode) the properties of ``new``: only the
+    top-level properties that differ are set (and sent), those ``new`` lacks are removed."""
+    have, want = old._props, new._props
+    changed = {k: v for k, v in want.items() if k != "uid" and not same_value(have.get(k, _MISSING), v)}
+    if changed:
+        old.update(changed, overwrite=True)
+    for k in [k for k in have if k not in want and k not in ("uid", "type")]:
+        old[k] = None
+
+
+def _relayout(fw: go.FigureWidget, fig: go.Figure) -> None:
+    """Give ``fw``'s layout (in batch mode) the layout of ``fig``: only the top-level keys that differ
+    (the template, the same on every redraw, is neither validated again nor sent)."""
+    have, want = fw.layout._props, fig.layout._props
+    changed = {k: v for k, v in want.items() if not same_value(have.get(k, _MISSING), v)}
+    stale = [k for k in have if k not in want]
+    for key in stale:
+        fw.layout[key] = None
+    if changed:
+        fw.layout.update({k: fig.layout[k] for k in changed}, overwrite=True)
 
 
 _SHARED: dict[tuple, w.Widget] = {}
@@ -267,7 +325,8 @@ class CardRow(w.HBox):
     """A wrapping row of thumbnail cards, each a thumbnail above a button (``on_pick`` given) or a label.
 
     ``show(cards)`` reuses the card widgets already on the page and changes only what differs, so a
-    new episode sends a few values instead of opening dozens of widget models. The image is an <img>
+    new episode sends a few values instead of opening dozens of widget models; a card whose image and
+    hover text are on the page already keeps its widget (moved, not sent again). The image is an <img>
     in an HTML widget: its ``title`` gives the hover text (ipywidgets 8's Image view fails to render
     when given a tooltip, and an <img> needs no extra binary message)."""
 
@@ -276,7 +335,7 @@ class CardRow(w.HBox):
         self.on_pick = on_pick
         self.button_width = button_width
         self._pool: list[w.VBox] = []
-        self._payloads: list[object] = []
+        self._payloads: dict[int, object] = {}  # pool index -> payload of the card it shows
 
     @property
     def footers(self) -> list[w.Widget]:
@@ -289,24 +348,44 @@ class CardRow(w.HBox):
         if self.on_pick is not None:
             footer = w.Button(layout=shared(w.Layout, width=self.button_width, height="24px"),
                               style=shared(w.ButtonStyle))
-            footer.on_click(lambda _: self.on_pick(self._payloads[k]))
+            footer.on_click(lambda _: self.on_pick(self._payloads.get(k)))
         else:
             footer = w.HTML(layout=shared(w.Layout), style=shared(HTMLStyle))
         return w.VBox([img, footer])
 
+    @staticmethod
+    def _image_html(c: Card) -> str:
+        src = "data:image/png;base64," + base64.b64encode(c.png).decode()
+        return (f"<img src='{src}' title='{html.escape(c.tooltip, quote=True)}' width='{THUMB}' "
+                f"height='{THUMB}' style='image-rendering:pixelated;display:block'>")
+
     def show(self, cards: list[Card]) -> None:
         while len(self._pool) < len(cards):
             self._pool.append(self._new_card(len(self._pool)))
-        self._payloads = [c.payload for c in cards]
-        for box, c in zip(self._pool, cards, strict=False):  # the pool may hold more cards than shown
-            img, footer = box.children
-            src = "data:image/png;base64," + base64.b64encode(c.png).decode()
-            img.value = (f"<img src='{src}' title='{html.escape(c.tooltip, quote=True)}' width='{THUMB}' "
-                         f"height='{THUMB}' style='image-rendering:pixelated;display:block'>")
+        images = [self._image_html(c) for c in cards]
+        # a card that shows the same image (and hover text) as one on the page now keeps that card
+        # widget, only moved: the image is not sent again (the influence strip reorders its images)
+        free = dict.fromkeys(range(len(self._pool)))
+        chosen: list[int | None] = [None] * len(cards)
+        by_image: dict[str, list[int]] = {}
+        for k, box in enumerate(self._pool):
+            by_image.setdefault(box.children[0].value, []).append(k)
+        for i, value in enumerate(images):
+            for k in by_image.get(value, []):
+                if k in free:
+                    chosen[i] = k
+                    del free[k]
+                    break
+        rest = iter(free)
+        slots = [k if k is not None else next(rest) for k in chosen]
+        self._payloads = {k: c.payload for k, c in zip(slots, cards, strict=True)}
+        for k, c, value in zip(slots, cards, images, strict=True):
+            img, footer = self._pool[k].children
+            img.value = value
             if isinstance(footer, w.Button):
                 footer.description, footer.button_style, footer.tooltip = c.caption, c.button_style, c.button_tooltip
             else:
                 footer.value = c.caption
-            box.layout = shared(w.Layout, border=f"2px solid {c.border}", padding="2px", margin="2px",
-                                align_items="center", width=f"{THUMB + 16}px")
-        self.children = self._pool[:len(cards)]
+            self._pool[k].layout = shared(w.Layout, border=f"2px solid {c.border}", padding="2px", margin="2px",
+                                          align_items="center", width=f"{THUMB + 16}px")
+        self.children = [self._pool[k] for k in slots]

@@ -14,12 +14,21 @@ model's plotly state only then, so a model's own setup never waits for plotly. U
 before plotly is ready are not lost: the figure's full state (``_widget_data``, ``_widget_layout``)
 is what the late view draws, and plotly's first render confirms the latest edit id to the kernel.
 
+A redraw in place (``_base.FigureSlot``) reaches the connected front ends as plotly's update messages,
+which also keep each front end's own copy of the figure (its ``_widget_data``, ``_widget_layout``)
+current. A front end that connects later (Voila shows the page after the notebook ran; JupyterLab
+restores a reloaded page) asks the kernel for the widget's full state instead: ``get_state`` answers
+with the figure as it is now, so the kernel never sends the figure a second time just in case.
+The front end's replies (``_js2py_*``: the deltas plotly computed, clicks) are meant for the kernel
+alone and are not echoed back to the page.
+
 Every figure also carries ``figures.PLOTLY_CONFIG``: no "Share chart" button and no plotly logo link, so
 nothing on a figure leads off the machine.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -27,6 +36,7 @@ import ipywidgets
 import plotly
 import plotly.graph_objects as go
 import traitlets
+from plotly.serializers import custom_serializers
 
 from .figures import PLOTLY_CONFIG
 
@@ -120,12 +130,25 @@ def plotly_module() -> PlotlyModule:
     return _module
 
 
+def _reply() -> traitlets.Dict:
+    return traitlets.Dict(allow_none=True).tag(sync=True, echo_update=False, **custom_serializers)
+
+
 class FigureWidget(go.FigureWidget):
     """A ``plotly.graph_objects.FigureWidget`` whose front-end module comes once per page, with
     ``PLOTLY_CONFIG`` (no cloud links) under any config it is given."""
 
     _esm = _LOADER.replace("{key}", plotly.__version__)
     _plotly_module = traitlets.Unicode().tag(sync=True)  # model id of the PlotlyModule
+
+    # the front end's replies to the kernel (plotly's own traits, but never echoed back to the page:
+    # ipywidgets 8 echoes every update a front end sends unless the trait says otherwise)
+    _js2py_traceDeltas = _reply()
+    _js2py_layoutDelta = _reply()
+    _js2py_restyle = _reply()
+    _js2py_relayout = _reply()
+    _js2py_update = _reply()
+    _js2py_pointsCallback = _reply()
 
     @traitlets.default("_plotly_module")
     def _default_plotly_module(self) -> str:  # part of the state the widget opens with
@@ -139,3 +162,22 @@ class FigureWidget(go.FigureWidget):
     def _offline_config(self, proposal: traitlets.Bunch) -> dict:
         # plotly's constructor assigns its own (empty) config: the offline keys always win
         return {**proposal["value"], **PLOTLY_CONFIG}
+
+    def get_state(self, key=None, drop_defaults=False):
+        """The widget's state as a front end that connects now must start from: the figure's current
+        traces and layout, not the ones it was created (or last displayed) with."""
+        names = self.keys if key is None else [key] if isinstance(key, str) else list(key)
+        # (the widget opens its comm while plotly's constructor runs: the figure is not there yet)
+        if ("_widget_data" in names or "_widget_layout" in names) and "_layout_obj" in self.__dict__:
+            self.remember_figure()
+        return super().get_state(key, drop_defaults)
+
+    def remember_figure(self, data: bool = True) -> None:
+        """Store the current figure as the widget's initial state without sending it anywhere (the
+        connected front ends got the change as update messages already). ``data=False``: the layout
+        only (plotly's handler of the front end's layout deltas reads it)."""
+        values = self._trait_values  # set directly: assigning the traits would send them to the page
+        values["_widget_layout"] = copy.deepcopy(self._layout_obj._props)
+        if data:
+            values["_widget_data"] = copy.deepcopy(self._data)
+

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from ._base import FigureSlot, View
+from ._base import FigureSlot, View, episode_colors
 from .figures import distance_figure, projection_figure
 
 
@@ -67,14 +67,16 @@ class DistanceView(View):
             return
         _, ep, _, r = s.shown()
         qi = s.query_index
-        self.bars_slot.show(distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi])))
+        self.bars_slot.show(distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]),
+                                           colors=episode_colors(s)))
 
     def redraw_map(self) -> None:
         s = self.state
         if s.result is None:
             return
         _, ep, _, r = s.shown()
-        self.map_slot.show(projection_figure(r, ep.support_ids, ep.query_ids, s.query_index))
+        self.map_slot.show(projection_figure(r, ep.support_ids, ep.query_ids, s.query_index,
+                                             colors=episode_colors(s)))
 
     def _wire_map(self, fig: go.FigureWidget) -> None:
         queries = next((t for t in fig.data if t.name == "queries"), None)

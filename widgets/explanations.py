@@ -2,14 +2,17 @@
 influence and nearest support images, computed by ``fsl_xai.explain`` on the state's fitted episode
 and cached.
 
-Reached as ``state.explanations``. Arguments left out come from the state's settings (the selected
-query, the target and contrast, the method's parameters). A map is cached under (model fingerprint,
+Reached as ``state.explanations``; ``state.explanations.prefetch`` computes the maps of the shown
+episode's other queries while the kernel is idle, so a click on a query usually finds its maps
+cached. Arguments left out come from the state's settings (the selected query, the target and
+contrast, the method's parameters). A map is cached under (model fingerprint,
 episode id, query, method, parameters, target, contrast), so going back to an episode or a setting
 shows its map at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,11 +43,13 @@ class Explanations:
         self.maps: dict[tuple, AttributionMap] = {}
         self.badge_cache: dict[tuple, Badges] = {}
         self._frozen: tuple[FittedEpisode, FittedEpisode] | None = None  # (fitted, frozen with the queries)
+        self.prefetch = Prefetch(self)
 
     def clear(self) -> None:
         """Forget every cached map and badge (a new model or image set)."""
         self.maps.clear()
         self.badge_cache.clear()
+        self.prefetch.cancel()
 
     # ------------------------------------------------------------------ what is explained
     def _query(self, query_index: int | None) -> int:
@@ -96,6 +101,11 @@ class Explanations:
         episode = self.state.shown()[1]
         return (self.state.fingerprint, episode.episode_id, qi, method, json.dumps(params, sort_keys=True, default=str),
                 *self.classes(target, contrast, qi))
+
+    def is_cached(self, method: str, query_index: int) -> bool:
+        """Whether the map of ``method`` for a query, with the state's settings, is computed already."""
+        p = dict(self.state.params.get(method, {}))
+        return self._key(method, self._query(query_index), None, None, p) in self.maps
 
     # ------------------------------------------------------------------ explanations
     def attribution(self, method: str, query_index: int | None = None, target: Any = None, contrast: Any = None,
@@ -152,3 +162,113 @@ class Explanations:
         return xai.nearest_support(self.fitted(), self.query_tensor(query_index)[0], k=k,
                                    support_images=self.support_tensor(), sample_ids=episode.support_ids,
                                    class_names=episode.classes)
+
+
+class Prefetch:
+    """Computes, while the kernel is idle, the maps of the shown episode's queries for the shown
+    methods (the state's methods, parameters, target and contrast), one (query, method) map per
+    slice, so that a click on a query usually only reads the cache.
+
+    ``start(after)`` plans the queries in gallery (episode) order starting next to query ``after``
+    and wrapping around. A slice runs only when nothing happened for ``idle_s`` seconds (``touch()``
+    marks activity: a click, a redraw) and hands the event loop back after each map, so pending
+    messages (the next click) are handled between slices. The plan is dropped when it is stale: a
+    new ``start``, ``cancel``, or a change of the episode's result, the methods, their parameters,
+    the target or the contrast. Without a running event loop (scripts, tests) nothing is scheduled:
+    ``step()`` computes the next map of the plan on demand.
+    """
+
+    #: seconds without activity before a slice runs
+    idle_s = 0.4
+    #: seconds between two slices (the event loop handles what arrived meanwhile)
+    gap_s = 0.02
+
+    def __init__(self, explanations: Explanations):
+        self.explanations = explanations
+        self.todo: list[tuple[int, str]] = []  # (query, method) still to compute, in order
+        self.done = 0  # maps computed by this object (all plans)
+        self.failed: dict[tuple[int, str], str] = {}  # of the current plan: not retried
+        self._context: tuple | None = None
+        self._result: object = None  # the episode result the plan is for (compared by identity)
+        self._generation = 0
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _now_context(self) -> tuple:
+        s = self.explanations.state
+        methods = tuple(s.methods)
+        params = json.dumps({m: s.params.get(m, {}) for m in methods}, sort_keys=True, default=str)
+        return (s.fingerprint, methods, params, repr(s.target), repr(s.contrast))
+
+    def stale(self) -> bool:
+        """Whether the plan no longer matches what is shown (or there is none)."""
+        return (self._context is None or self._result is not self.explanations.state.result
+                or self._context != self._now_context())
+
+    def touch(self) -> None:
+        """Mark activity now: the next slice waits until the kernel has been idle ``idle_s`` seconds."""
+        self._last_activity = time.monotonic()
+
+    def cancel(self) -> None:
+        """Drop the plan and any scheduled slice."""
+        self._generation += 1
+        self.todo, self._context = [], None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def start(self, after: int, methods: list[str] | None = None) -> None:
+        """Plan the maps of every query of the shown episode but ``after`` (computed on its own click),
+        in gallery order starting next to it, for ``methods`` (default: the state's); those cached are
+        left out. Scheduled when an event loop runs."""
+        self.cancel()
+        s = self.explanations.state
+        if s.result is None or s.episode is None:
+            return
+        n = len(s.shown()[1].query_ids)
+        chosen = list(methods if methods is not None else s.methods)
+        order = [(after + k) % n for k in range(1, n)] if 0 <= after < n else list(range(n))
+        self._context, self._result = self._now_context(), s.result
+        self.failed = {}
+        self.todo = [(q, m) for q in order for m in chosen]
+        self.touch()  # the foreground work (the maps, badges, influence of a click) ends now
+        self._schedule(self.idle_s)
+
+    def step(self) -> bool:
+        """Compute the next map of the plan that is not cached yet (nothing when the plan is stale);
+        True while more remain."""
+        if self.stale():
+            self.todo = []
+            return False
+        ex = self.explanations
+        while self.todo:
+            q, m = self.todo.pop(0)
+            try:
+                if ex.is_cached(m, q):
+                    continue
+                ex.attribution(m, q)
+                self.done += 1
+            except Exception as exc:  # noqa: BLE001 - the click on this query shows the error
+                self.failed[(q, m)] = f"{type(exc).__name__}: {exc}"
+            break
+        return bool(self.todo)
+
+    def _schedule(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no kernel loop: step() on demand
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(delay, self._tick, self._generation)
+
+    def _tick(self, generation: int) -> None:
+        self._timer = None
+        if generation != self._generation or not self.todo:
+            return
+        wait = self.idle_s - (time.monotonic() - self._last_activity)
+        if wait > 0:  # something happened lately: wait for a quiet moment
+            self._schedule(wait)
+            return
+        if self.step():
+            self._schedule(self.gap_s)

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from fsl_xai.evaluation import accuracy_interval, confusion_matrix
 from fsl_xai.files import atomic_write
 
-from ._base import View
+from ._base import View, episode_colors
 from .figures import PLOTLY_CONFIG, confusion_figure, distance_figure, heatmap_figure, projection_figure
 from .trust import NOT_FIT, header_lines
 
@@ -30,15 +30,17 @@ from .trust import NOT_FIT, header_lines
 def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:
     """The figures of the current view, rebuilt from the state (pure: no widgets involved)."""
     r, ep, qi = state.result, state.episode, state.query_index
-    figs = {"projection": projection_figure(r, ep.support_ids, ep.query_ids, qi)}
+    colors = episode_colors(state)  # each class in the colour it has on the page
+    figs = {"projection": projection_figure(r, ep.support_ids, ep.query_ids, qi, colors=colors)}
     if qi >= 0:
-        figs["distances"] = distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]))
+        figs["distances"] = distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]),
+                                            colors=colors)
         maps, titles = [], []
         for m in (methods or state.methods):
             maps.append(state.explanations.attribution(m).normalized[0])
             titles.append(m)
         warning = r.warning(qi)
-        figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask(),
+        figs["heatmaps"] = heatmap_figure(state.query_image(), maps, titles, mask=state.query_mask(), compact=True,
                                           warning=f"out-of-distribution query: {NOT_FIT}. {warning}" if warning else "")
     if state.predictions is not None:
         table = state.predictions

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import textwrap
+import zlib
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -37,8 +38,23 @@ PALETTE = qualitative.Plotly + qualitative.D3
 COLORMAPS = ("RdBu_r", "Viridis", "Inferno", "Jet", "Greys")
 
 
-def class_color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
+def class_color(key: int | str, classes: Sequence[str] = ()) -> str:
+    """The colour of a class, the same in every view and export whatever episode shows it.
+
+    Args:
+        key: the class's index in its image set's class list, or its name (then ``classes`` is that
+            list; a name not in it gets a colour derived from the name itself, stable across runs).
+        classes: the image set's class names (``ImageSet.class_names``), for a ``key`` given by name.
+    """
+    if isinstance(key, str):
+        names = list(classes)
+        key = names.index(key) if key in names else zlib.crc32(key.encode("utf-8"))
+    return PALETTE[int(key) % len(PALETTE)]
+
+
+def class_colors(names: Sequence[str], classes: Sequence[str] = ()) -> list[str]:
+    """The colours of an episode's classes, by name (``class_color``): a resample never recolours a class."""
+    return [class_color(str(n), classes) for n in names]
 
 
 def rate_text(k: int, n: int, what: str = "accuracy", interval: Interval | None = None,
@@ -111,24 +127,32 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         signed: show signed values (red for, blue against) or their absolute value.
         mask: optional (H, W) bool lesion mask drawn as an outline.
         warning: a line shown above the maps in red (a query the domain guard flags).
-        compact: send less to the page (for a live view redrawn on every click): the maps rounded to
-            3 decimals and the image as a PNG (``source``) instead of its pixel values (``z``).
+        compact: send less to the page (for a live view redrawn on every click, and smaller files):
+            the image as a PNG (``source``) instead of its pixel values (``z``), and each map as whole
+            percent of its largest attribution (int8: about half the bytes of the same map with three
+            decimals; plotly sends a 2-D array as a JSON list); ``map_values`` reads it back.
     """
     k = max(1, len(maps))
     fig = make_subplots(1, k, subplot_titles=list(titles) or [""], horizontal_spacing=0.04)
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
     picture = dict(source=data_url(image)) if compact else dict(z=rgb)
+    scale = overlay_colorscale(colorscale, signed)
     for i, m in enumerate(maps):
-        m = np.round(np.asarray(m, dtype=np.float64), 3) if compact else np.asarray(m, dtype=np.float32)
+        m = np.asarray(m, dtype=np.float32)
         z = m if signed else np.abs(m)
         fig.add_trace(go.Image(**picture, hoverinfo="skip", name="image"), 1, i + 1)
-        fig.add_trace(go.Heatmap(z=z, zmin=-1 if signed else 0, zmax=1,
-                                 colorscale=overlay_colorscale(colorscale, signed),
-                                 opacity=opacity,
-                                 showscale=(i == k - 1), name="attribution",
-                                 hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>",
-                                 colorbar=dict(len=0.8, thickness=10)), 1, i + 1)
+        if compact:  # whole percent of the largest attribution: short integers on the wire
+            percent = np.clip(np.round(100 * np.nan_to_num(z)), -100, 100).astype(np.int8)
+            values: dict = dict(z=percent, zmin=-100 if signed else 0, zmax=100,
+                                hovertemplate="x %{x}, y %{y}: %{z}%<extra></extra>")
+            bar = dict(len=0.8, thickness=10, ticksuffix="%")
+        else:
+            values = dict(z=z, zmin=-1 if signed else 0, zmax=1,
+                          hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>")
+            bar = dict(len=0.8, thickness=10)
+        fig.add_trace(go.Heatmap(**values, colorscale=scale, opacity=opacity, showscale=(i == k - 1),
+                                 name="attribution", colorbar=bar), 1, i + 1)
         if mask is not None and np.asarray(mask).any():
             fig.add_trace(go.Contour(z=np.asarray(mask, dtype=np.float32), showscale=False, name="lesion mask",
                                      contours=dict(start=0.5, end=0.5, size=1, coloring="none"),
@@ -148,6 +172,13 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         fig.update_layout(title=dict(text="<br>".join(warned), font=dict(size=12, color="#a00"), x=0.01,
                                      xanchor="left", y=0.99, yanchor="top", yref="container"))
     return fig
+
+
+def map_values(trace) -> np.ndarray:
+    """The attribution map a heatmap trace of ``heatmap_figure`` shows, as floats in [-1, 1] (also for
+    a compact figure, whose maps are whole percent)."""
+    z = np.asarray(trace.z)
+    return z / 100.0 if z.dtype.kind in "iu" else z.astype(np.float64)
 
 
 #: how each quality check is named on a map, and whether its value reads as a percentage
@@ -179,9 +210,10 @@ def badge_text(badges: Badges | None) -> str:
 
 # ---------------------------------------------------------------------------------------- distances
 def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
-                    height: int = 260) -> go.Figure:
-    """Bars of one query's distance to every prototype (shortest = predicted)."""
-    colors = [class_color(i) for i in range(len(classes))]
+                    height: int = 260, colors: Sequence[str] | None = None) -> go.Figure:
+    """Bars of one query's distance to every prototype (shortest = predicted); ``colors``: one per class
+    (``class_colors``; default: by position)."""
+    colors = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
     line = ["black" if i == pred else "rgba(0,0,0,0)" for i in range(len(classes))]
     labels = [f"{c}{' (true)' if i == true else ''}" for i, c in enumerate(classes)]
     fig = go.Figure(go.Bar(x=labels, y=np.asarray(distances, dtype=float),
@@ -195,19 +227,21 @@ def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, tr
 
 
 def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[str], selected: int = -1,
-                      height: int = 380) -> go.Figure:
+                      height: int = 380, colors: Sequence[str] | None = None) -> go.Figure:
     """2D map of support embeddings (dots), prototypes (stars, with where they were before the last
     edit) and queries (circles: filled = correct, open = wrong); the selected query is ringed.
 
     Trace names: 'support: <class>', 'prototypes', 'previous prototypes', 'queries', 'selected'.
     The 'queries' trace holds every query in episode order, so a click's point index is the query index.
+    ``colors``: one per episode class (``class_colors``; default: by position).
     """
     fig = go.Figure()
     classes = result.classes
+    palette = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
     for c, name in enumerate(classes):
         idx = np.flatnonzero(result.support_labels == c)
         fig.add_trace(go.Scatter(x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
-                                 marker=dict(color=class_color(c), size=8, opacity=0.7), name=f"support: {name}",
+                                 marker=dict(color=palette[c], size=8, opacity=0.7), name=f"support: {name}",
                                  text=[support_ids[int(i)] for i in idx],
                                  hovertemplate="support %{text}<extra></extra>"))
     if result.prev_proto_xy is not None:
@@ -218,12 +252,12 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
             ys += [result.prev_proto_xy[c, 1], result.proto_xy[c, 1], None]
         fig.add_trace(go.Scatter(x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
                                  marker=dict(symbol="star", size=14, opacity=0.3,
-                                             color=[class_color(c) for c in range(len(classes))]),
+                                             color=[palette[c] for c in range(len(classes))]),
                                  name="previous prototypes", hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"), name="prototype moved",
                                  hoverinfo="skip"))
     correct = result.correct
-    qcol = [class_color(t) if t >= 0 else "grey" for t in result.true]
+    qcol = [palette[t] if t >= 0 else "grey" for t in result.true]
     fig.add_trace(go.Scatter(
         x=result.query_xy[:, 0], y=result.query_xy[:, 1], mode="markers", name="queries",
         marker=dict(size=11, color=qcol, symbol=["circle" if c else "circle-open" for c in correct],
@@ -233,7 +267,7 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
               for i, (t, p) in enumerate(zip(result.true, result.pred, strict=True))],
         hovertemplate="%{text}<extra>click to select</extra>"))
     fig.add_trace(go.Scatter(x=result.proto_xy[:, 0], y=result.proto_xy[:, 1], mode="markers+text",
-                             marker=dict(symbol="star", size=20, color=[class_color(c) for c in range(len(classes))],
+                             marker=dict(symbol="star", size=20, color=[palette[c] for c in range(len(classes))],
                                          line=dict(width=1.5, color="black")),
                              text=list(classes), textposition="top center", name="prototypes",
                              hovertemplate="prototype of %{text}<extra></extra>"))

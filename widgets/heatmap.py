@@ -54,6 +54,7 @@ class HeatmapViewer(View):
         self.banner.add_class("fsl-ood-banner")
         self.influence_box = CardRow()
         self.timing = w.HTML()
+        self.timing.add_class("fsl-heatmap-timing")
         self.last_maps: dict[str, Any] = {}
         self._badges: dict[str, Any] = {}  # method -> fsl_xai.explain.Badges of the shown map
         self._badge_errors: dict[str, str] = {}
@@ -181,6 +182,7 @@ class HeatmapViewer(View):
         if s.result is None or s.query_index < 0:
             return
         t0 = time.perf_counter()
+        s.explanations.prefetch.touch()  # background maps wait until the kernel is idle again
         self.last_maps, errors = {}, []
         for m in s.methods[:MAX_METHODS]:
             try:
@@ -194,7 +196,9 @@ class HeatmapViewer(View):
         self._badges, self._badge_errors = {}, {}
         self._draw()
         elapsed = time.perf_counter() - t0
-        self.timing.value = f"<span style='color:#888;font-size:90%'>maps ready in {1000 * elapsed:.0f} ms</span>"
+        # data-draw: a hook for benchmarks (changes on every redraw, also one that leaves the maps as they were)
+        self.timing.value = (f"<span style='color:#888;font-size:90%' data-draw='{self._refreshes + 1}'>maps ready in "
+                             f"{1000 * elapsed:.0f} ms</span>")
         self._refreshes += 1
         self._defer(self._after_maps, self._refreshes, s.result, s.query_index,
                     with_badges and self.show_badges.value and bool(self.last_maps))
@@ -216,19 +220,36 @@ class HeatmapViewer(View):
             loop.call_soon(run)
 
     def _after_maps(self, refresh: int, result, query: int, with_badges: bool) -> None:
-        """The influence strip and the quality badges of the maps drawn by refresh number ``refresh``;
+        """The influence strip and the quality badges of the maps drawn by refresh number ``refresh``
+        (one method's badges per event, so a click arriving meanwhile waits for one check at most),
+        then the maps of the episode's other queries in the background (``Explanations.prefetch``);
         nothing if a later refresh or another result or query came meanwhile (their work is stale)."""
-        s = self.state
-        if refresh != self._refreshes or s.result is not result or s.query_index != query:
+        if self._stale(refresh, result, query):
             return
         self._draw_influence()
-        if with_badges:
-            for m in self.last_maps:
-                try:
-                    self._badges[m] = s.explanations.badges(m)
-                except Exception as exc:  # noqa: BLE001 - a failing check is shown, the map stays
-                    self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
-            self._update_titles()
+        if with_badges and self.last_maps:
+            self._defer(self._badges_of, refresh, result, query, list(self.last_maps))
+        else:
+            self.state.explanations.prefetch.start(query, self.state.methods[:MAX_METHODS])
+
+    def _stale(self, refresh: int, result, query: int) -> bool:
+        s = self.state
+        return refresh != self._refreshes or s.result is not result or s.query_index != query
+
+    def _badges_of(self, refresh: int, result, query: int, methods: list[str]) -> None:
+        """The badges of ``methods[0]`` into its title, then (deferred) those of the rest."""
+        if self._stale(refresh, result, query):
+            return
+        m, rest = methods[0], methods[1:]
+        try:
+            self._badges[m] = self.state.explanations.badges(m)
+        except Exception as exc:  # noqa: BLE001 - a failing check is shown, the map stays
+            self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
+        self._update_titles()
+        if rest:
+            self._defer(self._badges_of, refresh, result, query, rest)
+        else:
+            self.state.explanations.prefetch.start(query, self.state.methods[:MAX_METHODS])
 
     def _titles(self) -> list[str]:
         ep = self.state.shown()[1]
@@ -302,8 +323,10 @@ class HeatmapViewer(View):
         table = s.explanations.influence().head(k)
         self.influence_box.show([
             Card(thumbnail(s, row["sample_id"]),
-                 tooltip_of(s, row["sample_id"], f"class {row['class']}, influence {row['influence']:+.4f}"),
-                 f"<span style='font-size:85%'>{row['influence']:+.3f}</span>",
+                 # the hover text stays the same from query to query (the card's image is then not sent again)
+                 tooltip_of(s, row["sample_id"], f"class {row['class']}"),
+                 f"<span style='font-size:85%' title='influence {row['influence']:+.4f}'>"
+                 f"{row['influence']:+.3f}</span>",
                  border="#2ca02c" if row["influence"] > 0 else "#d62728")
             for _, row in table.iterrows()])
 

@@ -5,9 +5,10 @@ The stylesheet is one ``<style>`` block (``stylesheet()``) that the workbench ad
 in it is scoped to ``.fsl-workbench`` so a notebook's other outputs are left alone. Views keep their
 own class names (``fsl-heatmap-figure``, ``fsl-distance-bars``, ...); this module only arranges them.
 
-Class colours: ``class_color`` (widgets/figures.py) is the one palette. The support set, the distance
-bars, the embedding map and the workbench's class legend all take their colour from it, so a class
-has the same colour everywhere on the page.
+Class colours: ``class_color`` (widgets/figures.py) is the one palette, keyed by the class's name in
+its image set (``_base.episode_colors`` for the episode shown). The support set, the distance bars,
+the embedding map, exports and the workbench's class legend all take their colour from it, so a
+class has the same colour everywhere on the page and across episodes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import html
 
 import ipywidgets as w
 
-from .figures import class_color
-
-__all__ = ["TEACHING_SCALE", "class_color", "class_legend_html", "stylesheet"]
+__all__ = ["TEACHING_SCALE", "class_legend_html", "stylesheet"]
 
 #: how much larger the base font is in teaching mode (a projector at the back of a room)
 TEACHING_SCALE = 1.4
@@ -111,9 +110,10 @@ def style_widget() -> w.HTML:
     return sheet
 
 
-def class_legend_html(classes: list[str] | tuple[str, ...]) -> str:
-    """One chip per class in its colour (the same colour as in the support set, bars and map)."""
-    chips = "".join(f"<span class='fsl-class-chip' style='background:{class_color(i)}' "
+def class_legend_html(classes: list[str] | tuple[str, ...], colors: list[str] | tuple[str, ...]) -> str:
+    """One chip per class in its colour (``colors``, one per class: the episode's colours by class
+    name, ``_base.episode_colors``, the same as in the support set, bars and map)."""
+    chips = "".join(f"<span class='fsl-class-chip' style='background:{color}' "
                     f"title='class {html.escape(c, quote=True)}'>{html.escape(c)}</span>"
-                    for i, c in enumerate(classes))
+                    for c, color in zip(classes, colors, strict=True))
     return f"<span class='fsl-class-legend'>classes: {chips}</span>" if chips else ""

@@ -8,8 +8,7 @@ import html
 import ipywidgets as w
 import numpy as np
 
-from ._base import Card, CardRow, View, thumbnail, tooltip_of
-from .figures import class_color
+from ._base import Card, CardRow, View, episode_colors, thumbnail, tooltip_of
 
 ANY = "(any)"
 # metadata columns that make no sense as pool filters
@@ -167,6 +166,7 @@ class SupportSetView(View):
             pick = self.guard(lambda p: self.select(None if p == self.selected_position else p))
             self._class_rows.append(w.HBox([w.HTML(), CardRow(on_pick=pick, button_width="70px")]))
         true_names = np.asarray(images.class_names)[images.labels[images.indices_of(list(ep.support_ids))]]
+        colors = episode_colors(s)
         for c, name in enumerate(ep.classes):
             cards = []
             for pos, (sid, lab) in enumerate(zip(ep.support_ids, ep.support_labels, strict=True)):
@@ -179,7 +179,7 @@ class SupportSetView(View):
                                   button_style="warning" if chosen else "", button_tooltip=f"support #{pos}: {sid}",
                                   payload=pos))
             label, row = self._class_rows[c].children
-            label.value = (f"<div style='width:110px;color:{class_color(c)};font-weight:bold'>{html.escape(name)}"
+            label.value = (f"<div style='width:110px;color:{colors[c]};font-weight:bold'>{html.escape(name)}"
                            f"<br><span style='color:#666;font-weight:normal'>{len(cards)} image(s)</span></div>")
             row.show(cards)
         self.classes_box.children = self._class_rows[:ep.n_way]

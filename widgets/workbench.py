@@ -13,6 +13,7 @@ import html
 
 import ipywidgets as w
 
+from ._base import episode_colors
 from .dataset_model import DatasetModelPicker
 from .distances import DistanceView
 from .export import ExportView
@@ -127,7 +128,7 @@ class Workbench(w.VBox):
     def _on_episode(self, change=None) -> None:
         """The legend: each class of the episode in its colour (the colour it has in every view)."""
         ep = self.state.episode
-        text = class_legend_html(list(ep.classes)) if ep is not None else ""
+        text = class_legend_html(list(ep.classes), episode_colors(self.state)) if ep is not None else ""
         if self.legend.value != text:
             self.legend.value = text
 

@@ -180,7 +180,7 @@ def test_workbench_composition_and_teaching_switch():
     colours of the figures, teaching mode from the argument and from the switch."""
     from fsl_xai.data.synthetic import make_synthetic
     from fsl_xai.testing import tiny_model
-    from widgets.figures import class_color
+    from widgets._base import episode_colors
     from widgets.layout import stylesheet
     from widgets.state import WorkbenchState
     from widgets.workbench import Workbench
@@ -198,10 +198,13 @@ def test_workbench_composition_and_teaching_switch():
     decision = bench.children[2].children[1].children[0]
     assert list(decision.children) == [bench.heatmaps, bench.distances]
     assert bench.tabs.titles[0] == "dataset and model" and bench.tabs.children[0] is bench.picker
-    for i, name in enumerate(state.episode.classes):
-        assert f"background:{class_color(i)}' title='class {name}'>{name}</span>" in bench.legend.value
+    colors = dict(zip(state.episode.classes, episode_colors(state), strict=True))
+    for name, color in colors.items():
+        assert f"background:{color}' title='class {name}'>{name}</span>" in bench.legend.value
     state.resample(5)
-    assert all(name in bench.legend.value for name in state.episode.classes)
+    for name, color in zip(state.episode.classes, episode_colors(state), strict=True):
+        assert f"background:{color}' title='class {name}'>{name}</span>" in bench.legend.value
+        assert colors.get(name, color) == color  # a class keeps its colour across episodes
     # teaching mode is at least 1.3x the base font
     sizes = [int(x) for x in re.findall(r"--fsl-font: (\d+)px", stylesheet())]
     assert len(sizes) == 2 and sizes[1] >= 1.3 * sizes[0]

@@ -3,9 +3,12 @@ never confirms a redraw."""
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 
 from widgets._base import FigureSlot
+from widgets._figurewidget import FigureWidget
+from widgets.figures import map_values
 
 
 def _bars(values, title=None, annotate=False):
@@ -27,9 +30,10 @@ def test_redraws_replace_traces_and_layout_in_the_same_widget():
     assert list(first.data[0].y) == [5, 6] and list(first.data[1].y) == [7]
     # layout keys the new figure does not set are cleared, not left over from the old one
     assert first.layout.title.text is None and len(first.layout.annotations) == 0
-    # the synced initial state follows the redraws (a front-end connecting later starts from it)
-    assert [t["type"] for t in first._widget_data] == ["scatter", "scatter"]
-    assert not first._widget_layout.get("annotations")
+    # a front-end connecting later asks for the widget's state: it gets the figure as redrawn
+    state = first.get_state()
+    assert [t["type"] for t in state["_widget_data"]] == ["scatter", "scatter"]
+    assert list(state["_widget_data"][0]["y"]) == [5, 6] and not state["_widget_layout"].get("annotations")
     assert seen == [first, first]
 
 
@@ -56,3 +60,51 @@ def test_a_confirmed_or_superseded_redraw_is_left_alone():
     fig._layout_edit_in_process = False  # what plotly sets when the front-end confirms
     slot._check_ack(fig, fig._last_layout_edit_id)
     assert slot.figure is fig and slot.rebuilds == 0
+
+
+def _messages(fw, monkeypatch) -> list[dict]:
+    sent: list[dict] = []
+    real = fw._send
+
+    def spy(msg, buffers=None):
+        sent.append(msg)
+        return real(msg, buffers)
+
+    monkeypatch.setattr(fw, "_send", spy)
+    return sent
+
+
+def test_a_figure_with_the_same_traces_is_updated_by_its_differences_in_one_message(monkeypatch):
+    from widgets.figures import heatmap_figure
+
+    rng = np.random.default_rng(0)
+    image, maps = rng.uniform(size=(3, 16, 16)), [rng.uniform(-1, 1, (16, 16)) for _ in range(2)]
+    slot = FigureSlot(heatmap_figure(image, maps, ["a", "b"], compact=True))
+    fw = slot.figure
+    sent = _messages(fw, monkeypatch)
+    new_maps = [rng.uniform(-1, 1, (16, 16)) for _ in range(2)]
+    slot.show(heatmap_figure(image, new_maps, ["a", "b changed"], compact=True))
+    states = [msg.get("state", {}) for msg in sent]
+    keys = {k for st in states for k in st}
+    # no delete/add of traces, no second copy of the data (plotly also sends the edit ids, and resets)
+    assert keys <= {"_py2js_update", "_last_trace_edit_id", "_last_layout_edit_id"}
+    updates = [st["_py2js_update"] for st in states if st.get("_py2js_update")]
+    assert len(updates) == 1
+    update = updates[0]
+    assert set(update["style_data"]) == {"z"}  # the same image: only the maps travel
+    assert set(update["layout_data"]) == {"annotations"} and "template" not in update["layout_data"]
+    assert [round(float(v), 2) for v in map_values(fw.data[3])[0, :3]] == \
+        [round(float(np.clip(np.round(100 * v), -100, 100)) / 100, 2) for v in new_maps[1][0, :3]]
+    assert fw.layout.annotations[1].text == "b changed"
+    # a front end connecting now starts from the redrawn figure
+    state = fw.get_state()
+    assert np.array_equal(state["_widget_data"][3]["z"], fw.data[3].z)
+    assert [a["text"] for a in state["_widget_layout"]["annotations"]] == ["a", "b changed"]
+
+
+def test_the_figure_replies_of_the_front_end_are_not_echoed():
+    fw = FigureWidget(go.Figure(go.Bar(y=[1])))
+    assert not fw.trait_metadata("_js2py_layoutDelta", "echo_update", True)
+    assert not fw.trait_metadata("_js2py_pointsCallback", "echo_update", True)
+    assert fw.trait_metadata("_py2js_update", "echo_update", True)
+    assert go.FigureWidget().trait_metadata("_js2py_layoutDelta", "echo_update", True)  # plotly's own: unchanged

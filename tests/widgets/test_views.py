@@ -13,6 +13,7 @@ from widgets.dataset_model import DatasetModelPicker
 from widgets.distances import DistanceView
 from widgets.export import ExportView
 from widgets.failures import FailureExplorer
+from widgets.figures import map_values
 from widgets.heatmap import HeatmapViewer
 from widgets.queries import QueryGallery
 from widgets.subgroups import SubgroupDashboard
@@ -34,7 +35,7 @@ def test_query_click_drives_heatmap_and_distances(bench):
     bench.queries.buttons[4].click()
     assert s.query_index == 4
     heat = _trace(bench.heatmaps.figure, "attribution")
-    np.testing.assert_allclose(np.asarray(heat.z), s.explanations.attribution("saliency", 4).normalized[0], atol=5e-4)
+    np.testing.assert_allclose(map_values(heat), s.explanations.attribution("saliency", 4).normalized[0], atol=5e-3)
     bars = bench.distances.bars.data[0]
     np.testing.assert_allclose(np.asarray(bars.y, dtype=float), s.result.distances[4])
     sel = _trace(bench.distances.map, "selected")
@@ -324,3 +325,32 @@ def test_failure_explorer_progress_bar_follows_the_evaluation(bench):
     # the bar moved through the episodes as they were scored, not only at the end
     assert seen[-1] == 8 and len([v for v in seen if 0 < v < 8]) >= 3
     assert seen == sorted(seen)
+
+
+def test_a_class_keeps_its_colour_in_every_view_whatever_episode_shows_it(bench):
+    from widgets.export import state_figures
+    from widgets.figures import class_color
+
+    s = bench.state
+    names = list(s.loaded()[0].class_names)
+
+    def colours() -> dict[str, str]:
+        ep = s.episode
+        bars = bench.distances.bars.data[0]
+        stars = _trace(bench.distances.map, "prototypes")
+        by_bars = {c: col for c, col in zip(ep.classes, bars.marker.color, strict=True)}
+        assert by_bars == {c: col for c, col in zip(ep.classes, stars.marker.color, strict=True)}
+        for c, (label, _) in zip(ep.classes, (row.children for row in bench.support.classes_box.children),
+                                 strict=True):
+            assert f"color:{by_bars[c]};" in label.value
+        exported = state_figures(s)["distances"].data[0].marker.color
+        assert list(exported) == [by_bars[c] for c in ep.classes]
+        return by_bars
+
+    seen: dict[str, str] = {}
+    for seed in range(4):  # episodes draw the classes in other orders and subsets
+        s.resample(seed)
+        for c, col in colours().items():
+            assert col == class_color(c, names) == class_color(names.index(c))
+            assert seen.setdefault(c, col) == col
+    assert len(set(seen.values())) == len(seen)  # distinct classes, distinct colours
