@@ -10,13 +10,21 @@ Measures:
     inside the page, p50 / p95 over every click of the 20 raters answering at once; target p95 <= 300 ms;
   - memory (RSS and USS) of each rater kernel, of Voila and of the serving process (the gate).
 
+Raters are different machines: their pages are spread over several Chromium processes
+(--per-browser raters each, one context per rater), not one browser whose renderers would share
+one process's limits. All of them still run on this machine's cores, so the CPU seconds the
+browsers and the server used while the pages opened are printed apart: on 2 shared cores the
+browsers' share is work a real class does on its own machines. --preheat N serves with Voila's
+preheat pool of N kernels (serve_rater_app's ``preheat``), each started and run up to the rater's
+token before any page is asked for.
+
 The peer, measured in the same run on the same machine and browser: a bare ipywidgets page (one
 button and one label, the same Voila template) served by plain Voila, 20 pages at once, a click ->
 label round trip, and its kernels' memory: the floor any Voila app pays. Ratios are printed
 against it. Every answer is checked in the store afterwards (stored once each), and any request
 the pages make off this machine is blocked and counted (it must be 0).
 
-Usage: python benchmarks/bench_rater_app.py [--raters 20] [--cases 6]
+Usage: python benchmarks/bench_rater_app.py [--raters 20] [--cases 6] [--per-browser 4] [--preheat 0]
 """
 
 from __future__ import annotations
@@ -52,6 +60,15 @@ from fsl_xai.study.serve import IOPUB_TIMEOUT_S, KERNEL_START_S  # noqa: E402
 from fsl_xai.study.store import ResponseStore  # noqa: E402
 
 TIMEOUT_MS = 120_000
+SERVE_PREHEATED = """
+import sys
+from fsl_xai.study.cli import RATER_NOTEBOOK, _store_path, _study_file
+from fsl_xai.study.serve import serve_rater_app
+folder, port, max_kernels, preheat = sys.argv[1:]
+db = _store_path(folder)
+sys.exit(serve_rater_app(db, _study_file(db.parent), RATER_NOTEBOOK, port=int(port), max_kernels=int(max_kernels),
+                         preheat=int(preheat)))
+"""
 BARE_NOTEBOOK = {
     "cells": [{"cell_type": "code", "execution_count": None, "id": "bare", "metadata": {}, "outputs": [],
                "source": ["import ipywidgets as W\n", "button, label = W.Button(description='Click'), W.Label('0')\n",
@@ -148,6 +165,55 @@ def memory_mib(processes: list[psutil.Process]) -> tuple[float, float]:
     return (statistics.median(rss), statistics.median(uss)) if rss else (float("nan"), float("nan"))
 
 
+def cpu_s(processes: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds (user + system) each process has used so far, by pid."""
+    out = {}
+    for p in processes:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        out[p.pid] = t.user + t.system
+    return out
+
+
+def tree(root: int) -> list[psutil.Process]:
+    """A process and its descendants alive now."""
+    try:
+        top = psutil.Process(root)
+        return [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def browsers_of_this_run() -> list[psutil.Process]:
+    """The Chromium processes this benchmark started (through Playwright's driver)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name().lower():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def used_since(before: dict[int, float], processes: list[psutil.Process]) -> float:
+    """CPU seconds used since ``before`` by ``processes`` (those started since count in full)."""
+    return sum(now - before.get(pid, 0.0) for pid, now in cpu_s(processes).items())
+
+
+def settle(proc: subprocess.Popen, kernels_at_least: int = 0, timeout: float = 180) -> None:
+    """Wait until the server has its preheated kernels and is idle (under 0.1 CPU seconds in a
+    second, its kernels included), so a timed phase does not share the cores with its start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_s(tree(proc.pid))
+        time.sleep(1.0)
+        if len(kernels(proc)) >= kernels_at_least and used_since(before, tree(proc.pid)) < 0.1:
+            return
+
+
 def make_study(folder: Path, n_raters: int, n_cases: int) -> tuple[Path, list[str]]:
     save_checkpoint(folder / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 3, 64)))
     study = {"study_id": "bench-rater-app", "dataset": {"name": "pbc-blood-64", "split": "test"},
@@ -162,6 +228,13 @@ def make_study(folder: Path, n_raters: int, n_cases: int) -> tuple[Path, list[st
     return db, [token for _, token in add_raters(db, n_raters)]
 
 
+def kernel_id_in(page: str) -> str:
+    found = re.search(r'"kernelId": "([0-9a-f-]{36})"', page)
+    if found is None:
+        raise RuntimeError(f"no kernel id in the page: {page[-500:]!r}")
+    return found.group(1)
+
+
 def raw_page_loads(port: int, tokens: list[str]) -> tuple[float, list[tuple[str, str]]]:
     """The server's part: every page loaded at once as raw HTTP; seconds until the last is complete,
     and (kernel id, cookie) of each, to shut the kernels down afterwards."""
@@ -171,7 +244,7 @@ def raw_page_loads(port: int, tokens: list[str]) -> tuple[float, list[tuple[str,
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=600) as response:
             body = response.read().decode()
             cookie = response.headers.get_all("Set-Cookie")[0].split(";")[0]
-        out.append((re.search(r'"kernelId": "([0-9a-f-]{36})"', body).group(1), cookie))
+        out.append((kernel_id_in(body), cookie))
 
     threads = [threading.Thread(target=load, args=(t,)) for t in tokens]
     start = time.perf_counter()
@@ -221,12 +294,19 @@ def shut_down(port: int, pages: list[tuple[str, str]]) -> None:
             pass
 
 
-async def open_pages(browser, urls: list[str], ready: str, outside: list[str]):
-    """Open every URL at once, each in its own context; (seconds until the last ready page was
-    ready, first-byte seconds, the ready pages, every context, what the pages not ready show)."""
-    contexts = [await browser.new_context(viewport={"width": 1280, "height": 900}) for _ in urls]
+async def open_pages(browsers: list, urls: list[str], ready: str, outside: list[str]):
+    """Open every URL at once, each in its own context, page i in browser i mod len(browsers) (each
+    browser a process of its own, as raters' machines are); (seconds until each page was ready,
+    None for a page not ready, first-byte seconds, the ready pages, every context, what the pages
+    not ready show)."""
+    contexts = [await browsers[i % len(browsers)].new_context(viewport={"width": 1280, "height": 900})
+                for i in range(len(urls))]
+    async def block(route, request) -> None:
+        outside.append(request.url)
+        await route.abort()
+
     for context in contexts:
-        await context.route(OUTSIDE, lambda route, request: (outside.append(request.url), route.abort())[1])
+        await context.route(OUTSIDE, block)
     pages = [await c.new_page() for c in contexts]
     start = time.perf_counter()
 
@@ -240,8 +320,7 @@ async def open_pages(browser, urls: list[str], ready: str, outside: list[str]):
         return first_byte, time.perf_counter() - start, ""
 
     results = await asyncio.gather(*(one(p, u) for p, u in zip(pages, urls, strict=True)))
-    ready_at = [r[1] for r in results if r[1] is not None]
-    return (max(ready_at) if ready_at else float("nan"), [r[0] for r in results],
+    return ([r[1] for r in results], [r[0] for r in results],
             [p for p, r in zip(pages, results, strict=True) if r[1] is not None], contexts,
             [r[2][:200] for r in results if r[1] is None])
 
@@ -268,36 +347,57 @@ async def clicker(page, n_clicks: int, seed: int) -> list[float]:
     return times
 
 
-async def browse(args, rater_urls: list[str], bare_urls: list[str], serve, voila) -> dict:
+async def browse(args, rater_urls: list[str], bare_urls: list[str], serve: subprocess.Popen,
+                 voila: subprocess.Popen) -> dict:
     from playwright.async_api import async_playwright
 
     outside: list[str] = []
     out: dict = {}
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        n_browsers = max(1, -(-args.raters // args.per_browser))
+        browsers = list(await asyncio.gather(*(
+            pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            for _ in range(n_browsers))))
+        out["browsers"] = n_browsers
         try:
-            # warm the browser's caches with one page of each (not timed), as a rater's second visit would
+            # warm each browser (its code cache) with one page of each, not timed
             for urls, ready in ((bare_urls[:1], "^Click$"), (rater_urls[:1], "^Case 1 of")):
-                _, _, pages, contexts, _ = await open_pages(browser, urls, ready, outside)
-                for c in contexts:
-                    await c.close()
+                for browser in browsers:
+                    _, _, pages, contexts, _ = await open_pages([browser], urls, ready, outside)
+                    for c in contexts:
+                        await c.close()
             for kind, urls, ready in (("bare", bare_urls[1:], "^Click$"),
                                       ("rater", rater_urls[1:], f"^Case 1 of {args.cases}$")):
-                ready_s, first_bytes, pages, contexts, stuck = await open_pages(browser, urls, ready, outside)
-                out[f"{kind}_ready_s"], out[f"{kind}_first_byte_s"] = ready_s, first_bytes
+                server = serve if kind == "rater" else voila
+                settle(server, args.preheat if kind == "rater" else 0)  # the pool refilled after the warm-up
+                cpu_before = cpu_s(tree(server.pid)), cpu_s(browsers_of_this_run())
+                ready_at, first_bytes, pages, contexts, stuck = await open_pages(browsers, urls, ready, outside)
+                # where the CPU went while the pages opened: the server (gate, Voila, kernels) or the browsers
+                out[f"{kind}_open_cpu_s"] = (used_since(cpu_before[0], tree(server.pid)),
+                                             used_since(cpu_before[1], browsers_of_this_run()))
+                done = [t for t in ready_at if t is not None]
+                out[f"{kind}_ready_s"] = max(done) if done else float("nan")
+                out[f"{kind}_ready_each_s"], out[f"{kind}_first_byte_s"] = done, first_bytes
                 out[f"{kind}_not_ready"] = stuck
+                cpu_before = cpu_s(tree(server.pid)), cpu_s(browsers_of_this_run())
                 if kind == "bare":
-                    per_page = await asyncio.gather(*(clicker(p, args.cases, i) for i, p in enumerate(pages)))
+                    per_page = await asyncio.gather(*(clicker(p, args.cases, i) for i, p in enumerate(pages)),
+                                                    return_exceptions=True)
                     out["bare_memory"] = memory_mib(kernels(voila))
                 else:
-                    per_page = await asyncio.gather(*(rater(p, args.cases, i) for i, p in enumerate(pages)))
+                    per_page = await asyncio.gather(*(rater(p, args.cases, i) for i, p in enumerate(pages)),
+                                                    return_exceptions=True)
                     out["rater_memory"] = memory_mib(kernels(serve))
                     out["rater_kernels"] = len(kernels(serve))
-                out[f"{kind}_click_ms"] = [t for times in per_page for t in times]
+                out[f"{kind}_click_ms"] = [t for times in per_page if isinstance(times, list) for t in times]
+                out[f"{kind}_click_cpu_s"] = (used_since(cpu_before[0], tree(server.pid)),
+                                              used_since(cpu_before[1], browsers_of_this_run()))
+                out[f"{kind}_failed"] = [str(e).splitlines()[0][:160] for e in per_page if isinstance(e, BaseException)]
                 for c in contexts:
                     await c.close()
         finally:
-            await browser.close()
+            for browser in browsers:
+                await browser.close()
     out["outside"] = outside
     return out
 
@@ -306,15 +406,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raters", type=int, default=20)
     parser.add_argument("--cases", type=int, default=6, help="cases per rater (clicks per page)")
+    parser.add_argument("--per-browser", type=int, default=4,
+                        help="raters per Chromium process (each rater in a context of its own); "
+                             "--per-browser 20 puts the class in one browser")
+    parser.add_argument("--preheat", type=int, default=0,
+                        help="kernels Voila starts ahead for the rater app (serve_rater_app's preheat)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         db, tokens = make_study(work, args.raters + 1, args.cases)  # one more rater warms the browser
         (work / "bare.ipynb").write_text(json.dumps(BARE_NOTEBOOK))
         serve_port, voila_port = free_port(), free_port()
         env = environment(work / "home")
-        serve = subprocess.Popen([sys.executable, "-m", "fsl_xai.cli", "study", "serve", str(db.parent),
-                                  "--port", str(serve_port), "--max-kernels", str(3 * args.raters)],
+        if args.preheat:  # `study serve` with Voila's preheat pool (serve_rater_app's ``preheat``)
+            command = [sys.executable, "-c", SERVE_PREHEATED, str(db.parent), str(serve_port), str(3 * args.raters),
+                       str(args.preheat)]
+        else:
+            command = [sys.executable, "-m", "fsl_xai.cli", "study", "serve", str(db.parent),
+                       "--port", str(serve_port), "--max-kernels", str(3 * args.raters)]
+        serve = subprocess.Popen(command,
                                  cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=open(work / "serve.log", "wb"), start_new_session=True)
         voila = subprocess.Popen([sys.executable, "-m", "voila", str(work / "bare.ipynb"), "--no-browser",
@@ -328,14 +439,17 @@ def main() -> int:
         try:
             wait_listening(serve_port, serve)
             wait_listening(voila_port, voila)
+            settle(serve, args.preheat)
             server_s, pages = raw_page_loads(serve_port, tokens[1:])
-            # the gate's own cost: the same kernel's round trip through the gate and straight to Voila
-            (inner,) = [p for p in psutil.Process(serve.pid).children() if "voila" in " ".join(p.cmdline())]
-            internal = int(next(a for a in inner.cmdline() if a.startswith("--port=")).split("=")[1])
+            # the gate's own cost: a kernel's round trip through the gate, and one of the peer's kernels
+            # straight from plain Voila (the gate's Voila answers only the gate: its port needs a secret)
             kernel_id, cookie = pages[0]
-            path = f"/api/kernels/{kernel_id}/channels?session_id=bench"
-            via_gate = kernel_info_ms(f"ws://127.0.0.1:{serve_port}{path}", cookie, 100)
-            direct = kernel_info_ms(f"ws://127.0.0.1:{internal}{path}", None, 100)
+            via_gate = kernel_info_ms(f"ws://127.0.0.1:{serve_port}/api/kernels/{kernel_id}/channels?session_id=bench",
+                                      cookie, 100)
+            with urllib.request.urlopen(f"http://127.0.0.1:{voila_port}/", timeout=600) as response:
+                bare_kernel = kernel_id_in(response.read().decode())
+            direct = kernel_info_ms(f"ws://127.0.0.1:{voila_port}/api/kernels/{bare_kernel}/channels?session_id=bench",
+                                    None, 100)
             shut_down(serve_port, pages)
             deadline = time.monotonic() + 60
             while kernels(serve) and time.monotonic() < deadline:
@@ -366,6 +480,8 @@ def main() -> int:
         return float(np.percentile(values, q)) if values else float("nan")
 
     for kind in ("rater", "bare"):
+        if found[f"{kind}_failed"]:
+            print(f"{kind} pages that stopped answering: {len(found[kind + '_failed'])} {found[kind + '_failed']}")
         if found[f"{kind}_not_ready"]:
             print(f"{kind} pages not ready after {TIMEOUT_MS / 1000:.0f} s: {len(found[kind + '_not_ready'])} "
                   f"(showing {sorted(set(found[kind + '_not_ready']))})")
@@ -374,8 +490,9 @@ def main() -> int:
     rss, uss = found["rater_memory"]
     bare_rss, bare_uss = found["bare_memory"]
     load = os.getloadavg()
-    print(f"rater app, {args.raters} raters x {args.cases} cases, {os.cpu_count()} cores "
-          f"(load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
+    print(f"rater app, {args.raters} raters x {args.cases} cases, {os.cpu_count()} cores, {found['browsers']} "
+          f"Chromium processes (load average before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
+          f"after {load[0]:.1f} {load[1]:.1f} {load[2]:.1f})")
     print(f"{'measure':68s} {'rater app':>12s} {'bare peer':>12s} {'ratio':>7s} {'target':>10s}")
     rows_out = [
         (f"{args.raters} pages opened at once -> all ready (s)", found["rater_ready_s"], found["bare_ready_s"],
@@ -385,7 +502,7 @@ def main() -> int:
         (f"  server only: {args.raters} raw page loads at once (s)", server_s, float("nan"), ""),
         ("click -> confirmed p50 (ms)", pct(rater_ms, 50), pct(bare_ms, 50), ""),
         ("click -> confirmed p95 (ms)", pct(rater_ms, 95), pct(bare_ms, 95), "<= 300"),
-        ("kernel_info round trip via the gate vs straight to Voila, p50 (ms)", pct(via_gate, 50), pct(direct, 50),
+        ("kernel_info round trip via the gate vs straight to plain Voila, p50 (ms)", pct(via_gate, 50), pct(direct, 50),
          ""),
         ("memory per kernel, RSS median (MiB)", rss, bare_rss, ""),
         ("memory per kernel, USS median (MiB)", uss, bare_uss, ""),
@@ -393,12 +510,21 @@ def main() -> int:
     for name, ours, peer, target in rows_out:
         ratio = f"{ours / peer:6.2f}x" if peer == peer and peer else "      -"
         print(f"{name:68s} {ours:12.2f} {peer:12.2f} {ratio:>7s} {target:>10s}")
+    for kind in ("rater", "bare"):
+        server_cpu, browser_cpu = found[f"{kind}_open_cpu_s"]
+        print(f"{kind}: CPU seconds used while the pages opened: server {server_cpu:.1f}, browsers {browser_cpu:.1f}")
+        clicks = max(1, len(found[f"{kind}_click_ms"]))
+        server_cpu, browser_cpu = found[f"{kind}_click_cpu_s"]
+        print(f"{kind}: CPU milliseconds per click while answering: server {1000 * server_cpu / clicks:.0f}, "
+              f"browsers {1000 * browser_cpu / clicks:.0f}")
+        print(f"{kind} pages ready at (s): " + " ".join(f"{t:.1f}" for t in sorted(found[f"{kind}_ready_each_s"])))
     print(f"clicks timed: {len(rater_ms)} (rater), {len(bare_ms)} (peer); rater kernels while answering: "
           f"{found['rater_kernels']}; Voila RSS {voila_mib:.0f} MiB; gate (serve process) RSS {serve_rss:.0f} MiB")
     stored = len(rows) - len(warmup)
     print(f"answers stored: {stored} of {expected} expected, {len(keys)} distinct of {len(rows)} rows; "
           f"requests off this machine: {len(found['outside'])}")
     ok = (stored == expected and len(keys) == len(rows) and not found["outside"] and not found["rater_not_ready"]
+          and not found["rater_failed"]
           and found["rater_ready_s"] <= 10 and pct(rater_ms, 95) <= 300)
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1

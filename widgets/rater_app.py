@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -37,13 +38,48 @@ from fsl_xai.study.store import AccessDenied, AlreadyAnswered, ResponseStore, St
 
 STUDY_DB_ENV = "FSL_XAI_STUDY_DB"
 STUDY_FILE_ENV = "FSL_XAI_STUDY_FILE"
+#: behind the gate: the private folder where the gate hands each kernel its rater's token
+HANDOFF_ENV = "FSL_XAI_STUDY_HANDOFF"
+#: how long a kernel started for a page waits for its token (the gate writes it as the page starts)
+HANDOFF_WAIT_S = 60.0
+#: how often a waiting kernel looks for its token: often for a kernel started for a page (the token
+#: comes within moments), less often once it has waited a while (a preheated kernel may wait for
+#: hours; at 10 ms a pool of 20 would keep a seventh of a core busy)
+HANDOFF_POLL_S, HANDOFF_IDLE_POLL_S, HANDOFF_BRISK_S = 0.01, 0.05, 2.0
 
 
 def token_from_environment() -> str | None:
-    """The ``token`` query parameter of the page (Voila passes the query string to the kernel)."""
-    query = os.environ.get("QUERY_STRING", "")
-    values = parse_qs(query).get("token")
-    return values[0] if values else None
+    """The rater's token.
+
+    Behind the gate (``fsl-xai study serve``, which sets ``FSL_XAI_STUDY_HANDOFF``) the page's URL
+    reaches Voila without the token: the gate checks it, binds the kernel to the page, and hands
+    it to this kernel as a file named after the kernel's id in a folder only this user can read;
+    the kernel reads and deletes it. A preheated kernel (started ahead into Voila's pool, before any
+    rater asked for a page) waits for it as long as it takes; a kernel started for a page waits up
+    to HANDOFF_WAIT_S (None after that: the page shows the refusal). Without the gate (Voila run
+    by hand): the ``token`` query parameter of the page, which Voila passes to the kernel.
+    """
+    folder = os.environ.get(HANDOFF_ENV)
+    if not folder:
+        values = parse_qs(os.environ.get("QUERY_STRING", "")).get("token")
+        return values[0] if values else None
+    kernel_id = os.environ.get("VOILA_KERNEL_ID", "")
+    if not kernel_id or os.sep in kernel_id or kernel_id.startswith("."):
+        return None
+    path = Path(folder) / kernel_id
+    start = time.monotonic()
+    deadline = None if os.environ.get("VOILA_PREHEAT") == "True" else start + HANDOFF_WAIT_S
+    while True:
+        try:
+            token = path.read_text()
+        except FileNotFoundError:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                return None
+            time.sleep(HANDOFF_POLL_S if now - start < HANDOFF_BRISK_S else HANDOFF_IDLE_POLL_S)
+            continue
+        path.unlink(missing_ok=True)
+        return token.strip() or None
 
 
 def _png(data_b64: str | None) -> bytes:
@@ -404,7 +440,8 @@ class InstructorDashboard(W.VBox):
 
 
 def app_from_environment() -> W.Widget:
-    """Build the app the way Voila serves it: study from the environment, token from the URL."""
+    """Build the app the way Voila serves it: study from the environment, then the rater's token
+    (:func:`token_from_environment`; a preheated kernel has opened the study before it waits)."""
     db, study_file = os.environ.get(STUDY_DB_ENV), os.environ.get(STUDY_FILE_ENV)
     if not db or not study_file or not Path(db).exists():
         return W.HTML("<h3>No study is being served</h3><p>Start one with <code>fsl-xai study serve STUDY</code>.</p>")

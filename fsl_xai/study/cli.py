@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         target = frozen
     db = _store_path(str(target))
     return serve_rater_app(db, _study_file(db.parent), RATER_NOTEBOOK, host=args.host, port=args.port,
-                           max_kernels=args.max_kernels, cull_idle_s=args.cull_idle_s)
+                           max_kernels=args.max_kernels, cull_idle_s=args.cull_idle_s, preheat=args.preheat)
 
 
 @_one_line_errors
@@ -129,6 +129,10 @@ def register(subparsers) -> None:
                    help="rater pages open at once (each has a kernel); beyond it: 'too many open sessions'")
     p.add_argument("--cull-idle-s", type=float, default=900.0,
                    help="shut a kernel down after this many idle seconds without a connected page")
+    p.add_argument("--preheat", type=int, default=0, metavar="N",
+                   help="keep N kernels started ahead with the rater app loaded up to the rater's token, so a page "
+                        "opens without starting a kernel (e.g. the size of a class: --preheat 20); each ~66 MiB on "
+                        "top of --max-kernels")
     p.set_defaults(func=_serve)
     p = sub.add_parser("export", help="export answers (CSV and Parquet) with the study file and provenance")
     p.add_argument("folder")

@@ -18,8 +18,19 @@ process, on the address raters use. The gate:
   every frame a page sends (the part count and the offsets) and closes a socket on a malformed
   one: Voila 0.5.13 reads a frame's first 8 bytes as the part count and builds a list that long,
   so a legacy-layout frame never reaches it;
+- keeps the rater's token away from Voila: the page request goes on without it, and once the page
+  names its kernel the gate hands the token to that kernel as a file named after the kernel in a
+  folder only this user can read (``FSL_XAI_STUDY_HANDOFF``; ``widgets.rater_app`` reads and
+  deletes it). So the token is in no URL that Voila logs or passes on: in particular not to Voila's
+  ``/voila/query`` websocket, which a preheated kernel (``--preheat``) would otherwise be told the
+  query string through, unauthenticated, by kernel id;
 - forwards only what a rater page needs: the page itself, Voila's static files, and the kernel
-  URLs above. Everything else is a 404 from the gate.
+  URLs above. Everything else is a 404 from the gate;
+- is the only client Voila serves: Voila listens on 127.0.0.1, where any user of the machine can
+  connect, so it runs with :class:`GateIdentityProvider`, which lets in only requests carrying a
+  random secret that ``serve`` made for this run and handed to Voila in a private file (never on a
+  command line, which every local user can read). The gate adds the secret to what it forwards;
+  a direct request to Voila's port without it gets no page, no kernel and no kernel URL.
 
 Why a front server rather than Voila's prelaunch hook or a Jupyter server extension: the hook
 sees only the page request, not the kernel websockets, so it can refuse a token but neither bind
@@ -35,6 +46,7 @@ and the thread that serves them are in :mod:`fsl_xai.study.gate_server`.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +58,18 @@ try:  # tornado comes with Voila (the ui extra)
 except ImportError as exc:  # pragma: no cover - Voila, checked before, brings tornado
     raise ImportError("the rater gate needs tornado, installed with Voila: pip install 'fsl-xai[ui]'") from exc
 
+try:  # jupyter_server comes with Voila; the identity provider below runs inside Voila's process
+    from jupyter_server.auth.identity import IdentityProvider
+except ImportError as exc:  # pragma: no cover - Voila, checked before, brings jupyter_server
+    raise ImportError("the rater gate needs jupyter_server, installed with Voila: pip install 'fsl-xai[ui]'"
+                      ) from exc
+
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+#: the file (its path in this variable of Voila's environment) that holds the secret the gate adds
+#: to every request it forwards; Voila's identity provider reads it once and deletes it
+GATE_SECRET_FILE_ENV = "FSL_XAI_GATE_SECRET_FILE"
+#: the header that carries the secret from the gate to Voila
+GATE_SECRET_HEADER = "X-Fsl-Xai-Gate"
 BROWSER_COOKIE = "fsl_browser"
 KERNEL_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 #: frame parts a page may send: channel, header, parent header, metadata, content, buffers; the end offset
@@ -106,6 +129,51 @@ class KernelRegistry:
         self.bindings.pop(kernel_id, None)
 
 
+class GateIdentityProvider(IdentityProvider):
+    """Voila's identity provider behind the gate: a request is let in only when it carries the
+    gate's secret in the ``X-Fsl-Xai-Gate`` header. Jupyter's other ways in are closed: a
+    ``?token=`` in the URL (the rater's study token is there, and is no credential for Voila) and
+    login cookies (none is set, none is read). Voila is started with
+    ``--Voila.identity_provider_class=fsl_xai.study.gate.GateIdentityProvider``.
+
+    The secret comes from the file named by ``FSL_XAI_GATE_SECRET_FILE``, read once and deleted;
+    without it Voila refuses to start rather than serve without a check.
+    """
+
+    def __init__(self, **kwargs):
+        path = os.environ.pop(GATE_SECRET_FILE_ENV, "")
+        try:
+            with open(path) as f:
+                secret = f.read().strip()
+            os.unlink(path)
+        except OSError as exc:
+            raise RuntimeError(f"the gate's secret cannot be read from {GATE_SECRET_FILE_ENV}={path!r} ({exc}); "
+                               "Voila is served only behind the gate") from None
+        if len(secret) < 32:
+            raise RuntimeError("the gate's secret is too short; Voila is served only behind the gate")
+        kwargs["token"] = secret
+        super().__init__(**kwargs)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return True
+
+    def get_token(self, handler) -> str | None:
+        return handler.request.headers.get(GATE_SECRET_HEADER, "")
+
+    async def get_user_token(self, handler):
+        offered = self.get_token(handler) or ""
+        if not offered or not hmac.compare_digest(offered.encode(), str(self.token).encode()):
+            return None
+        return self.generate_anonymous_user(handler)
+
+    def get_user_cookie(self, handler):
+        return None
+
+    def set_login_cookie(self, handler, user) -> None:
+        return None
+
+
 def cookie_values(request: httputil.HTTPServerRequest, name: str) -> list[str]:
     """Every value of cookie ``name`` the request carries (two cookies may share a name at two paths)."""
     values = []
@@ -141,9 +209,12 @@ class Gate:
         settings: the limits.
     """
 
-    def __init__(self, db: Path, upstream_port: int, settings: GateSettings):
+    def __init__(self, db: Path, upstream_port: int, settings: GateSettings, upstream_secret: str = "",
+                 handoff: Path | None = None):
         self.db, self.upstream = db, f"127.0.0.1:{upstream_port}"
         self.settings = settings
+        self.handoff = handoff  # where each kernel finds its rater's token (None: in the URL, as given)
+        self.upstream_secret = upstream_secret  # Voila's secret (GateIdentityProvider), added to every request
         self.kernels = KernelRegistry(settings.max_kernels)
         self._key = secrets.token_bytes(32)  # signs the browser secrets this gate issues
         self._store: ResponseStore | None = None
@@ -162,6 +233,10 @@ class Gate:
             self._store = ResponseStore(self.db, read_only=True)
         return self._store.authenticate(token).pseudonym
 
+    def upstream_headers(self) -> dict[str, str]:
+        """What the gate adds to a request it sends Voila (the secret Voila checks)."""
+        return {GATE_SECRET_HEADER: self.upstream_secret} if self.upstream_secret else {}
+
     def _signature(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), "sha256").hexdigest()[:32]
 
@@ -174,16 +249,34 @@ class Gate:
         nonce = secrets.token_urlsafe(24)
         return f"{nonce}.{self._signature(nonce)}", True
 
+    def hand_over(self, kernel_id: str, token: str) -> None:
+        """Give the kernel its rater's token: a file named after the kernel in the private hand-off
+        folder, written whole (a kernel never reads half of it)."""
+        if self.handoff is None:
+            return
+        part = self.handoff / f".{kernel_id}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        os.replace(part, self.handoff / kernel_id)
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel is gone: forget its binding and any token it did not pick up."""
+        self.kernels.forget(kernel_id)
+        if self.handoff is not None:
+            (self.handoff / kernel_id).unlink(missing_ok=True)
+
     async def prune(self) -> None:
         """Forget the kernels Voila no longer has (culled when idle, or shut down)."""
         for kernel_id in list(self.kernels.bindings):
             try:
                 response = await self.client().fetch(f"http://{self.upstream}/api/kernels/{kernel_id}",
-                                                     raise_error=False, request_timeout=10)
+                                                     headers=self.upstream_headers(), raise_error=False,
+                                                     request_timeout=10)
             except (OSError, httpclient.HTTPClientError):
                 continue  # Voila busy or stopping: ask again later
             if response.code == 404:
-                self.kernels.forget(kernel_id)
+                self.forget(kernel_id)
 
     def close(self) -> None:
         if self._store is not None:

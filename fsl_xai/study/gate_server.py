@@ -11,8 +11,9 @@ import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-from .gate import BROWSER_COOKIE, KERNEL_ID, V1_PROTOCOL, Gate, cookie_values, v1_frame_problem
+from .gate import BROWSER_COOKIE, GATE_SECRET_HEADER, KERNEL_ID, V1_PROTOCOL, Gate, cookie_values, v1_frame_problem
 from .store import AccessDenied, StudyStoreError
 
 try:  # tornado comes with Voila (the ui extra)
@@ -26,7 +27,8 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 _KERNEL_IN_PAGE = re.compile(rb'"kernelId":\s*"(' + KERNEL_ID.encode() + rb')"')
 _KERNEL_ID_TAIL = 128  # bytes kept from one chunk to the next while looking for the kernel id
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-               "transfer-encoding", "upgrade", "content-length", "host", "server", "date"}
+               "transfer-encoding", "upgrade", "content-length", "host", "server", "date",
+               GATE_SECRET_HEADER.lower(), "authorization"}
 
 
 def _page(title: str, text: str) -> str:
@@ -51,11 +53,13 @@ class _GateHandler(web.RequestHandler):
         self.finish(_page(f"Error {status_code}", "The request could not be served."))
 
     async def forward(self, on_chunk: Callable[[bytes], None] | None = None,
-                      on_end: Callable[[], None] | None = None, as_gate: bool = False) -> None:
+                      on_end: Callable[[], None] | None = None, as_gate: bool = False,
+                      uri: str | None = None) -> None:
         """Send this request to Voila and stream its answer back. ``on_chunk`` sees each piece of
         the body before it is sent on; ``on_end`` runs at the end.
         ``as_gate``: the gate vouches for the request (it checked the kernel's secret), so it goes
-        without the page's cookies or body and with an XSRF pair of the gate's own."""
+        without the page's cookies or body and with an XSRF pair of the gate's own.
+        ``uri``: what to ask Voila for, when not the request's own URI."""
         request = self.request
         headers = httputil.HTTPHeaders()
         dropped = _HOP_BY_HOP | ({"cookie", "content-type"} if as_gate else set())
@@ -65,6 +69,7 @@ class _GateHandler(web.RequestHandler):
             if value and name.lower() not in dropped:
                 headers.add(name, value)
         headers["Host"] = request.host  # Voila tells the kernel the address the rater used
+        headers.update(self.gate.upstream_headers())
         body = request.body if request.method in ("POST", "PUT", "PATCH") else None
         if as_gate:
             xsrf = secrets.token_hex(16)
@@ -82,7 +87,7 @@ class _GateHandler(web.RequestHandler):
 
         chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
         fetch = self.gate.client().fetch(httpclient.HTTPRequest(
-            f"http://{self.gate.upstream}{request.uri}", method=request.method, headers=headers,
+            f"http://{self.gate.upstream}{uri or request.uri}", method=request.method, headers=headers,
             body=body,
             allow_nonstandard_methods=True, follow_redirects=False, decompress_response=False,
             connect_timeout=20, request_timeout=600, header_callback=on_header,
@@ -125,8 +130,9 @@ class PageHandler(_GateHandler):
     """The rater page: token first, then a slot, then Voila (which starts the kernel)."""
 
     async def get(self) -> None:
+        token = self.get_query_argument("token", None)
         try:
-            rater = self.gate.rater(self.get_query_argument("token", None))
+            rater = self.gate.rater(token)
         except AccessDenied as exc:
             self.refuse(403, "Access denied", str(exc))
             return
@@ -151,14 +157,24 @@ class PageHandler(_GateHandler):
             if found is None:
                 state["tail"] = text[-_KERNEL_ID_TAIL:]
                 return
-            self.gate.kernels.bind(found.group(1).decode(), rater, secret)
+            kernel_id = found.group(1).decode()
+            self.gate.kernels.bind(kernel_id, rater, secret)
             state["bound"] = True
+            if self.gate.handoff is not None and token:
+                try:
+                    self.gate.hand_over(kernel_id, token)
+                except OSError:  # the kernel waits in vain and its page shows the refusal
+                    pass
 
         def end() -> None:
             if not state["bound"]:
                 self.gate.kernels.release()
 
-        await self.forward(on_chunk=look, on_end=end)
+        uri = None
+        if self.gate.handoff is not None:  # the token goes to the kernel by hand-off, not through Voila
+            rest = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k != "token"]
+            uri = self.request.path + (f"?{urlencode(rest)}" if rest else "")
+        await self.forward(on_chunk=look, on_end=end, uri=uri)
 
 
 class StaticHandler(_GateHandler):
@@ -181,7 +197,7 @@ class KernelHandler(_GateHandler):
         # secret, checked above, is the credential here
         await self.forward(as_gate=True)
         if self.get_status() in (200, 204):
-            self.gate.kernels.forget(kernel_id)
+            self.gate.forget(kernel_id)
 
     async def get(self, kernel_id: str) -> None:
         await self.forward()
@@ -224,7 +240,8 @@ class KernelSocket(websocket.WebSocketHandler):
     async def open(self, *args: str, **kwargs: str) -> None:
         try:
             self.upstream = await websocket.websocket_connect(
-                httpclient.HTTPRequest(f"ws://{self.gate.upstream}{self.request.uri}", connect_timeout=20),
+                httpclient.HTTPRequest(f"ws://{self.gate.upstream}{self.request.uri}", connect_timeout=20,
+                                       headers=self.gate.upstream_headers()),
                 subprotocols=[V1_PROTOCOL], max_message_size=256 * 1024 * 1024)
         except (OSError, httpclient.HTTPClientError, websocket.WebSocketError):
             self.close(1011, "the kernel is not available")

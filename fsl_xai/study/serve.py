@@ -17,7 +17,10 @@ Raters never talk to Voila directly: Voila listens on an internal port of 127.0.
 (:mod:`fsl_xai.study.gate`, in this process) on the address raters use. The gate checks the
 token before any kernel starts, caps the kernels, binds each kernel to the page that started it
 and refuses legacy or malformed kernel websockets; Voila's kernel manager culls kernels left idle
-without a page. SIGTERM / SIGINT stop the gate first (no new requests), then Voila and its kernels.
+without a page. Voila's port, open to every user of the machine, answers only requests carrying a
+secret made for this run (``gate.GateIdentityProvider``), handed to Voila in a file only this user
+can read, which Voila deletes once read. SIGTERM / SIGINT stop the gate first (no new requests),
+then Voila and its kernels.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +44,8 @@ from typing import Any
 from ..errors import FslXaiError
 from .store import ResponseStore
 
+#: the variable that tells a rater kernel where the gate hands it its token (``widgets.rater_app``)
+HANDOFF_ENV = "FSL_XAI_STUDY_HANDOFF"
 VOILA_STOP_GRACE_S = 10.0  # Voila's own shutdown asks each kernel to stop and waits for it
 KERNEL_STOP_GRACE_S = 5.0
 READY_TIMEOUT_S = 180.0
@@ -228,12 +236,19 @@ CULL_IDLE_S = 900.0
 MAX_KERNELS = 40
 IOPUB_TIMEOUT_S = 60
 KERNEL_START_S = 180
+PREHEAT_REFILL_S = 30.0
 
 
-def voila_command(notebook: Path, host: str, port: int, cull_idle_s: float = CULL_IDLE_S) -> list[str]:
+def voila_command(notebook: Path, host: str, port: int, cull_idle_s: float = CULL_IDLE_S,
+                  preheat: int = 0) -> list[str]:
     """The Voila command line for the rater notebook (the offline template, no moving to another
-    port, no sources; kernels without a connected page culled after ``cull_idle_s`` idle)."""
+    port, no sources; kernels without a connected page culled after ``cull_idle_s`` idle; with
+    ``preheat``, that many kernels started and run up to the rater's token ahead of any page)."""
     interval = max(1, min(60, int(cull_idle_s // 2)))
+    # a used kernel is replaced PREHEAT_REFILL_S later, not at once: a class opening its pages
+    # together does not have the replacements start while its own pages still load
+    pool = (["--preheat_kernel=True", f"--pool_size={preheat}", f"--VoilaKernelManager.fill_delay={PREHEAT_REFILL_S}"]
+            if preheat else [])
     return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}", f"--Voila.ip={host}",
             "--Voila.port_retries=0", "--strip_sources=True", f"--template={VOILA_TEMPLATE}",
             # its own address is internal: raters get the gate's, printed by serve_rater_app
@@ -242,7 +257,13 @@ def voila_command(notebook: Path, host: str, port: int, cull_idle_s: float = CUL
             # app) instead of rendering a page without it after nbclient's default 4 s
             f"--VoilaExecutor.iopub_timeout={IOPUB_TIMEOUT_S}", f"--VoilaExecutor.startup_timeout={KERNEL_START_S}",
             f"--MappingKernelManager.cull_idle_timeout={max(1, int(cull_idle_s))}",
-            f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=False"]
+            f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=False",
+            # only the gate gets in: its secret (in the file named by FSL_XAI_GATE_SECRET_FILE) on every request
+            "--Voila.identity_provider_class=fsl_xai.study.gate.GateIdentityProvider",
+            # kernels talk to Voila over Unix sockets in Voila's private folder, not TCP ports of
+            # 127.0.0.1: no port another process can take between choosing and binding it (a class
+            # starting 20 kernels at once lost one that way) and none that another user can reach
+            "--KernelManager.transport=ipc", *pool]
 
 
 def _internal_port() -> int:
@@ -266,7 +287,7 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 
 
 def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127.0.0.1", port: int = 8866,
-                    max_kernels: int = MAX_KERNELS, cull_idle_s: float = CULL_IDLE_S) -> int:
+                    max_kernels: int = MAX_KERNELS, cull_idle_s: float = CULL_IDLE_S, preheat: int = 0) -> int:
     """Serve the rater notebook behind the gate until Voila exits or SIGTERM / SIGINT arrives;
     then stop the gate, Voila and every kernel it started. Returns the exit code (0 after
     SIGTERM, 130 after SIGINT, Voila's own code if it stopped by itself).
@@ -274,6 +295,11 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
     Args:
         max_kernels: rater pages open at once; beyond it a page says "too many open sessions".
         cull_idle_s: a kernel without a connected page is shut down after this many idle seconds.
+        preheat: kernels Voila keeps started ahead (its preheat pool), each with the rater notebook
+            run up to the point where it waits for its rater's token, so a page opened takes one
+            from the pool instead of starting a kernel; used ones are replaced. They belong to no
+            rater until the gate hands one a token, are not culled while waiting, and come on top
+            of ``max_kernels`` (a server holds up to max_kernels + preheat kernels, each ~66 MiB).
 
     Raises:
         ServeError: Voila is not installed, the port is taken or cannot be used, a limit is not
@@ -287,10 +313,12 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
     if isinstance(max_kernels, bool) or not isinstance(max_kernels, int) or max_kernels < 1:
         raise ServeError(f"--max-kernels must be a whole number of 1 or more, got {max_kernels!r}; "
                          "e.g. --max-kernels 40")
+    if isinstance(preheat, bool) or not isinstance(preheat, int) or not 0 <= preheat <= 1000:
+        raise ServeError(f"--preheat must be a whole number from 0 to 1000, got {preheat!r}; e.g. --preheat 20")
     if not isinstance(cull_idle_s, (int, float)) or not 1 <= cull_idle_s <= 7 * 24 * 3600:
         raise ServeError(f"--cull-idle-s must be a number of seconds from 1 to 604800, got {cull_idle_s!r}; "
                          "e.g. --cull-idle-s 900")
-    from .gate import Gate, GateSettings
+    from .gate import GATE_SECRET_FILE_ENV, Gate, GateSettings
     from .gate_server import GateThread
 
     with ResponseStore(db):  # raters' answers must be writable before anyone gets a page
@@ -298,8 +326,16 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
     share = template_path(notebook)
     sockets = _listen(host, port)
     internal = _internal_port()
+    upstream_secret = secrets.token_urlsafe(32)
+    private = Path(tempfile.mkdtemp(prefix="fsl-xai-gate-"))  # 0700: this user only
+    secret_file = private / "secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(upstream_secret)
+    handoff = private / "handoff"  # the gate hands each kernel its rater's token here
+    handoff.mkdir(mode=0o700)
     env = os.environ | {"FSL_XAI_STUDY_DB": str(db.resolve()), "FSL_XAI_STUDY_FILE": str(study_file.resolve()),
-                        "JUPYTER_PATH": os.pathsep.join(p for p in (str(share), os.environ.get("JUPYTER_PATH")) if p)}
+                        "JUPYTER_PATH": os.pathsep.join(p for p in (str(share), os.environ.get("JUPYTER_PATH")) if p),
+                        GATE_SECRET_FILE_ENV: str(secret_file), HANDOFF_ENV: str(handoff)}
 
     received: list[int] = []
 
@@ -313,9 +349,14 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
     except ValueError:  # not the main thread: the caller stops us by other means
         pass
     gate = GateThread(sockets, Gate(db, internal, GateSettings(max_kernels=max_kernels,
-                                                               poll_s=min(30.0, max(0.5, cull_idle_s / 4)))))
-    process = subprocess.Popen(voila_command(notebook, "127.0.0.1", internal, cull_idle_s), env=env,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                                                               poll_s=min(30.0, max(0.5, cull_idle_s / 4))),
+                                    upstream_secret=upstream_secret, handoff=handoff))
+    try:
+        process = subprocess.Popen(voila_command(notebook, "127.0.0.1", internal, cull_idle_s, preheat), env=env,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
     tracker = ChildTracker(process.pid)
     try:
         gate.start()
@@ -340,6 +381,7 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
         for s in sockets:
             s.close()
         stop_children(process, tracker, hurry=lambda: len(received) > 1)
+        shutil.rmtree(private, ignore_errors=True)  # the secret, if Voila never read it
         for stop, handler in previous.items():
             if handler is not None:  # None: a handler not set from Python, which cannot be put back
                 signal.signal(stop, handler)

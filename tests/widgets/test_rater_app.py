@@ -220,3 +220,36 @@ def test_a_submit_updates_the_screen_in_place_instead_of_creating_widgets(tmp_pa
         assert all(len(new) <= 12 for _, _, new in created), created
         assert sum(len(new) for _, _, new in created) <= 25, created
     assert seen == set(conditions)
+
+
+def test_behind_the_gate_the_token_comes_by_hand_off_not_the_url(study, tmp_path, monkeypatch):
+    """Behind the gate the kernel takes its token from the file the gate writes for its kernel id
+    (read once and deleted), never from the URL; without that file it gets no token."""
+    import threading
+
+    import widgets.rater_app as rater_app
+    from fsl_xai.study.serve import HANDOFF_ENV
+
+    assert rater_app.HANDOFF_ENV == HANDOFF_ENV  # the variable serve sets is the one the app reads
+    db, _, ((_, token_a), (_, token_b)) = study["study"]
+    handoff = tmp_path / "handoff"
+    handoff.mkdir()
+    kernel_id = "0123abcd-0000-4000-8000-00000000abcd"
+    monkeypatch.setenv("FSL_XAI_STUDY_DB", str(db))
+    monkeypatch.setenv("FSL_XAI_STUDY_FILE", str(db.parent / "study.json"))
+    monkeypatch.setenv(HANDOFF_ENV, str(handoff))
+    monkeypatch.setenv("VOILA_KERNEL_ID", kernel_id)
+    monkeypatch.setenv("QUERY_STRING", f"token={token_b}")  # a token in the URL counts for nothing here
+    monkeypatch.setattr(rater_app, "HANDOFF_WAIT_S", 30.0)
+    # the gate writes the token while the kernel already waits (as a preheated kernel does)
+    writer = threading.Timer(0.3, lambda: (handoff / kernel_id).write_text(token_a))
+    writer.start()
+    app = rater_app.app_from_environment()
+    writer.join()
+    assert isinstance(app, RaterApp) and app.session is not None
+    assert app.session.token == token_a
+    assert not list(handoff.iterdir()), "the token file was left behind"
+    # nothing handed over (the gate never bound this kernel): no token, so the refusal
+    monkeypatch.setattr(rater_app, "HANDOFF_WAIT_S", 0.2)
+    assert rater_app.token_from_environment() is None
+    assert "Access denied" in rater_app.app_from_environment().children[0].value
