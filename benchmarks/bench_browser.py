@@ -193,6 +193,7 @@ def stop_voila(proc: subprocess.Popen) -> None:
 _MSG_TYPE = re.compile(rb'"msg_type":\s*"([a-z_]+)"')
 _STATE_KEY = re.compile(rb'"state":\s*\{"([A-Za-z0-9_]+)"')
 _METHOD = re.compile(rb'"method":\s*"([a-z_]+)"')
+_ERROR = re.compile(rb'"ename":\s*"((?:[^"\\]|\\.)*)",\s*"evalue":\s*"((?:[^"\\]|\\.)*)"')
 
 
 class Frames:
@@ -202,6 +203,7 @@ class Frames:
     def __init__(self) -> None:
         self.received: list[tuple[str, int]] = []
         self.sent = 0
+        self.kernel_errors: list[str] = []  # "ename: evalue" of every error message a kernel sent
 
     def attach(self, ws) -> None:
         ws.on("framereceived", self._received)
@@ -215,6 +217,9 @@ class Frames:
             method = (_METHOD.search(data) or [b"", b"?"])[1].decode()
             key = _STATE_KEY.search(data)
             kind = f"comm_msg {method}" + (f" {key[1].decode()}" if key else "")
+        elif kind == "error":
+            found = _ERROR.search(data)
+            self.kernel_errors.append(f"{found[1].decode()}: {found[2].decode()[:300]}" if found else "?")
         self.received.append((kind, len(data)))
 
     def since(self, mark: int) -> dict:
@@ -385,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                     raw["peer round trip (edits)"].append(p["watches"][0])
             finally:
                 outside, errors = list(browser.outside), list(browser.errors)
+                errors += [f"kernel error: {e}" for opened in (app, peer) if opened is not None
+                           for e in opened[1].kernel_errors]
                 browser.close()
     finally:
         stop_voila(proc)
@@ -442,7 +449,7 @@ def report(args, raw: dict, comms: dict, per_view: list, outside: list[str], err
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(args.json) as f:
             f.write(json.dumps(payload, indent=1).encode())
-    return 1 if outside or (args.strict and missed) else 0
+    return 1 if outside or errors or (args.strict and missed) else 0
 
 
 if __name__ == "__main__":

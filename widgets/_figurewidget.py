@@ -163,6 +163,23 @@ class FigureWidget(go.FigureWidget):
         # plotly's constructor assigns its own (empty) config: the offline keys always win
         return {**proposal["value"], **PLOTLY_CONFIG}
 
+    @traitlets.observe("_js2py_traceDeltas")  # replaces plotly's observer of the same name
+    def _handler_js2py_traceDeltas(self, change: dict) -> None:
+        """The front end's report of the trace defaults it filled in: only the edit bookkeeping is kept.
+
+        Plotly would merge the defaults into the kernel's traces and send back removals of what
+        overlaps. Nothing here reads a front end default, and the merge fails on the traces' numpy
+        arrays (the front end reports a typed array as an object, and plotly then asks an array for
+        its truth value: a ValueError in the kernel on every support edit).
+        """
+        msg = change["new"]
+        if msg and msg.get("trace_edit_id") == self._last_trace_edit_id:
+            self._trace_edit_in_process = False
+            if not self._layout_edit_in_process:
+                while self._waiting_edit_callbacks:
+                    self._waiting_edit_callbacks.pop()()
+        self._js2py_traceDeltas = None  # type: ignore[assignment]  # the trait allows None
+
     def get_state(self, key=None, drop_defaults=False):
         """The widget's state as a front end that connects now must start from: the figure's current
         traces and layout, not the ones it was created (or last displayed) with."""
