@@ -391,7 +391,7 @@ class DatasetModelPicker(View):
             note = getattr(info, "note", "") or "not trained"
             parts.append(f"<span style='color:#a00'>untrained model ({html.escape(note)})</span>")
         parts += [line for line in [backbone_line(s.model, info)] if line]
-        from .trust import header_lines
+        from .trust_text import header_lines
 
         lines = header_lines(s)  # validation on the data on screen, the domain guard, this episode (with flags)
         if s.episode_classes:

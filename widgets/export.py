@@ -24,7 +24,7 @@ from fsl_xai.files import atomic_write
 
 from ._base import View, episode_colors
 from .figures import PLOTLY_CONFIG, confusion_figure, distance_figure, heatmap_figure, projection_figure
-from .trust import NOT_FIT, header_lines
+from .trust_text import NOT_FIT, header_lines
 
 
 def state_figures(state, methods: list[str] | None = None) -> dict[str, go.Figure]:

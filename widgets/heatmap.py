@@ -16,7 +16,7 @@ from fsl_xai.explain import list_methods, method_spec
 
 from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
 from .figures import COLORMAPS, badge_text, heatmap_figure
-from .trust import NOT_FIT
+from .trust_text import NOT_FIT
 
 MAX_METHODS = 4
 

@@ -10,7 +10,7 @@ import ipywidgets as w
 
 from ._base import Card, CardRow, View, thumbnail, tooltip_of
 from .figures import rate_text
-from .trust import set_words
+from .trust_text import set_words
 
 #: the badge of a query the domain guard flags
 FLAG = "⚠"

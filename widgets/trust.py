@@ -19,34 +19,45 @@ export waits for it).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import html
-import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from fsl_xai.config import cache_dir
-from fsl_xai.conformal import ConformalCalibration, add_prediction_sets, calibrate, set_text
+from fsl_xai.conformal import ConformalCalibration, add_prediction_sets, calibrate
 from fsl_xai.embeddings import embed_all, embedding_fingerprint
 from fsl_xai.errors import DataError, FslXaiError
-from fsl_xai.evaluation import accuracy_interval, evaluate
-from fsl_xai.files import atomic_write
+from fsl_xai.evaluation import evaluate
 from fsl_xai.guard import DomainGuard, GuardScores
-from fsl_xai.intervals import Interval
 from fsl_xai.training import torch_threads
 from fsl_xai.training.validation import VALIDATION_SEED_OFFSET
 
 from . import held_in
-from .figures import rate_text
+from .trust_store import (
+    DISK_FORMAT,
+    GUARDS,
+    HELD_IN,
+    HeldInScore,
+    read_guard,
+    read_held_in,
+    remember,
+    write_held_in,
+    write_quietly,
+)
+from .trust_text import (
+    GUARD_CHECKING,
+    GUARD_CHECKING_SHORT,
+    SETS_COMPUTING,
+    VALIDATION_COMPUTING,
+    VALIDATION_COMPUTING_SHORT,
+)
 
 if TYPE_CHECKING:
     from fsl_xai.models import FittedEpisode
@@ -57,146 +68,16 @@ if TYPE_CHECKING:
 HELD_IN_EPISODES = 100
 #: the prediction sets' default miss rate: sets hold the true class 90% of the time
 DEFAULT_ALPHA = 0.1
-#: what a flagged query's explanation is (the heatmap banner, exports)
-NOT_FIT = "the explanation explains a prediction the model is not fit to make"
-#: model x data entries kept in each cache
-CACHE_SIZE = 8
 #: seconds after the first episode is shown before the deferred guard and held-in work starts (the
 #: page's widgets are fetched and drawn meanwhile), and between its steps (the kernel answers clicks)
 DEFER_START_S = 0.5
 DEFER_STEP_S = 0.02
-#: the version of the files kept under FSL_XAI_CACHE_DIR/workbench-trust (a new one ignores old files)
-DISK_FORMAT = 2
-#: what the page says while the deferred work runs
-GUARD_CHECKING = ("domain guard: checking… out-of-distribution flags are not shown until it is ready "
-                  "(exports wait for it)")
-GUARD_CHECKING_SHORT = "domain guard: checking…"
-VALIDATION_COMPUTING = "validation score: computing… (held-in episodes of the data on screen)"
-VALIDATION_COMPUTING_SHORT = "validation score: computing…"
-SETS_COMPUTING = "prediction sets: calibrating on held-in episodes…"
-
-_GUARDS: OrderedDict[tuple, tuple[DomainGuard | None, str]] = OrderedDict()
-#: a held-in evaluation: its per-query table (None: the note says why), what it was measured on (or
-#: why there is none), its episode shape (n_way, n_shot, n_query) and its score
-HeldIn = tuple["pd.DataFrame | None", str, tuple[int, int, int], "HeldInScore | None"]
-_HELD_IN: OrderedDict[tuple, HeldIn] = OrderedDict()
-
-
-def _remember(cache: OrderedDict, key: tuple, value: Any) -> Any:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
-
-
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop running in this thread (a Jupyter/Voila kernel's), None in scripts and tests."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _write_quietly(write: Callable[[], Any]) -> None:
-    """Keep a result in the cache folder; a folder that cannot be written only costs a recomputation."""
-    try:
-        write()
-    except OSError:
-        pass
-
-
-def _read_guard(path: Path, fingerprint: str) -> DomainGuard | None:
-    """A guard kept by an earlier session, None when absent, unreadable, without its reference
-    embeddings or fitted on other embeddings."""
-    if not path.is_file():
-        return None
-    try:
-        guard = DomainGuard.load(path)
-    except (FslXaiError, OSError, ValueError, KeyError):
-        return None
-    if guard.reference_ is None or guard.embedding_fingerprint != fingerprint:
-        return None
-    return guard
-
-
-def _write_held_in(path: Path, entry: HeldIn) -> None:
-    """The per-query table of a held-in evaluation as plain arrays (no pickles), with what it was
-    measured on and its score (read back without recomputing its bootstrap interval)."""
-    table, where, shape, score = entry
-    assert table is not None and score is not None
-    arrays: dict[str, np.ndarray] = {}
-    kinds = []
-    for i, column in enumerate(table.columns):
-        values = table[column]
-        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            arrays[f"c{i}"] = values.to_numpy()
-            kinds.append("value")
-        else:
-            arrays[f"c{i}"] = np.asarray(values.astype(str).to_numpy(), dtype=str)
-            kinds.append("text")
-    meta = {"columns": [str(c) for c in table.columns], "kinds": kinds, "where": where, "shape": list(shape),
-            "score": dataclasses.asdict(score)}
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    with atomic_write(path) as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the keywords for allow_pickle
-
-
-def _read_held_in(path: Path) -> HeldIn | None:
-    """What :func:`_write_held_in` kept; None when absent or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            columns = {name: (stored[f"c{i}"] if kind == "value" else stored[f"c{i}"].astype(object))
-                       for i, (name, kind) in enumerate(zip(meta["columns"], meta["kinds"], strict=True))}
-        way, shot, query = (int(v) for v in meta["shape"])
-        s = meta["score"]
-        score = HeldInScore(accuracy=Interval(**s["accuracy"]), n_correct=int(s["n_correct"]),
-                            n_queries=int(s["n_queries"]), n_episodes=int(s["n_episodes"]),
-                            n_flagged=None if s["n_flagged"] is None else int(s["n_flagged"]),
-                            where=str(s["where"]), shape=(way, shot, query), classes=tuple(s["classes"]))
-        return pd.DataFrame(columns), str(meta["where"]), (way, shot, query), score
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
-@dataclass(frozen=True)
-class HeldInScore:
-    """Accuracy on held-in episodes of the data on screen (its validation score).
-
-    Attributes:
-        accuracy: pooled accuracy with its interval (a cluster bootstrap over episodes).
-        n_correct, n_queries, n_episodes: what it counts.
-        n_flagged: held-in queries the domain guard flags (None without a guard).
-        where: what the episodes were drawn from; shape: (n_way, n_shot, n_query).
-        classes: the classes drawn from.
-    """
-
-    accuracy: Interval
-    n_correct: int
-    n_queries: int
-    n_episodes: int
-    n_flagged: int | None
-    where: str
-    shape: tuple[int, int, int]
-    classes: tuple[str, ...]
-
-    @classmethod
-    def of(cls, table: pd.DataFrame, where: str, shape: tuple[int, int, int], classes: tuple[str, ...]
-           ) -> HeldInScore:
-        """The score of a held-in evaluation's per-query table."""
-        flags = int(table["ood_flag"].sum()) if "ood_flag" in table.columns else None
-        return cls(accuracy=accuracy_interval(table), n_correct=int(table["correct"].sum()), n_queries=len(table),
-                   n_episodes=int(table["episode"].nunique()), n_flagged=flags, where=where, shape=shape,
-                   classes=classes)
-
-    def text(self) -> str:
-        way, shot, query = self.shape
-        return (f"{rate_text(self.n_correct, self.n_queries, 'validation accuracy', self.accuracy, self.n_flagged)}"
-                f", measured on {self.where}: {self.n_episodes} episodes, {way}-way {shot}-shot, {query} "
-                f"quer{'ies' if query != 1 else 'y'} per class, classes {', '.join(self.classes)}")
 
 
 class Trust:
@@ -381,11 +262,11 @@ class Trust:
     def _guard_steps(self, key: tuple) -> Iterator[None]:
         s = self.state
         _, model, _ = s.loaded()
-        entry = _GUARDS.get(key)
+        entry = GUARDS.get(key)
         disk = None
         if entry is None:
             disk = self._disk_path("guard", key, "json")
-            guard = _read_guard(disk, key[0]) if disk is not None else None
+            guard = read_guard(disk, key[0]) if disk is not None else None
             if guard is not None:
                 entry = (guard, guard.reference_data)
         if entry is None:
@@ -409,11 +290,11 @@ class Trust:
                                          reference_data=data.description, calibration_data=data.description)
                 entry = (fitted, data.description)
                 if disk is not None:
-                    _write_quietly(lambda: fitted.save(disk))
+                    write_quietly(lambda: fitted.save(disk))
             except FslXaiError as exc:
                 entry = (None, str(exc))  # not stored on disk: data may appear on this machine later
             self.timings["guard"] = time.perf_counter() - t0
-        _remember(_GUARDS, key, entry)
+        remember(GUARDS, key, entry)
         guard, text = entry
         self.guard, self.guard_pending, self._guard_key = guard, False, key
         self.guard_text, self.guard_note = (text, "") if guard is not None else ("", text)
@@ -421,11 +302,11 @@ class Trust:
 
     def _held_in_steps(self, protocol: tuple, base: tuple) -> Iterator[None]:
         classes, n_way = base[0], base[1]
-        entry = _HELD_IN.get(protocol)
+        entry = HELD_IN.get(protocol)
         disk = None
         if entry is None:
             disk = self._disk_path("held-in", protocol, "npz")
-            entry = _read_held_in(disk) if disk is not None else None
+            entry = read_held_in(disk) if disk is not None else None
         if entry is None:
             self.validation_pending = True
             self._set_held_in(None, VALIDATION_COMPUTING, None)
@@ -435,9 +316,9 @@ class Trust:
             table, where, shape = yield from self._evaluate_held_in(classes, n_way)
             entry = (table, where, shape, None if table is None else HeldInScore.of(table, where, shape, classes))
             if disk is not None and table is not None:
-                _write_quietly(lambda: _write_held_in(disk, entry))
+                write_quietly(lambda: write_held_in(disk, entry))
             self.timings["held-in"] = time.perf_counter() - t0
-        _remember(_HELD_IN, protocol, entry)
+        remember(HELD_IN, protocol, entry)
         table, where, _, score = entry
         self._protocol = protocol
         self.validation_pending = False
@@ -553,41 +434,3 @@ class Trust:
             return self.sets_note
         return (f"prediction sets hold the true class {1 - c.alpha:.0%} of the time (conformal, alpha {c.alpha:g}, "
                 f"calibrated on {c.n_episodes} held-in episodes: {c.calibration_data})")
-
-
-def set_words(pred_set: str | None) -> str:
-    """A prediction set in words ("lymphocyte or monocyte"), '' for none."""
-    return set_text(pred_set) if pred_set else ""
-
-
-def header_lines(state: WorkbenchState) -> list[str]:
-    """HTML lines for the page header: the validation score of the data on screen (with n, interval
-    and what it was measured on), the domain guard (what it was fitted on, or why there is none),
-    and this episode's accuracy with its flagged queries. While the guard or the validation score is
-    still being computed, the lines say so. (Which episode classes the model saw in training is
-    ``widgets.session.classes_note``.)"""
-    t = state.trust
-    lines = []
-    if t.validation is not None:
-        lines.append(html.escape(t.validation.text()))
-    elif t.validation_pending:
-        lines.append(f"<span style='color:#a60'>{html.escape(VALIDATION_COMPUTING)}</span>")
-    elif t.validation_note:
-        lines.append(f"<span style='color:#a60'>no validation score for the data on screen: "
-                     f"{html.escape(t.validation_note)}</span>")
-    if t.guard is not None:
-        lines.append(html.escape(f"domain guard (k={t.guard.k}, threshold {t.guard.threshold:.3f}, the "
-                                 f"{t.guard.quantile:.0%} quantile of held-in images) fitted on {t.guard_text}"))
-    elif t.guard_note:
-        lines.append(f"<span style='color:#a60'>{html.escape(t.guard_note)}</span>")
-    r = state.result
-    if r is not None:
-        flags = " (flags not checked yet)" if t.guard_pending else ""
-        lines.append("this episode: " + html.escape(episode_accuracy_text(r) + flags))
-    return lines
-
-
-def episode_accuracy_text(result: Any) -> str:
-    """'accuracy 94.0% (n=16, 95% CI …; 1 flagged out-of-distribution)' for the shown episode."""
-    known = result.true >= 0
-    return rate_text(int(result.correct[known].sum()), int(known.sum()), flagged=result.n_flagged)

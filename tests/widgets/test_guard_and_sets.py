@@ -19,6 +19,7 @@ from widgets.export import export_state
 from widgets.heatmap import HeatmapViewer
 from widgets.queries import FLAG, QueryGallery
 from widgets.state import WorkbenchState
+from widgets.trust_text import NOT_FIT
 
 XRAY = "outside-cxr-0"
 
@@ -77,7 +78,7 @@ def test_a_chest_xray_among_blood_cells_is_flagged_in_gallery_heatmap_accuracy_a
     # the heatmap view: a banner above the maps for the flagged query only
     viewer = HeatmapViewer(blood, badges=False)
     blood.select_query(qi)
-    assert trust.NOT_FIT in html.unescape(viewer.banner.value)
+    assert NOT_FIT in html.unescape(viewer.banner.value)
     assert viewer.children.index(viewer.banner) < viewer.children.index(viewer.slot)
     blood.select_query(unflagged)
     assert viewer.banner.value == ""

@@ -13,7 +13,7 @@ from fsl_xai.training import default_model
 from widgets.queries import QueryGallery
 from widgets.session import classes_note
 from widgets.state import WorkbenchState
-from widgets.trust import header_lines
+from widgets.trust_text import header_lines
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from fsl_xai.testing import tiny_model
-from widgets import trust
+from widgets import trust, trust_text
 from widgets.export import export_state
 from widgets.queries import QueryGallery
 from widgets.state import WorkbenchState
@@ -25,8 +25,8 @@ from widgets.workbench import Workbench
 @pytest.fixture
 def fresh(monkeypatch, cache_dir):
     """Empty in-memory caches and an empty cache folder: nothing is known yet."""
-    monkeypatch.setattr(trust, "_GUARDS", OrderedDict())
-    monkeypatch.setattr(trust, "_HELD_IN", OrderedDict())
+    monkeypatch.setattr(trust, "GUARDS", OrderedDict())  # the caches Trust reads
+    monkeypatch.setattr(trust, "HELD_IN", OrderedDict())
     monkeypatch.setattr(trust, "DEFER_START_S", 0.0)
     return cache_dir
 
@@ -59,8 +59,8 @@ def test_in_a_kernel_the_first_episode_shows_first_and_says_the_guard_is_checkin
     model = _model()
     reference = _load(synthetic_images, model)  # no loop: computed before the episode, as scripts do
     assert not reference.trust.pending and reference.trust.guard is not None
-    trust._GUARDS.clear()
-    trust._HELD_IN.clear()
+    trust.GUARDS.clear()
+    trust.HELD_IN.clear()
     for path in (fresh / "workbench-trust").glob("*"):
         path.unlink()
 
@@ -76,7 +76,7 @@ def test_in_a_kernel_the_first_episode_shows_first_and_says_the_guard_is_checkin
         assert "prediction sets: calibrating" in _plain(gallery.summary.value)
         assert "domain guard: checking" in _plain(bench.trust_status.value)
         assert "validation score: computing" in _plain(bench.trust_status.value)
-        lines = [_plain(line) for line in trust.header_lines(state)]
+        lines = [_plain(line) for line in trust_text.header_lines(state)]
         assert any("validation score: computing" in line for line in lines)
         assert any("domain guard: checking" in line for line in lines)
         assert any("flags not checked yet" in line for line in lines)
@@ -95,7 +95,8 @@ def test_in_a_kernel_the_first_episode_shows_first_and_says_the_guard_is_checkin
         assert "checking" not in _plain(gallery.summary.value) and "calibrating" not in _plain(gallery.summary.value)
         assert "domain guard ready" in _plain(bench.trust_status.value)
         assert "validation accuracy" in _plain(bench.trust_status.value)
-        assert not any("checking" in _plain(line) or "computing" in _plain(line) for line in trust.header_lines(state))
+        lines = [_plain(line) for line in trust_text.header_lines(state)]
+        assert not any("checking" in line or "computing" in line for line in lines)
         bench.close()
 
     asyncio.run(run())
@@ -108,8 +109,8 @@ def test_a_second_page_load_reads_the_guard_and_the_held_in_episodes_from_the_ca
     assert any(n.startswith("guard-") and n.endswith(".json") for n in stored)
     assert any(n.startswith("guard-") and n.endswith(".npz") for n in stored)
     assert any(n.startswith("held-in-") for n in stored)
-    trust._GUARDS.clear()
-    trust._HELD_IN.clear()
+    trust.GUARDS.clear()
+    trust.HELD_IN.clear()
 
     async def run() -> WorkbenchState:
         state = _load(synthetic_images, model)  # a new kernel: nothing in memory, all on disk
@@ -132,8 +133,8 @@ def test_an_unreadable_cache_file_is_recomputed(fresh, synthetic_images):
     first = _load(synthetic_images, model)
     for path in (fresh / "workbench-trust").iterdir():
         path.write_bytes(b"not what was written")
-    trust._GUARDS.clear()
-    trust._HELD_IN.clear()
+    trust.GUARDS.clear()
+    trust.HELD_IN.clear()
     again = _load(synthetic_images, model)
     assert again.trust.guard is not None and again.trust.guard.threshold == first.trust.guard.threshold
     assert again.trust.validation == first.trust.validation
@@ -211,5 +212,5 @@ def test_the_no_guard_note_of_own_data_without_a_train_split_is_one_short_senten
     others = [i.name for i in list_datasets() if i.name != "synthetic"]
     assert not any(name in note for name in others), note  # not the registry's list of data sets
     assert len(note) < 250 and note.count(". ") == 0
-    lines = [_plain(line) for line in trust.header_lines(state)]
+    lines = [_plain(line) for line in trust_text.header_lines(state)]
     assert any(line == note for line in lines)
