@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # installed with ipykernel, which ships no stubs
@@ -25,7 +22,6 @@ from fsl_xai.checkpoints import save_checkpoint
 from fsl_xai.study import ResponseStore
 from fsl_xai.study.freeze import add_raters, freeze_study
 from tests.fsl_xai.study.test_gate import kernels_of, served
-from tests.fsl_xai.study.test_serve import _descendants, _env, _free_port, _kill_all, _lines
 
 KERNEL_MS = 120_000
 
@@ -85,45 +81,6 @@ def test_a_rater_answers_through_the_gate(page, page_errors, tmp_path: Path):
         assert not kernels_of(proc), "the closed page's kernel is still running"
 
 
-SERVE_PREHEATED = """
-import sys
-from pathlib import Path
-from fsl_xai.study.cli import RATER_NOTEBOOK, _study_file
-from fsl_xai.study.serve import serve_rater_app
-db, port = Path(sys.argv[1]), int(sys.argv[2])
-sys.exit(serve_rater_app(db, _study_file(db.parent), RATER_NOTEBOOK, port=port, max_kernels=3, preheat=1))
-"""
-
-
-@contextmanager
-def served_preheated(db: Path, home: Path):
-    """serve_rater_app with a preheat pool of one kernel; yields (process, port); everything it
-    started is killed by pid afterwards."""
-    port = _free_port()
-    log = home / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE_PREHEATED, str(db), str(port)], cwd=home,
-                                env=_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
-    seen: dict[int, psutil.Process] = {}
-    try:
-        line = _lines(proc.stdout).get(timeout=KERNEL_MS / 1000)
-        assert line and line.startswith("serving the rater app"), f"{line!r}; log: {log.read_text()[-3000:]}"
-        yield proc, port
-    finally:
-        seen.update({p.pid: p for p in _descendants(proc.pid)})
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_all([*seen.values(), *_descendants(proc.pid)])
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 def _kernel_id_of(pid: int) -> str:
     found = re.search(r"kernel-([0-9a-f-]{36})\.json", " ".join(psutil.Process(pid).cmdline()))
     assert found is not None
@@ -132,7 +89,7 @@ def _kernel_id_of(pid: int) -> str:
 
 def test_a_preheated_kernel_gets_its_rater_only_through_the_gate(page, page_errors, tmp_path: Path):
     db, token, classes = _study(tmp_path)
-    with served_preheated(db, tmp_path) as (proc, port):
+    with served(db.parent, tmp_path, "--max-kernels", "3", "--preheat", "1") as (proc, port):
         deadline = time.monotonic() + KERNEL_MS / 1000
         while not kernels_of(proc) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -1,11 +1,15 @@
 import contextlib
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+import fsl_xai as F
+from fsl_xai.checkpoints import save_checkpoint
 from fsl_xai.study import ResponseStore, parse_design
+from fsl_xai.study.freeze import add_raters, freeze_study
 
 DESIGN = {
     "study_id": "t",
@@ -104,3 +108,17 @@ def _read_only_folder(folder: Path):
 def read_only():
     """``with read_only(folder): ...`` runs the block with the folder and its files read-only."""
     return _read_only_folder
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory):
+    """A frozen two-case study of a Conv-4 checkpoint with one rater: (folder, token)."""
+    d = tmp_path_factory.mktemp("serve")
+    save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
+    study = {"study_id": "serve", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
+             "episode": {"n_way": 2, "n_shot": 2, "seed": 0}, "cases": {"n": 2, "seed": 0},
+             "conditions": ["no_ai"], "questions": [{"id": "diagnosis", "type": "choice"}]}
+    (d / "study.json").write_text(json.dumps(study))
+    db = freeze_study(d / "study.json", d / "frozen", progress=False)
+    (_, token), = add_raters(db, 1)
+    return db.parent, token

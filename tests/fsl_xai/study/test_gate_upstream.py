@@ -14,9 +14,6 @@ import psutil  # type: ignore[import-untyped]  # installed with ipykernel, which
 import pytest
 import websocket  # websocket-client, installed with jupyter_server
 
-import fsl_xai as F
-from fsl_xai.checkpoints import save_checkpoint
-from fsl_xai.study.freeze import add_raters, freeze_study
 from fsl_xai.study.gate import GATE_SECRET_FILE_ENV, GATE_SECRET_HEADER, V1_PROTOCOL
 from fsl_xai.study.serve import voila_command
 
@@ -24,19 +21,6 @@ from .test_gate import KERNEL_TIMEOUT_S, get, kernel_info_round_trip, kernels_of
 from .test_serve import _env, _free_port
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def rater_study(tmp_path_factory) -> tuple[Path, str]:
-    d = tmp_path_factory.mktemp("upstream")
-    save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
-    study = {"study_id": "upstream", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
-             "episode": {"n_way": 2, "n_shot": 2, "seed": 0}, "cases": {"n": 2, "seed": 0},
-             "conditions": ["no_ai"], "questions": [{"id": "diagnosis", "type": "choice"}]}
-    (d / "study.json").write_text(json.dumps(study))
-    db = freeze_study(d / "study.json", d / "frozen", progress=False)
-    (_, token), = add_raters(db, 1)
-    return db.parent, token
 
 
 def _voila(proc: subprocess.Popen) -> psutil.Process:
@@ -56,8 +40,8 @@ def _direct_socket_status(port: int, kernel_id: str, header: dict[str, str]) -> 
     return refused.value.status_code
 
 
-def test_voila_answers_only_the_gate(rater_study, tmp_path):
-    folder, token = rater_study
+def test_voila_answers_only_the_gate(study_folder, tmp_path):
+    folder, token = study_folder
     with served(folder, tmp_path, "--max-kernels", "4") as (proc, port):
         voila = _voila(proc)
         internal = _internal_port(voila)

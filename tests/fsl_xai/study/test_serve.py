@@ -5,7 +5,6 @@ port is a one-line error and nothing is served."""
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import queue
 import signal
@@ -20,25 +19,8 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # installed with ipykernel, which ships no stubs
 import pytest
 
-import fsl_xai as F
-from fsl_xai.checkpoints import save_checkpoint
-from fsl_xai.study.freeze import add_raters, freeze_study
-
 ROOT = Path(__file__).resolve().parents[3]
 KERNEL_TIMEOUT_S = 240  # a rater kernel imports the widgets; slow on two busy cores
-
-
-@pytest.fixture(scope="module")
-def study_folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("serve")
-    save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
-    study = {"study_id": "serve", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
-             "episode": {"n_way": 2, "n_shot": 2, "seed": 0}, "cases": {"n": 2, "seed": 0},
-             "conditions": ["no_ai"], "questions": [{"id": "diagnosis", "type": "choice"}]}
-    (d / "study.json").write_text(json.dumps(study))
-    db = freeze_study(d / "study.json", d / "frozen", progress=False)
-    (_, token), = add_raters(db, 1)
-    return db.parent, token
 
 
 def _free_port() -> int:
