@@ -325,10 +325,11 @@ class CardRow(w.HBox):
     """A wrapping row of thumbnail cards, each a thumbnail above a button (``on_pick`` given) or a label.
 
     ``show(cards)`` reuses the card widgets already on the page and changes only what differs, so a
-    new episode sends a few values instead of opening dozens of widget models; a card whose image and
-    hover text are on the page already keeps its widget (moved, not sent again). The image is an <img>
-    in an HTML widget: its ``title`` gives the hover text (ipywidgets 8's Image view fails to render
-    when given a tooltip, and an <img> needs no extra binary message)."""
+    new episode sends a few values instead of opening dozens of widget models; a card whose image is
+    on the page already keeps its widget (moved, not sent again). The image is an <img> in an HTML
+    widget (ipywidgets 8's Image view fails to render when given a tooltip, and an <img> needs no
+    extra binary message); the hover text is the HTML widget's own ``tooltip``, so a support edit that
+    changes a query's margin or prediction set sends that short text, not the image again."""
 
     def __init__(self, on_pick: Callable[[object], None] | None = None, button_width: str = "74px", **kwargs):
         super().__init__(layout=shared(w.Layout, flex_flow="row wrap"), **kwargs)
@@ -356,14 +357,13 @@ class CardRow(w.HBox):
     @staticmethod
     def _image_html(c: Card) -> str:
         src = "data:image/png;base64," + base64.b64encode(c.png).decode()
-        return (f"<img src='{src}' title='{html.escape(c.tooltip, quote=True)}' width='{THUMB}' "
-                f"height='{THUMB}' style='image-rendering:pixelated;display:block'>")
+        return f"<img src='{src}' width='{THUMB}' height='{THUMB}' style='image-rendering:pixelated;display:block'>"
 
     def show(self, cards: list[Card]) -> None:
         while len(self._pool) < len(cards):
             self._pool.append(self._new_card(len(self._pool)))
         images = [self._image_html(c) for c in cards]
-        # a card that shows the same image (and hover text) as one on the page now keeps that card
+        # a card that shows the same image as one on the page now keeps that card
         # widget, only moved: the image is not sent again (the influence strip reorders its images)
         free = dict.fromkeys(range(len(self._pool)))
         chosen: list[int | None] = [None] * len(cards)
@@ -381,7 +381,7 @@ class CardRow(w.HBox):
         self._payloads = {k: c.payload for k, c in zip(slots, cards, strict=True)}
         for k, c, value in zip(slots, cards, images, strict=True):
             img, footer = self._pool[k].children
-            img.value = value
+            img.value, img.tooltip = value, c.tooltip
             if isinstance(footer, w.Button):
                 footer.description, footer.button_style, footer.tooltip = c.caption, c.button_style, c.button_tooltip
             else:

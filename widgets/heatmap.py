@@ -170,8 +170,19 @@ class HeatmapViewer(View):
     def _on_selection(self) -> None:
         # a resample changes both the result and the query: draw once per (result, query)
         last_result, last_query = getattr(self, "_drawn_for", (None, -2))
-        if self.state.result is not last_result or self.state.query_index != last_query:
-            self._drawn_for = (self.state.result, self.state.query_index)
+        s = self.state
+        if s.result is last_result and s.query_index == last_query:
+            return
+        self._drawn_for = (s.result, s.query_index)
+        if s.query_index == last_query and last_result is not None:
+            # the same query under a new support set: the distances and the projection (cheap) go
+            # to the page first, and the browser draws them while the maps are computed
+            self._defer(self._refresh_if_current, s.result, s.query_index)
+        else:
+            self.refresh()
+
+    def _refresh_if_current(self, result, query: int) -> None:
+        if self.state.result is result and self.state.query_index == query:
             self.refresh()
 
     def refresh(self, with_badges: bool = True) -> None:

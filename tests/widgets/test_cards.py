@@ -43,7 +43,7 @@ def test_card_row_reuses_its_widgets_and_hands_payloads_to_on_pick():
               for v in range(4)])
     first_cards = list(row.children)
     assert [b.description for b in row.footers] == ["#0", "#1", "#2", "#3"]
-    assert "title='tip 2'" in first_cards[2].children[0].value
+    assert first_cards[2].children[0].tooltip == "tip 2" and "title=" not in first_cards[2].children[0].value
     assert first_cards[0].layout.border == "2px solid #2ca02c"
     # cards share layout and style models
     assert first_cards[0].layout is first_cards[1].layout
@@ -56,7 +56,11 @@ def test_card_row_reuses_its_widgets_and_hands_payloads_to_on_pick():
     assert list(row.children) == first_cards[:2]
     assert row.footers[0].description == "#9" and row.footers[0].button_style == "danger"
     assert row.children[0].layout.border == "2px solid #d62728"
-    assert "title='new tip'" in row.children[0].children[0].value
+    assert row.children[0].children[0].tooltip == "new tip"
+    # the same image with new hover text keeps its card and sends only the text
+    sent_image = row.children[0].children[0].value
+    row.show([Card(_png(200), "newer tip", "#9", payload="nine"), Card(_png(100), "other", "#8", payload="eight")])
+    assert row.children[0].children[0].value == sent_image and row.children[0].children[0].tooltip == "newer tip"
     row.footers[1].click()
     row.footers[0].click()
     assert picked == ["eight", "nine"]  # the payloads of the cards shown now, not of the first draw

@@ -80,7 +80,7 @@ def test_adding_a_mislabelled_image_is_marked(bench):
     view.add_button.click()
     assert s.episode.support_ids[-1] == sid and s.episode.support_labels[-1] == 1
     row = view.classes_box.children[1]
-    tips = [card.children[0].value for card in row.children[1].children]
+    tips = [card.children[0].tooltip for card in row.children[1].children]
     assert any("MISLABELLED" in t for t in tips)
 
 
