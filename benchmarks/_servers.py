@@ -1,12 +1,17 @@
-"""Servers for the browser benchmarks: a free local port and the environment a Voila server needs."""
+"""Servers for the browser benchmarks: a free local port, the environment a Voila server needs, and
+stopping a server with everything it started."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # installed with ipykernel
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium (never `playwright install`)
@@ -35,3 +40,25 @@ def environment(home: Path) -> dict[str, str]:
         env[name] = str(home / name)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the server's process group (it was started with ``start_new_session=True``), then
+    SIGKILL it and every descendant still alive, each by its pid."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    except psutil.Error:
+        descendants = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    for p in descendants:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

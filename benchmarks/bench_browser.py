@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
 
-from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port  # noqa: E402
+from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port, stop_server  # noqa: E402
 
 from fsl_xai.files import atomic_write  # noqa: E402
 
@@ -152,41 +151,8 @@ def start_voila(folder: Path, port: int, log_path: Path) -> subprocess.Popen:
                 return proc
         except OSError:
             time.sleep(0.3)
-    stop_voila(proc)
+    stop_server(proc, timeout=20)
     raise RuntimeError(f"Voila did not answer on port {port} within 180 s; its log:\n{log_path.read_text()[-4000:]}")
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def stop_voila(proc: subprocess.Popen) -> None:
-    """SIGTERM Voila's own process group, then SIGKILL it and every descendant left, each by its pid."""
-    children = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    for pid in [*children, proc.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    proc.wait()
 
 
 # ---------------------------------------------------------------------------- websocket frames
@@ -394,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                            for e in opened[1].kernel_errors]
                 browser.close()
     finally:
-        stop_voila(proc)
+        stop_server(proc, timeout=20)
     shutil.rmtree(work, ignore_errors=True)
     return report(args, raw, comms, per_view, outside, errors)
 

@@ -35,7 +35,6 @@ import json
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ import psutil  # type: ignore[import-untyped]  # installed with ipykernel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # runnable from a checkout without installing
 
-from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port  # noqa: E402
+from _servers import CHROMIUM, CHROMIUM_FLAGS, OUTSIDE, environment, free_port, stop_server  # noqa: E402
 
 import fsl_xai as F  # noqa: E402
 from fsl_xai.checkpoints import save_checkpoint  # noqa: E402
@@ -123,22 +122,6 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 180) -> N
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"nothing answered on port {port} within {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's group, then SIGKILL it and every descendant left, by pid."""
-    descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    for p in [*descendants, psutil.Process(proc.pid)] if proc.poll() is None else descendants:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.wait()
 
 
 def kernels(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -468,8 +451,8 @@ def main() -> int:
             voila_rss = [p for p in psutil.Process(serve.pid).children() if "voila" in " ".join(p.cmdline())]
             voila_mib = voila_rss[0].memory_info().rss / 2**20 if voila_rss else float("nan")
         finally:
-            stop(serve)
-            stop(voila)
+            stop_server(serve)
+            stop_server(voila)
         with ResponseStore(db, read_only=True) as store:
             rows = store.all_answers()
         expected = (args.raters - len(found["rater_not_ready"])) * args.cases * 2  # two questions per case
