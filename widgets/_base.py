@@ -3,7 +3,6 @@ progress-bar states, thumbnails, figure swaps."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import functools
@@ -21,6 +20,7 @@ from ipywidgets.widgets.widget_string import HTMLStyle
 from fsl_xai.errors import FslXaiError
 
 from ._figurewidget import FigureWidget
+from ._loop import kernel_loop
 from .figures import class_colors, png_bytes
 from .state import WorkbenchState
 
@@ -233,9 +233,8 @@ class FigureSlot(w.Box):
 
     def _expect_ack(self, fw: go.FigureWidget) -> None:
         """In a running kernel, check later that a front-end confirmed this redraw."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # plain Python (scripts, tests): no front-end to wait for
+        loop = kernel_loop()
+        if loop is None:  # plain Python (scripts, tests): no front-end to wait for
             return
         loop.call_later(self.ack_timeout_s, self._check_ack, fw, fw._last_layout_edit_id)
 

@@ -23,6 +23,7 @@ import torch
 from fsl_xai.errors import EpisodeError
 from fsl_xai.models import FittedEpisode
 
+from ._loop import kernel_loop
 from .support_edits import episode_label
 
 if TYPE_CHECKING:  # fsl_xai.explain (and captum) is imported when the first map is asked for
@@ -254,9 +255,8 @@ class Prefetch:
         return bool(self.todo)
 
     def _schedule(self, delay: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no kernel loop: step() on demand
+        loop = kernel_loop()
+        if loop is None:  # no kernel loop: step() on demand
             return
         if self._timer is not None:
             self._timer.cancel()

@@ -4,7 +4,6 @@ when the domain guard flags the query: its explanation explains a prediction the
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 from typing import Any
@@ -15,6 +14,7 @@ import plotly.graph_objects as go
 from fsl_xai.explain import list_methods, method_spec
 
 from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
+from ._loop import kernel_loop
 from .figures import COLORMAPS, badge_text, heatmap_figure
 from .trust_text import NOT_FIT
 
@@ -223,9 +223,8 @@ class HeatmapViewer(View):
                 fn(*args)
             except Exception as exc:  # noqa: BLE001 - a view must survive any failing action
                 self.fail(exc)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = kernel_loop()
+        if loop is None:
             run()
         else:
             loop.call_soon(run)

@@ -40,6 +40,7 @@ from fsl_xai.training import torch_threads
 from fsl_xai.training.validation import VALIDATION_SEED_OFFSET
 
 from . import held_in
+from ._loop import kernel_loop
 from .trust_store import (
     DISK_FORMAT,
     GUARDS,
@@ -72,14 +73,6 @@ DEFAULT_ALPHA = 0.1
 #: page's widgets are fetched and drawn meanwhile), and between its steps (the kernel answers clicks)
 DEFER_START_S = 0.5
 DEFER_STEP_S = 0.02
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread (a Jupyter/Voila kernel's), None in scripts and tests."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class Trust:
     """The guard, the validation score and the prediction sets of one WorkbenchState.
 
@@ -178,7 +171,7 @@ class Trust:
         """
         mkey, base = self._model_key(), self._protocol_base()
         if self._work is not None and self._work_for == (mkey, base):
-            if defer and _running_loop() is not None:
+            if defer and kernel_loop() is not None:
                 self._on_ready = on_ready or self._on_ready
                 return False  # already under way for this model, data and protocol
             self.finish()  # wanted now: the rest of that work, here
@@ -186,7 +179,7 @@ class Trust:
         self._token += 1
         self._work, self._work_for = None, None
         steps = self._steps(mkey, base)
-        loop = _running_loop() if defer else None
+        loop = kernel_loop() if defer else None
         if loop is None:
             for _ in steps:
                 pass
