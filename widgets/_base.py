@@ -149,11 +149,16 @@ def episode_colors(state: WorkbenchState) -> list[str]:
 
 
 def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
-    """Hover text of an image: its sample id and metadata (and ``extra``)."""
+    """Hover text of an image: its sample id and metadata (and ``extra``); the metadata part is cached
+    per image set (the views ask for dozens of them on every edit)."""
+    cache = state.__dict__.setdefault("_tooltips", {})
     images = state.loaded()[0]
-    row = images.metadata.iloc[int(images.indices_of([sample_id])[0])]
-    lines = [sample_id] + [f"{k}: {v}" for k, v in row.items() if k not in ("sample_id", "split", "filenames")]
-    return "\n".join(lines + ([extra] if extra else []))
+    key = (id(images), sample_id)
+    if key not in cache:
+        row = images.metadata.iloc[int(images.indices_of([sample_id])[0])]
+        cache[key] = "\n".join([sample_id] + [f"{k}: {v}" for k, v in row.items()
+                                              if k not in ("sample_id", "split", "filenames")])
+    return cache[key] + ("\n" + extra if extra else "")
 
 
 class FigureSlot(w.Box):

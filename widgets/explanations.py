@@ -4,7 +4,9 @@ and cached.
 
 Reached as ``state.explanations``; ``state.explanations.prefetch`` computes the maps of the shown
 episode's other queries while the kernel is idle, so a click on a query usually finds its maps
-cached. Arguments left out come from the state's settings (the selected query, the target and
+cached, and first (``prefetch.expect``) the selected query's maps after a support-set edit the
+user has prepared but not made yet (a support image selected, a pool image picked), so the edit's
+heatmaps come from the cache too. Arguments left out come from the state's settings (the selected query, the target and
 contrast, the method's parameters). A map is cached under (model fingerprint,
 episode id, query, method, parameters, target, contrast), so going back to an episode or a setting
 shows its map at once.
@@ -15,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
+from fsl_xai.episodes import Episode
 from fsl_xai.errors import EpisodeError
 from fsl_xai.models import FittedEpisode
 
@@ -30,6 +35,26 @@ if TYPE_CHECKING:  # fsl_xai.explain (and captum) is imported when the first map
     from fsl_xai.explain import AttributionMap, Badges
 
     from .state import WorkbenchState
+
+
+@dataclass
+class ExpectedEdit:
+    """A support-set edit of the episode on screen that the user has prepared but not made: its
+    ``episode`` (the same queries, another support set) and ``fit``, which returns its fitted
+    episode (called once, when the first map is computed: preparing an edit costs nothing on the
+    click). ``shown`` is the state's result when it was prepared: once another result is on
+    screen, it is stale."""
+
+    episode: Episode
+    fit: Callable[[Episode], FittedEpisode]
+    shown: object
+    _fitted: FittedEpisode | None = None
+
+    @property
+    def fitted(self) -> FittedEpisode:
+        if self._fitted is None:
+            self._fitted = self.fit(self.episode)
+        return self._fitted
 
 
 class Explanations:
@@ -60,10 +85,13 @@ class Explanations:
             raise EpisodeError("select a query first" if qi < 0 else f"query {qi} does not exist (0..{n - 1})")
         return qi
 
-    def fitted(self) -> FittedEpisode:
-        """The fitted episode explanations use: for a model that refines its prototypes with the query
-        batch, frozen with this episode's queries (so an explainer's perturbed copies take no part)."""
+    def fitted(self, edit: ExpectedEdit | None = None) -> FittedEpisode:
+        """The fitted episode explanations use (of ``edit`` if given, else the one on screen): for a
+        model that refines its prototypes with the query batch, frozen with the episode's queries (so
+        an explainer's perturbed copies take no part)."""
         images, episode, fitted, _ = self.state.shown()
+        if edit is not None:  # an edit keeps the queries: frozen with the same ones
+            return edit.fitted.with_query_embeddings(self.state.embeddings(episode.query_indices(images)))
         if self._frozen is None or self._frozen[0] is not fitted:
             queries = self.state.embeddings(episode.query_indices(images))
             self._frozen = (fitted, fitted.with_query_embeddings(queries))
@@ -98,29 +126,32 @@ class Explanations:
             contrast = episode_label(episode, contrast)
         return target, contrast
 
-    def _key(self, method: str, qi: int, target: Any, contrast: Any, params: dict) -> tuple:
-        episode = self.state.shown()[1]
+    def _key(self, method: str, qi: int, target: Any, contrast: Any, params: dict,
+             edit: ExpectedEdit | None = None) -> tuple:
+        episode = self.state.shown()[1] if edit is None else edit.episode
         return (self.state.fingerprint, episode.episode_id, qi, method, json.dumps(params, sort_keys=True, default=str),
                 *self.classes(target, contrast, qi))
 
-    def is_cached(self, method: str, query_index: int) -> bool:
-        """Whether the map of ``method`` for a query, with the state's settings, is computed already."""
+    def is_cached(self, method: str, query_index: int, edit: ExpectedEdit | None = None) -> bool:
+        """Whether the map of ``method`` for a query (of the episode on screen, or after ``edit``),
+        with the state's settings, is computed already."""
         p = dict(self.state.params.get(method, {}))
-        return self._key(method, self._query(query_index), None, None, p) in self.maps
+        return self._key(method, self._query(query_index), None, None, p, edit) in self.maps
 
     # ------------------------------------------------------------------ explanations
     def attribution(self, method: str, query_index: int | None = None, target: Any = None, contrast: Any = None,
-                    params: dict | None = None) -> AttributionMap:
-        """The attribution map (``fsl_xai.explain.AttributionMap``) of one query (cached); raises on a
-        failing method."""
+                    params: dict | None = None, edit: ExpectedEdit | None = None) -> AttributionMap:
+        """The attribution map (``fsl_xai.explain.AttributionMap``) of one query (cached) in the episode
+        on screen, or in the episode after ``edit`` (which keeps the queries); raises on a failing
+        method."""
         import fsl_xai.explain as xai
 
         qi = self._query(query_index)
         p: dict[str, Any] = dict(self.state.params.get(method, {}) if params is None else params)
-        key = self._key(method, qi, target, contrast, p)
+        key = self._key(method, qi, target, contrast, p, edit)
         if key not in self.maps:
             t0 = time.perf_counter()
-            self.maps[key] = xai.explain(self.fitted(), self.query_tensor(qi), method, target=key[5],
+            self.maps[key] = xai.explain(self.fitted(edit), self.query_tensor(qi), method, target=key[5],
                                          contrast=key[6], seed=self.state.seed, episode_id=key[1],
                                          query_indices=[qi], **p)
             self.state.timings[f"explain:{method}"] = time.perf_counter() - t0
@@ -166,17 +197,21 @@ class Explanations:
 
 
 class Prefetch:
-    """Computes, while the kernel is idle, the maps of the shown episode's queries for the shown
-    methods (the state's methods, parameters, target and contrast), one (query, method) map per
-    slice, so that a click on a query usually only reads the cache.
+    """Computes, while the kernel is idle, maps the user is likely to ask for next, one map per slice:
 
-    ``start(after)`` plans the queries in gallery (episode) order starting next to query ``after``
-    and wrapping around. A slice runs only when nothing happened for ``idle_s`` seconds (``touch()``
-    marks activity: a click, a redraw) and hands the event loop back after each map, so pending
-    messages (the next click) are handled between slices. The plan is dropped when it is stale: a
-    new ``start``, ``cancel``, or a change of the episode's result, the methods, their parameters,
-    the target or the contrast. Without a running event loop (scripts, tests) nothing is scheduled:
-    ``step()`` computes the next map of the plan on demand.
+    - ``expect(edit)``: the selected query's maps for the shown methods in the episode after a
+      support-set edit that is prepared on screen but not made (the support view calls it when a
+      support image is selected); dropped when another result is shown (the edit was made, or
+      another one) or a setting changes;
+    - ``start(after)``: the maps of the shown episode's queries, in gallery (episode) order starting
+      next to query ``after`` and wrapping around, so that a click on a query usually only reads the
+      cache. Dropped when it is stale: a new ``start``, ``cancel``, or a change of the episode's
+      result, the methods, their parameters, the target or the contrast.
+
+    The expected edit's maps come first. A slice runs only when nothing happened for ``idle_s``
+    seconds (``touch()`` marks activity: a click, a redraw) and hands the event loop back after each
+    map, so pending messages (the next click) are handled between slices. Without a running event
+    loop (scripts, tests) nothing is scheduled: ``step()`` computes the next map on demand.
     """
 
     #: seconds without activity before a slice runs
@@ -191,6 +226,9 @@ class Prefetch:
         self.failed: dict[tuple[int, str], str] = {}  # of the current plan: not retried
         self._context: tuple | None = None
         self._result: object = None  # the episode result the plan is for (compared by identity)
+        self.expected: ExpectedEdit | None = None
+        self.expected_todo: list[str] = []  # methods whose maps after the expected edit are still to compute
+        self._expected_context: tuple | None = None
         self._generation = 0
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -211,18 +249,54 @@ class Prefetch:
         self._last_activity = time.monotonic()
 
     def cancel(self) -> None:
-        """Drop the plan and any scheduled slice."""
+        """Drop the plans (the queries' and the expected edit's) and any scheduled slice."""
         self._generation += 1
         self.todo, self._context = [], None
+        self.expected, self.expected_todo = None, []
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def expect(self, edit: ExpectedEdit | None, methods: list[str] | None = None) -> None:
+        """Plan the selected query's maps for ``methods`` (default: the state's) in the episode after
+        ``edit``, ahead of the queries' plan (None: no edit is prepared any more)."""
+        self.expected, self.expected_todo = edit, []
+        if edit is None:
+            return
+        self._expected_context = self._now_context()
+        self.expected_todo = list(methods if methods is not None else self.explanations.state.methods)
+        self.touch()  # the click that prepared the edit is activity: its own redraws come first
+        self._schedule(self.idle_s)
+
+    def _expected_stale(self) -> bool:
+        s = self.explanations.state
+        return (self.expected is None or self.expected.shown is not s.result
+                or self._expected_context != self._now_context())
+
+    def _step_expected(self) -> bool:
+        """Compute the next map of the expected edit that is not cached yet; False when none is left
+        (or the edit is stale: then it is dropped)."""
+        if not self.expected_todo:
+            return False
+        if self._expected_stale():
+            self.expected, self.expected_todo = None, []
+            return False
+        ex, edit, method = self.explanations, self.expected, self.expected_todo.pop(0)
+        try:
+            if not ex.is_cached(method, ex.state.query_index, edit):
+                ex.attribution(method, edit=edit)
+                self.done += 1
+        except Exception:  # noqa: BLE001, S110 - the edit itself, once made, shows the error
+            pass
+        return True
 
     def start(self, after: int, methods: list[str] | None = None) -> None:
         """Plan the maps of every query of the shown episode but ``after`` (computed on its own click),
         in gallery order starting next to it, for ``methods`` (default: the state's); those cached are
         left out. Scheduled when an event loop runs."""
+        expected, expected_todo = self.expected, self.expected_todo
         self.cancel()
+        self.expected, self.expected_todo = expected, expected_todo  # a prepared edit stays planned
         s = self.explanations.state
         if s.result is None or s.episode is None:
             return
@@ -236,8 +310,10 @@ class Prefetch:
         self._schedule(self.idle_s)
 
     def step(self) -> bool:
-        """Compute the next map of the plan that is not cached yet (nothing when the plan is stale);
-        True while more remain."""
+        """Compute the next map not cached yet: of the expected edit first, then of the queries' plan
+        (nothing of a stale plan); True while more remain."""
+        if self._step_expected():
+            return bool(self.expected_todo or self.todo)
         if self.stale():
             self.todo = []
             return False
@@ -264,7 +340,7 @@ class Prefetch:
 
     def _tick(self, generation: int) -> None:
         self._timer = None
-        if generation != self._generation or not self.todo:
+        if generation != self._generation or not (self.todo or self.expected_todo):
             return
         wait = self.idle_s - (time.monotonic() - self._last_activity)
         if wait > 0:  # something happened lately: wait for a quiet moment

@@ -27,14 +27,14 @@ from traitlets import Bool, Dict, Float, HasTraits, Instance, Int, List, Unicode
 from fsl_xai.data.imageset import ImageSet
 from fsl_xai.embeddings import EmbeddingTable, embedding_table, images_for_model
 from fsl_xai.episodes import Episode, EpisodeSampler
-from fsl_xai.errors import EpisodeError, FslXaiError
+from fsl_xai.errors import DataError, EpisodeError, FslXaiError
 from fsl_xai.evaluation import evaluate, margins
 from fsl_xai.models import FewShotClassifier, FittedEpisode
 from fsl_xai.projection import Projection
 
 from . import support_edits as edits
 from .episode_result import EpisodeResult
-from .explanations import Explanations
+from .explanations import ExpectedEdit, Explanations
 from .session import novel_classes, open_dataset, restore_state, write_state
 from .trust import DEFAULT_ALPHA, Trust
 
@@ -249,11 +249,32 @@ class WorkbenchState(HasTraits):
     def _edit(self, episode: Episode, fitted: FittedEpisode | None = None) -> None:
         """Show an edited episode: ``fitted`` when the edit built it incrementally, otherwise a refit
         of the support set from cached embeddings. The 2D map stays, so prototypes visibly move."""
-        if fitted is None:
-            images, model, _ = self.loaded()
-            support = self.embeddings(episode.support_indices(images))
-            fitted = model.fit_embeddings(support, torch.tensor(episode.support_labels))
-        self._show(episode, fitted, keep_map=True, query_index=self.query_index)
+        self._show(episode, self.fit_support(episode) if fitted is None else fitted, keep_map=True,
+                   query_index=self.query_index)
+
+    def fit_support(self, episode: Episode) -> FittedEpisode:
+        """The fitted episode of ``episode``'s support set, from the cached embeddings."""
+        images, model, _ = self.loaded()
+        return model.fit_embeddings(self.embeddings(episode.support_indices(images)),
+                                    torch.tensor(episode.support_labels))
+
+    def expect_edit(self, position: int | None, sample_id: str | None = None) -> None:
+        """Say which support-set edit is prepared on screen: swapping support image ``position`` for
+        pool image ``sample_id``, or removing it (no ``sample_id``); None: none. The selected query's
+        maps after that edit are then computed while the kernel is idle, so the edit, once made, draws
+        them from the cache. An edit that would be refused is not expected (its click says why)."""
+        prefetch = self.explanations.prefetch
+        if position is None or self.result is None:
+            prefetch.expect(None)
+            return
+        images, ep, _, _ = self.shown()
+        try:
+            episode = (edits.removed(ep, position) if sample_id is None
+                       else edits.swapped(images, ep, position, sample_id))
+        except (EpisodeError, DataError):
+            prefetch.expect(None)
+            return
+        prefetch.expect(ExpectedEdit(episode, self.fit_support, self.result))
 
     def swap_support(self, position: int, sample_id: str) -> None:
         """Replace support image ``position`` with a pool image (same class label)."""

@@ -118,6 +118,9 @@ class SupportSetView(View):
         self.remove_button.disabled = not chosen
         self.remove_button.tooltip = ("select a support image first (its 'select' button)" if not chosen
                                       else "remove the selected support image")
+        # the edit a click would make next (swap when a pool image is picked, else remove): its maps
+        # are computed while the kernel is idle
+        self.state.expect_edit(self.selected_position, self.pool_list.value or None)
 
     def remove(self) -> None:
         if self.selected_position is None:

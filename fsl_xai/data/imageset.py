@@ -42,6 +42,9 @@ class ImageSet:
     masks: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
+    # (the metadata frame, {sample id: position}): built on the first lookup, rebuilt when the frame
+    # is replaced (a dict: the views look up a few ids at a time, many times per click)
+    _ids: tuple[pd.DataFrame, dict[str, int]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.class_names = tuple(str(c) for c in self.class_names)
@@ -214,12 +217,15 @@ class ImageSet:
 
     def indices_of(self, sample_ids: Sequence[str]) -> np.ndarray:
         """Positions of these sample ids; a clear error naming any that are missing."""
-        lookup = pd.Index(self.metadata["sample_id"])
-        idx = lookup.get_indexer([str(s) for s in sample_ids])
+        if self._ids is None or self._ids[0] is not self.metadata:
+            ids = self.metadata["sample_id"].astype(str).tolist()
+            self._ids = (self.metadata, dict(zip(ids, range(len(ids)), strict=True)))
+        positions = self._ids[1]
+        idx = np.fromiter((positions.get(str(s), -1) for s in sample_ids), dtype=np.int64, count=len(sample_ids))
         if (idx < 0).any():
             missing = [s for s, i in zip(sample_ids, idx, strict=True) if i < 0]
             raise DataError(f"{self.name}: unknown sample ids {missing[:5]} ({len(missing)} missing)")
-        return idx.astype(np.int64)
+        return idx
 
     # ------------------------------------------------------------------ conversion
     def convert(self, channels: int | None = None, size: int | tuple[int, int] | None = None) -> ImageSet:

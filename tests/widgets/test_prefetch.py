@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
+
 import fsl_xai.explain as xai
 from widgets.heatmap import HeatmapViewer
+from widgets.support_set import SupportSetView
 
 
 def _count_explains(monkeypatch) -> list[int]:
@@ -102,3 +105,54 @@ def test_in_a_running_loop_slices_wait_for_idle_time_and_yield_between_maps(stat
     assert "mm" not in "".join(events[1:])  # one map per slice: the loop ran other work between them
     assert all(state.explanations.is_cached("saliency", q) for q in range(n))
     assert viewer.last_maps
+
+
+def test_a_prepared_support_edit_has_its_maps_computed_before_the_click(state, monkeypatch):
+    state.methods = ["saliency", "gradcam"]
+    viewer = HeatmapViewer(state, badges=False)
+    support = SupportSetView(state)
+    pre = state.explanations.prefetch
+    state.query_index = 2
+    ep = state.episode
+    support.pool_list.value = None
+    support.select(1)  # a support image chosen, no pool image: removing it is the edit a click would make
+    assert pre.expected is not None and "saliency" in pre.expected_todo
+    assert list(pre.expected.episode.support_ids) == [s for i, s in enumerate(ep.support_ids) if i != 1]
+    same_class = state.pool(ep.classes[ep.support_labels[1]])["sample_id"]
+    support.pool_list.options = list(same_class)
+    support.pool_list.value = same_class.iloc[0]  # and a pool image picked: a swap is prepared
+    edit = pre.expected
+    assert edit is not None and same_class.iloc[0] in edit.episode.support_ids
+    calls = _count_explains(monkeypatch)
+    assert pre.step() is True  # the prepared edit's maps come before the queries' plan
+    pre.step()
+    assert sorted(calls) == [2, 2] and pre.expected_todo == []
+    assert all(state.explanations.is_cached(m, 2, edit) for m in ("saliency", "gradcam"))
+    assert state.episode is ep and edit.episode.episode_id != ep.episode_id  # nothing shown has changed yet
+    calls.clear()
+    support.swap()  # the edit: its heatmaps come from the cache
+    assert state.episode.episode_id == edit.episode.episode_id and state.error == ""
+    assert calls == [] and set(viewer.last_maps) == {"saliency", "gradcam"}
+    direct = state.explanations.attribution("saliency")
+    fresh = xai.explain(state.explanations.fitted(), state.explanations.query_tensor(), "saliency",
+                        query_indices=[2], seed=state.seed)
+    np.testing.assert_allclose(direct.maps, fresh.maps, rtol=1e-5, atol=1e-6)  # the same map as computed afresh
+
+
+def test_a_prepared_edit_is_dropped_once_another_episode_is_shown(state, monkeypatch):
+    state.methods = ["saliency"]
+    HeatmapViewer(state, badges=False)
+    support = SupportSetView(state)
+    pre = state.explanations.prefetch
+    support.select(0)
+    old = pre.expected
+    assert old is not None and old.shown is state.result
+    state.resample(state.seed + 1)  # the selection stays: the edit it prepares is of the new episode
+    assert pre.expected is not None and pre.expected.shown is state.result
+    pre.expected, pre.expected_todo = old, ["saliency"]  # the old episode's edit, still planned
+    calls = _count_explains(monkeypatch)
+    pre.step()
+    assert pre.expected is None and not any(state.explanations.is_cached("saliency", q, old) for q in range(3))
+    assert all(q != state.query_index for q in calls)  # what ran was the queries' plan, not the stale edit
+    support.select(None)
+    assert pre.expected is None and pre.expected_todo == []
