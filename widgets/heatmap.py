@@ -47,6 +47,8 @@ class HeatmapViewer(View):
         self.param = w.BoundedIntText(description="steps", value=32, min=1, max=200, layout=w.Layout(width="150px"),
                                       style={"description_width": "70px"})
         self.show_badges = w.Checkbox(value=badges, description="quality badges", indent=False)
+        self.refused_note = w.HTML()  # the methods this network cannot give a faithful map of, and why
+        self.refused_note.add_class("fsl-refused-methods")
         self.slot = FigureSlot(css_class="fsl-heatmap-figure")
         self.badge_html = w.HTML()
         self.badge_html.add_class("fsl-heatmap-caption")
@@ -67,7 +69,8 @@ class HeatmapViewer(View):
         for widget in (self.opacity, self.colormap, self.signed):
             widget.observe(self.guard(lambda _: self._draw()), names="value")
         self.show_badges.observe(self.guard(lambda _: self.refresh()), names="value")
-        controls = w.VBox([w.HBox([self.methods, w.VBox([self.target, self.contrast, self.param])]),
+        controls = w.VBox([w.HBox([w.VBox([self.methods, self.refused_note]),
+                                   w.VBox([self.target, self.contrast, self.param])]),
                            w.HBox([self.opacity, self.colormap, self.signed, self.show_badges])])
         self.children = [w.HTML("<b>heatmaps</b> (red: pushes towards the explained class; blue: against; "
                                 "green outline: lesion mask where known)"),
@@ -76,8 +79,10 @@ class HeatmapViewer(View):
                                 "(how much the margin drops without each one)"),
                          self.influence_box, self.timing]
         state.observe(self._on_episode, names=["episode"])
+        state.observe(self.guard(self._offer_methods), names=["model"])
         state.observe(self.guard(lambda _: self._on_selection()), names=["query_index", "result"])
         state.observe(self._sync_from_state, names=["methods", "target", "contrast"])
+        self._offer_methods()
         self._on_episode()
         # the first maps are drawn at once; their quality badges follow the first interaction
         self.guard(self.refresh)(with_badges=False)
@@ -101,6 +106,32 @@ class HeatmapViewer(View):
         finally:
             self._busy = False
 
+    def _offer_methods(self, change=None) -> None:
+        """Offer only the methods the state's network can give a faithful map of (Guided Backprop needs
+        nn.ReLU activations, DeepLIFT its rules, both hookable modules); the others are named below
+        the list with the reason on hover. A refused method that was shown is dropped from the state's."""
+        from fsl_xai.explain.core import refused_methods
+
+        available = list_methods()
+        model = self.state.model
+        refused = refused_methods(model, available) if model is not None else {}
+        offered = [m for m in available if m not in refused]
+        shown = [m for m in self.state.methods if m in offered][:MAX_METHODS] or offered[:1]
+        self._busy = True
+        try:
+            if [v for _, v in self.methods.options] != offered:
+                self.methods.options = [(method_spec(m).label, m) for m in offered]
+            self.methods.value = tuple(shown)
+        finally:
+            self._busy = False
+        if shown != list(self.state.methods):
+            self.state.methods = shown
+        self.refused_note.value = "" if not refused else (
+            "<div style='font-size:85%;color:#666;max-width:280px'>not for this network: "
+            + ", ".join(f"<span title='{html.escape(reason, quote=True)}' style='text-decoration:underline dotted'>"
+                        f"{html.escape(method_spec(m).label)}</span>" for m, reason in refused.items())
+            + "</div>")
+
     def _sync_from_state(self, change=None) -> None:
         s = self.state
         if s.episode is None:
@@ -120,6 +151,8 @@ class HeatmapViewer(View):
         self._update_param_box()
 
     def _on_methods(self, change) -> None:
+        if self._busy:
+            return
         chosen = list(self.methods.value)
         if len(chosen) > MAX_METHODS:
             self.show_error(f"at most {MAX_METHODS} methods side by side; showing the first {MAX_METHODS}")

@@ -354,3 +354,20 @@ def test_a_class_keeps_its_colour_in_every_view_whatever_episode_shows_it(bench)
             assert col == class_color(c, names) == class_color(names.index(c))
             assert seen.setdefault(c, col) == col
     assert len(set(seen.values())) == len(seen)  # distinct classes, distinct colours
+
+
+def test_the_method_list_offers_only_what_the_network_can_explain(state, synthetic_images):
+    from fsl_xai.testing import tiny_model
+
+    state.methods = ["saliency", "guided_backprop"]
+    viewer = HeatmapViewer(state, badges=False)
+    offered = [v for _, v in viewer.methods.options]
+    assert "guided_backprop" in offered and viewer.refused_note.value == ""  # conv4: ReLU only
+    state.load("synthetic", images=synthetic_images, model=tiny_model(channels=1, size=32, width=8,
+                                                                       backbone="resnet12"))
+    offered = [v for _, v in viewer.methods.options]
+    assert "guided_backprop" not in offered and "guided_gradcam" not in offered and "saliency" in offered
+    assert state.methods == ["saliency"] and viewer.methods.value == ("saliency",)
+    note = viewer.refused_note.value
+    assert method_spec("guided_backprop").label in note and "LeakyReLU" in note  # the reason, on hover
+    assert viewer.error_area.layout.display in (None, "none", "") and set(viewer.last_maps) == {"saliency"}
