@@ -276,61 +276,60 @@ def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, tr
 
 
 def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[str], selected: int = -1,
-                      height: int = 380, colors: Sequence[str] | None = None) -> go.Figure:
+                      height: int = 380, colors: Sequence[str] | None = None, checked: bool = False) -> go.Figure:
     """2D map of support embeddings (dots), prototypes (stars, with where they were before the last
     edit) and queries (circles: filled = correct, open = wrong); the selected query is ringed.
 
     Trace names: 'support: <class>', 'prototypes', 'previous prototypes', 'queries', 'selected'.
     The 'queries' trace holds every query in episode order, so a click's point index is the query index.
-    ``colors``: one per episode class (``class_colors``; default: by position).
+    ``colors``: one per episode class (``class_colors``; default: by position). Redrawn on every edit,
+    so it is written in plotly's JSON form and taken unchecked (``checked``: through plotly's checks,
+    as the tests compare).
     """
-    fig = go.Figure()
     classes = result.classes
     palette = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
+    data: list[dict] = []
     for c, name in enumerate(classes):
         idx = np.flatnonzero(result.support_labels == c)
-        fig.add_trace(go.Scatter(x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
-                                 marker=dict(color=palette[c], size=8, opacity=0.7), name=f"support: {name}",
-                                 text=[support_ids[int(i)] for i in idx],
-                                 hovertemplate="support %{text}<extra></extra>"))
+        data.append(dict(type="scatter", x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
+                         marker=dict(color=palette[c], size=8, opacity=0.7), name=f"support: {name}",
+                         text=[support_ids[int(i)] for i in idx], hovertemplate="support %{text}<extra></extra>"))
     if result.prev_proto_xy is not None:
         moved = np.linalg.norm(result.prev_proto_xy - result.proto_xy, axis=1) > 1e-9
         xs, ys = [], []
         for c in np.flatnonzero(moved).tolist():
             xs += [result.prev_proto_xy[c, 0], result.proto_xy[c, 0], None]
             ys += [result.prev_proto_xy[c, 1], result.proto_xy[c, 1], None]
-        fig.add_trace(go.Scatter(x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
-                                 marker=dict(symbol="star", size=14, opacity=0.3,
-                                             color=[palette[c] for c in range(len(classes))]),
-                                 name="previous prototypes", hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"), name="prototype moved",
-                                 hoverinfo="skip"))
+        data.append(dict(type="scatter", x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
+                         marker=dict(symbol="star", size=14, opacity=0.3, color=palette[:len(classes)]),
+                         name="previous prototypes", hoverinfo="skip"))
+        data.append(dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"),
+                         name="prototype moved", hoverinfo="skip"))
     correct = result.correct
     qcol = [palette[t] if t >= 0 else "grey" for t in result.true]
-    fig.add_trace(go.Scatter(
-        x=result.query_xy[:, 0], y=result.query_xy[:, 1], mode="markers", name="queries",
+    data.append(dict(
+        type="scatter", x=result.query_xy[:, 0], y=result.query_xy[:, 1], mode="markers", name="queries",
         marker=dict(size=11, color=qcol, symbol=["circle" if c else "circle-open" for c in correct],
                     line=dict(width=2, color=qcol)),
         customdata=np.arange(len(query_ids)),
         text=[f"query #{i}: {query_ids[i]}<br>true {classes[t] if t >= 0 else '?'}, predicted {classes[p]}"
               for i, (t, p) in enumerate(zip(result.true, result.pred, strict=True))],
         hovertemplate="%{text}<extra>click to select</extra>"))
-    fig.add_trace(go.Scatter(x=result.proto_xy[:, 0], y=result.proto_xy[:, 1], mode="markers+text",
-                             marker=dict(symbol="star", size=20, color=[palette[c] for c in range(len(classes))],
-                                         line=dict(width=1.5, color="black")),
-                             text=list(classes), textposition="top center", name="prototypes",
-                             hovertemplate="prototype of %{text}<extra></extra>"))
+    data.append(dict(type="scatter", x=result.proto_xy[:, 0], y=result.proto_xy[:, 1], mode="markers+text",
+                     marker=dict(symbol="star", size=20, color=palette[:len(classes)],
+                                 line=dict(width=1.5, color="black")),
+                     text=list(classes), textposition="top center", name="prototypes",
+                     hovertemplate="prototype of %{text}<extra></extra>"))
     sel = [selected] if 0 <= selected < len(query_ids) else []
-    fig.add_trace(go.Scatter(x=result.query_xy[sel, 0], y=result.query_xy[sel, 1], mode="markers", name="selected",
-                             marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
-                             hoverinfo="skip"))
-    fig.update_layout(height=height, width=460, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.02, x=0),
-                      title=dict(text=f"embedding map ({'PCA' if result.projection == 'pca' else 't-SNE'}; "
-                                      "stars: prototypes, click a query)", font=dict(size=13)),
-                      xaxis=dict(showticklabels=False, zeroline=False),
-                      yaxis=dict(showticklabels=False, zeroline=False))
-    return fig
+    data.append(dict(type="scatter", x=result.query_xy[sel, 0], y=result.query_xy[sel, 1], mode="markers",
+                     name="selected", marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
+                     hoverinfo="skip"))
+    layout = dict(height=height, width=460, margin=dict(l=10, r=10, t=40, b=10),
+                  legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.02, x=0),
+                  title=dict(text=f"embedding map ({'PCA' if result.projection == 'pca' else 't-SNE'}; "
+                                  "stars: prototypes, click a query)", font=dict(size=13)),
+                  xaxis=dict(showticklabels=False, zeroline=False), yaxis=dict(showticklabels=False, zeroline=False))
+    return go.Figure(dict(data=data, layout=layout), _validate=checked)
 
 
 # ---------------------------------------------------------------------------------------- many episodes

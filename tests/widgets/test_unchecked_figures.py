@@ -1,6 +1,7 @@
-"""``heatmap_figure`` is built from a cached skeleton and taken by plotly unchecked: it must be the very
-figure plotly builds property by property, for every layout the views and exports use, and no figure
-may share anything with the cached skeleton."""
+"""The figures redrawn on every click, ``heatmap_figure`` (from a cached skeleton) and
+``projection_figure``, are taken by plotly unchecked: each must be the very figure plotly builds
+property by property, for every layout the views and exports use, and no figure may share anything
+with the cached skeleton."""
 
 from __future__ import annotations
 
@@ -43,3 +44,23 @@ def test_a_figure_shares_nothing_with_the_skeleton():
     again = heatmap_figure(image, maps, ["a"], compact=True)
     assert again.data[1].colorbar.len == 0.8 and again.layout.annotations[0].font.size == 11
     assert again.layout.margin.t != 99
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_the_unchecked_projection_is_the_checked_one(moved):
+    from types import SimpleNamespace
+
+    from widgets.figures import projection_figure
+
+    rng = np.random.default_rng(3)
+    result = SimpleNamespace(
+        classes=("a", "b", "c"), support_labels=np.array([0, 0, 1, 1, 2, 2]), support_xy=rng.random((6, 2)),
+        prev_proto_xy=rng.random((3, 2)) if moved else None, proto_xy=rng.random((3, 2)),
+        query_xy=rng.random((5, 2)), true=np.array([0, 1, 2, -1, 0]), pred=np.array([0, 1, 1, 0, 0]),
+        correct=np.array([1, 1, 0, 0, 1], bool), projection="pca")
+    support, queries = [f"s{i}" for i in range(6)], [f"q{i}" for i in range(5)]
+    for selected in (2, -1):
+        fast = projection_figure(result, support, queries, selected)
+        checked = projection_figure(result, support, queries, selected, checked=True)  # plotly raises on a bad key
+        assert same_value(fast.to_plotly_json(), checked.to_plotly_json())
+    assert [t.name for t in fast.data][-3:] == ["queries", "prototypes", "selected"]
