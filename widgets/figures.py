@@ -259,20 +259,21 @@ def badge_text(badges: Badges | None) -> str:
 
 # ---------------------------------------------------------------------------------------- distances
 def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
-                    height: int = 260, colors: Sequence[str] | None = None) -> go.Figure:
+                    height: int = 260, colors: Sequence[str] | None = None, checked: bool = False) -> go.Figure:
     """Bars of one query's distance to every prototype (shortest = predicted); ``colors``: one per class
-    (``class_colors``; default: by position)."""
+    (``class_colors``; default: by position). Redrawn on every click, so written in plotly's JSON
+    form and taken unchecked (``checked``: through plotly's checks, as the tests compare)."""
     colors = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
     line = ["black" if i == pred else "rgba(0,0,0,0)" for i in range(len(classes))]
     labels = [f"{c}{' (true)' if i == true else ''}" for i, c in enumerate(classes)]
-    fig = go.Figure(go.Bar(x=labels, y=np.asarray(distances, dtype=float),
-                           marker=dict(color=colors, line=dict(color=line, width=3)),
-                           text=[f"{d:.2f}" for d in distances], textposition="outside", name="distance",
-                           hovertemplate="%{x}: distance %{y:.3f}<extra></extra>"))
-    fig.update_layout(height=height, width=460, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      title=dict(text=f"distance to each prototype (predicted: {classes[pred]})", font=dict(size=13)),
-                      yaxis_title="distance (-logit)")
-    return fig
+    bars = dict(type="bar", x=labels, y=np.asarray(distances, dtype=float),
+                marker=dict(color=colors, line=dict(color=line, width=3)),
+                text=[f"{d:.2f}" for d in distances], textposition="outside", name="distance",
+                hovertemplate="%{x}: distance %{y:.3f}<extra></extra>")
+    layout = dict(height=height, width=460, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
+                  title=dict(text=f"distance to each prototype (predicted: {classes[pred]})", font=dict(size=13)),
+                  yaxis=dict(title=dict(text="distance (-logit)")))
+    return go.Figure(dict(data=[bars], layout=layout), _validate=checked)
 
 
 def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[str], selected: int = -1,

@@ -1,4 +1,4 @@
-"""The figures redrawn on every click, ``heatmap_figure`` (from a cached skeleton) and
+"""The figures redrawn on every click, ``heatmap_figure`` (from a cached skeleton), ``distance_figure`` and
 ``projection_figure``, are taken by plotly unchecked: each must be the very figure plotly builds
 property by property, for every layout the views and exports use, and no figure may share anything
 with the cached skeleton."""
@@ -64,3 +64,12 @@ def test_the_unchecked_projection_is_the_checked_one(moved):
         checked = projection_figure(result, support, queries, selected, checked=True)  # plotly raises on a bad key
         assert same_value(fast.to_plotly_json(), checked.to_plotly_json())
     assert [t.name for t in fast.data][-3:] == ["queries", "prototypes", "selected"]
+
+
+def test_the_unchecked_distance_bars_are_the_checked_ones():
+    from widgets.figures import distance_figure
+
+    for pred, true in [(1, 2), (0, 0), (2, -1)]:
+        args = (["a", "b", "c"], np.array([1.5, 0.3, 2.0]), pred, true)
+        fast, checked = distance_figure(*args), distance_figure(*args, checked=True)
+        assert same_value(fast.to_plotly_json(), checked.to_plotly_json())
