@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import select
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -33,7 +34,7 @@ from urllib.parse import parse_qs
 import ipywidgets as W
 
 from fsl_xai.study.design import StudyDesign, load_design
-from fsl_xai.study.session import RaterSession
+from fsl_xai.study.session import RaterSession, handoff_wake_path
 from fsl_xai.study.store import AccessDenied, AlreadyAnswered, ResponseStore, StudyStoreError
 
 STUDY_DB_ENV = "FSL_XAI_STUDY_DB"
@@ -42,10 +43,35 @@ STUDY_FILE_ENV = "FSL_XAI_STUDY_FILE"
 HANDOFF_ENV = "FSL_XAI_STUDY_HANDOFF"
 #: how long a kernel started for a page waits for its token (the gate writes it as the page starts)
 HANDOFF_WAIT_S = 60.0
-#: how often a waiting kernel looks for its token: often for a kernel started for a page (the token
-#: comes within moments), less often once it has waited a while (a preheated kernel may wait for
-#: hours; at 10 ms a pool of 20 would keep a seventh of a core busy)
+#: how often a waiting kernel looks for its token when it cannot sleep on its wake-up FIFO (no
+#: mkfifo): often for a kernel started for a page (the token comes within moments), less often once
+#: it has waited a while (a preheated kernel may wait for hours)
 HANDOFF_POLL_S, HANDOFF_IDLE_POLL_S, HANDOFF_BRISK_S = 0.01, 0.05, 2.0
+#: with the FIFO, the gate wakes the kernel once the token file is written; the kernel still looks
+#: at the file this often (a token written without a wake-up is found all the same)
+HANDOFF_WAKE_CHECK_S = 0.5
+
+
+def _wake_fifo(path: Path) -> int | None:
+    """Open (making it) the FIFO the gate writes to once the token is there; None where FIFOs are
+    not available (then the kernel polls). Opened read-write so that it has a writer of its own:
+    a FIFO without one reads as at its end, and select() would never sleep."""
+    try:
+        os.mkfifo(path, 0o600)
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except (AttributeError, OSError):  # no mkfifo (Windows), or the folder refuses it
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _sleep_until_woken(fd: int, timeout: float) -> None:
+    """Sleep on the FIFO ``fd`` up to ``timeout`` seconds; empty it when the gate wrote to it."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    if ready:
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            pass
 
 
 def token_from_environment() -> str | None:
@@ -54,10 +80,13 @@ def token_from_environment() -> str | None:
     Behind the gate (``fsl-xai study serve``, which sets ``FSL_XAI_STUDY_HANDOFF``) the page's URL
     reaches Voila without the token: the gate checks it, binds the kernel to the page, and hands
     it to this kernel as a file named after the kernel's id in a folder only this user can read;
-    the kernel reads and deletes it. A preheated kernel (started ahead into Voila's pool, before any
-    rater asked for a page) waits for it as long as it takes; a kernel started for a page waits up
-    to HANDOFF_WAIT_S (None after that: the page shows the refusal). Without the gate (Voila run
-    by hand): the ``token`` query parameter of the page, which Voila passes to the kernel.
+    the kernel reads and deletes it. While it waits the kernel sleeps on a FIFO beside that file
+    (:func:`fsl_xai.study.session.handoff_wake_path`), which the gate writes to once the token is
+    there, so a waiting kernel uses no CPU; without FIFOs it polls. A preheated kernel (started
+    ahead into Voila's pool, before any rater asked for a page) waits for it as long as it takes;
+    a kernel started for a page waits up to HANDOFF_WAIT_S (None after that: the page shows the
+    refusal). Without the gate (Voila run by hand): the ``token`` query parameter of the page,
+    which Voila passes to the kernel.
     """
     folder = os.environ.get(HANDOFF_ENV)
     if not folder:
@@ -66,20 +95,30 @@ def token_from_environment() -> str | None:
     kernel_id = os.environ.get("VOILA_KERNEL_ID", "")
     if not kernel_id or os.sep in kernel_id or kernel_id.startswith("."):
         return None
-    path = Path(folder) / kernel_id
+    path, wake = Path(folder) / kernel_id, handoff_wake_path(folder, kernel_id)
     start = time.monotonic()
     deadline = None if os.environ.get("VOILA_PREHEAT") == "True" else start + HANDOFF_WAIT_S
-    while True:
-        try:
-            token = path.read_text()
-        except FileNotFoundError:
-            now = time.monotonic()
-            if deadline is not None and now > deadline:
-                return None
-            time.sleep(HANDOFF_POLL_S if now - start < HANDOFF_BRISK_S else HANDOFF_IDLE_POLL_S)
-            continue
-        path.unlink(missing_ok=True)
-        return token.strip() or None
+    fd = _wake_fifo(wake)
+    try:
+        while True:
+            try:
+                token = path.read_text()
+            except FileNotFoundError:
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    return None
+                if fd is not None:
+                    _sleep_until_woken(fd, HANDOFF_WAKE_CHECK_S if deadline is None
+                                       else min(HANDOFF_WAKE_CHECK_S, deadline - now))
+                else:
+                    time.sleep(HANDOFF_POLL_S if now - start < HANDOFF_BRISK_S else HANDOFF_IDLE_POLL_S)
+                continue
+            path.unlink(missing_ok=True)
+            return token.strip() or None
+    finally:
+        if fd is not None:
+            os.close(fd)
+            wake.unlink(missing_ok=True)
 
 
 def _png(data_b64: str | None) -> bytes:
@@ -100,15 +139,18 @@ def _in_panel(widget: W.Widget, panel: str) -> W.Widget:
     return widget
 
 
-def _blank(widget: W.Widget) -> None:
+def _blank(widget: W.Widget, keep: frozenset[int] = frozenset()) -> None:
     """Empty ``widget`` and everything inside it: a panel off the screen keeps nothing of a case
-    (the page holds every widget's state, shown or not)."""
-    if isinstance(widget, W.Image):
-        widget.value = b""
-    elif isinstance(widget, W.HTML):
-        widget.value = ""
+    (the page holds every widget's state, shown or not). Widgets whose id is in ``keep`` hold no
+    case's content (a panel's fixed title) and keep it: emptying and refilling them would be two
+    more messages each time the panel goes and comes back."""
+    if id(widget) not in keep:
+        if isinstance(widget, W.Image):
+            widget.value = b""
+        elif isinstance(widget, W.HTML):
+            widget.value = ""
     for child in getattr(widget, "children", ()):
-        _blank(child)
+        _blank(child, keep)
 
 
 SUBMIT_LABELS = {"single": "Submit answer", "first": "Confirm my own answer", "revised": "Submit final answer"}
@@ -153,6 +195,7 @@ class RaterApp(W.VBox):
         self.add_class("fsl-rater-app")
         self._panels: dict[str, W.Widget] = {}  # panel -> its widget, built on first use
         self._tiles: list[W.VBox] = []  # the prototypes panel's reference tiles, grown on demand
+        self._titles: set[int] = set()  # ids of the panels' fixed titles (no case's content: never blanked)
         self._rows: dict[tuple, tuple[W.VBox, W.Widget]] = {}  # (question, options) -> (row, answer widget)
         self.session: RaterSession | None = None
         try:
@@ -210,9 +253,10 @@ class RaterApp(W.VBox):
 
     def _show_advice(self, shown_panels: list[W.Widget]) -> None:
         """Put ``shown_panels`` on the screen and empty every other panel."""
+        keep = frozenset(self._titles)
         for widget in self._panels.values():
             if widget not in shown_panels:
-                _blank(widget)
+                _blank(widget, keep)
         self.advice_area.children = shown_panels
 
     def _panel(self, name: str, text: str) -> W.HTML:
@@ -238,6 +282,7 @@ class RaterApp(W.VBox):
                                                 "heatmap")
         box = self._panels["heatmap"]
         title, image = box.children
+        self._titles.add(id(title))  # the study's method: the same for every case
         title.value = f"<b>Where the model looked</b> ({html.escape(method)})"
         _set_image(image, data_b64)
         return box
@@ -248,6 +293,7 @@ class RaterApp(W.VBox):
             self._panels["prototypes"] = _in_panel(W.VBox([W.HTML(), W.HBox()]), "prototypes")
         box = self._panels["prototypes"]
         title, row = box.children
+        self._titles.add(id(title))
         title.value = "<b>Most similar reference cases</b>"
         while len(self._tiles) < len(support):
             self._tiles.append(_in_panel(W.VBox([W.Image(format="png", width=96, height=96), W.HTML()]),
@@ -336,7 +382,10 @@ class RaterApp(W.VBox):
         return out
 
     def _submit(self) -> None:
-        self.submit_button.disabled = True
+        # The button is not disabled while the answer is stored: the kernel handles one click at a
+        # time, so a page would only see "disabled" and "enabled" arrive together, two messages
+        # through the gate, Voila and the page for nothing. A second click is handled after this
+        # one, on the screen it was given on (its key), and the store refuses what it must.
         try:
             # the key of this screen: a second tab on the same case has its own, and the store
             # refuses the later one instead of replacing a confirmed answer
@@ -347,7 +396,6 @@ class RaterApp(W.VBox):
             return
         except (StudyStoreError, AccessDenied) as exc:
             self.status.value = _message("fsl-error", str(exc))
-            self.submit_button.disabled = False
             return
         # committed: only now confirm
         s = self._session()

@@ -18,6 +18,9 @@ process, on the address raters use. The gate:
   every frame a page sends (the part count and the offsets) and closes a socket on a malformed
   one: Voila 0.5.13 reads a frame's first 8 bytes as the part count and builds a list that long,
   so a legacy-layout frame never reaches it;
+- relays what Voila sends as the bytes it came in: whole frames, found by their headers
+  (:class:`ServerFrames`), neither decoded nor framed again (most of a click's frames go that way:
+  the kernel's status, echoes and widget updates), and answers Voila's pings itself;
 - keeps the rater's token away from Voila: the page request goes on without it, and once the page
   names its kernel the gate hands the token to that kernel as a file named after the kernel in a
   folder only this user can read (``FSL_XAI_STUDY_HANDOFF``; ``widgets.rater_app`` reads and
@@ -51,6 +54,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .session import handoff_wake_path
 from .store import ResponseStore
 
 try:  # tornado comes with Voila (the ui extra)
@@ -200,6 +204,83 @@ def v1_frame_problem(frame: str | bytes) -> str | None:
     return None
 
 
+#: the largest frame the gate relays from Voila to a page (Voila's messages with images are far smaller)
+MAX_RELAYED_FRAME_BYTES = 256 * 1024 * 1024
+WS_CLOSE, WS_PING, WS_PONG = 0x8, 0x9, 0xA
+
+
+class RelayError(ValueError):
+    """Voila sent bytes the gate will not relay (a frame that is masked, compressed or too large)."""
+
+
+class ServerFrames:
+    """The whole frames in the byte stream a websocket server (Voila) sends, found by their headers
+    alone (RFC 6455: unmasked, no extension negotiated), so that they are relayed to the page as
+    they came, without decoding, copying per frame, or re-framing; the bytes of a frame not yet
+    whole wait for the rest. Control frames (close, ping, pong) are the gate's to answer, not the
+    page's, and are handed back apart.
+
+    Args:
+        max_frame: the largest frame accepted (RelayError beyond it).
+    """
+
+    def __init__(self, max_frame: int = MAX_RELAYED_FRAME_BYTES):
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int | None, bytes]]:
+        """Add ``data``; every complete piece so far, in order: ``(None, bytes)`` for a run of data
+        frames to send on as they are, ``(opcode, payload)`` for a control frame."""
+        buf = self._buffer
+        buf += data
+        out: list[tuple[int | None, bytes]] = []
+        pos = run = 0
+        end_of_data = len(buf)
+        while end_of_data - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            if second & 0x80 or first & 0x70:
+                raise RelayError("Voila sent a masked or compressed frame, which the gate does not relay")
+            length, head = second & 0x7F, 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            if end_of_data - pos < head:
+                break
+            if head > 2:
+                length = int.from_bytes(buf[pos + 2:pos + head], "big")
+            if length > self.max_frame:
+                raise RelayError(f"Voila sent a frame of {length} bytes, more than the gate relays")
+            end = pos + head + length
+            if end > end_of_data:
+                break
+            opcode = first & 0x0F
+            if opcode >= WS_CLOSE:
+                if pos > run:
+                    out.append((None, bytes(buf[run:pos])))
+                out.append((opcode, bytes(buf[pos + head:end])))
+                run = end
+            pos = end
+        if pos > run:
+            out.append((None, bytes(buf[run:pos])))
+        del buf[:pos]
+        return out
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final websocket frame from the gate to Voila (a client's frame: masked, RFC 6455)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = secrets.token_bytes(4)
+    key = (mask * (n // 4 + 1))[:n]
+    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
 class Gate:
     """The state of one gate: where Voila is, the study store, the kernels and their secrets.
 
@@ -259,12 +340,30 @@ class Gate:
         with os.fdopen(fd, "w") as f:
             f.write(token)
         os.replace(part, self.handoff / kernel_id)
+        self._wake(kernel_id)
+
+    def _wake(self, kernel_id: str) -> None:
+        """Wake the kernel sleeping on its FIFO (``session.handoff_wake_path``) now that its token
+        is there; nothing to do when it is not waiting on one (it polls, or has not started to wait
+        and will find the file when it does)."""
+        assert self.handoff is not None
+        try:  # non-blocking: no reader is ENXIO, never a wait inside the gate's event loop
+            fd = os.open(handoff_wake_path(self.handoff, kernel_id), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            os.write(fd, b"\n")
+        except OSError:  # full (woken already): the kernel reads the file either way
+            pass
+        finally:
+            os.close(fd)
 
     def forget(self, kernel_id: str) -> None:
         """The kernel is gone: forget its binding and any token it did not pick up."""
         self.kernels.forget(kernel_id)
         if self.handoff is not None:
             (self.handoff / kernel_id).unlink(missing_ok=True)
+            handoff_wake_path(self.handoff, kernel_id).unlink(missing_ok=True)
 
     async def prune(self) -> None:
         """Forget the kernels Voila no longer has (culled when idle, or shut down)."""

@@ -5,6 +5,8 @@ thread that runs them inside ``fsl-xai study serve`` (what they check, and why a
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import html
 import re
 import secrets
@@ -13,17 +15,33 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .gate import BROWSER_COOKIE, GATE_SECRET_HEADER, KERNEL_ID, V1_PROTOCOL, Gate, cookie_values, v1_frame_problem
+from .gate import (
+    BROWSER_COOKIE,
+    GATE_SECRET_HEADER,
+    KERNEL_ID,
+    V1_PROTOCOL,
+    WS_CLOSE,
+    WS_PING,
+    WS_PONG,
+    Gate,
+    RelayError,
+    ServerFrames,
+    client_frame,
+    cookie_values,
+    v1_frame_problem,
+)
 from .store import AccessDenied, StudyStoreError
 
 try:  # tornado comes with Voila (the ui extra)
-    from tornado import httpclient, httpserver, httputil, iostream, netutil, web, websocket
+    from tornado import httpclient, httpserver, httputil, iostream, netutil, tcpclient, web, websocket
 except ImportError as exc:  # pragma: no cover - Voila, checked before, brings tornado
     raise ImportError("the rater gate needs tornado, installed with Voila: pip install 'fsl-xai[ui]'") from exc
 
 #: what a rater page loads besides itself (Voila's scripts, styles, themes, widget extensions)
 STATIC_PREFIXES = ("voila/static/", "voila/templates/", "voila/labextensions/", "voila/api/themes/")
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+RELAY_CHUNK_BYTES = 256 * 1024  # the most read from Voila's socket at once (several frames, usually)
+WS_BINARY = 0x2
 _KERNEL_IN_PAGE = re.compile(rb'"kernelId":\s*"(' + KERNEL_ID.encode() + rb')"')
 _KERNEL_ID_TAIL = 128  # bytes kept from one chunk to the next while looking for the kernel id
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -209,11 +227,45 @@ class KernelHandler(_GateHandler):
         await self._forward_and_forget(kernel_id)
 
 
+class UpstreamRefused(OSError):
+    """Voila did not accept the kernel websocket as asked (no 101, or not the v1 protocol)."""
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
+
+
+async def connect_upstream(gate: Gate, uri: str, timeout: float = 20.0) -> iostream.IOStream:
+    """Open the kernel websocket ``uri`` on Voila for the gate: the opening handshake over a plain
+    TCP stream (v1 protocol, no compression, the gate's secret), then the stream itself, whose
+    frames the gate relays to the page as they come (:class:`fsl_xai.study.gate.ServerFrames`)."""
+    host, _, port = gate.upstream.rpartition(":")
+    stream = await tcpclient.TCPClient().connect(host, int(port), timeout=timeout)
+    try:
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        lines = [f"GET {uri} HTTP/1.1", f"Host: {gate.upstream}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Protocol: {V1_PROTOCOL}",
+                 *(f"{name}: {value}" for name, value in gate.upstream_headers().items())]
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n", max_bytes=64 * 1024), timeout)
+        status, _, rest = head.decode("latin-1").partition("\r\n")
+        headers = httputil.HTTPHeaders.parse(rest)
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        if (status.split(" ")[1:2] != ["101"] or headers.get("Sec-WebSocket-Accept") != accept
+                or headers.get("Sec-WebSocket-Protocol") != V1_PROTOCOL or headers.get("Sec-WebSocket-Extensions")):
+            raise UpstreamRefused(f"Voila refused the kernel websocket: {status}")
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
 class KernelSocket(websocket.WebSocketHandler):
-    """A kernel's websocket, relayed to Voila frame by frame after the checks above."""
+    """A kernel's websocket, relayed to Voila after the checks above: every frame the page sends is
+    checked, then sent on as one masked frame; what Voila sends goes to the page as the bytes it
+    came in (whole frames only, found by their headers), not decoded and framed again."""
 
     gate: Gate
-    upstream: websocket.WebSocketClientConnection | None
+    upstream: iostream.IOStream | None
 
     def initialize(self, gate: Gate) -> None:
         self.gate, self.upstream, self.kernel_id = gate, None, ""
@@ -235,39 +287,60 @@ class KernelSocket(websocket.WebSocketHandler):
         return V1_PROTOCOL if V1_PROTOCOL in subprotocols else None
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        return None
+        return None  # the page gets Voila's frames as they are: neither side compresses
 
     async def open(self, *args: str, **kwargs: str) -> None:
         try:
-            self.upstream = await websocket.websocket_connect(
-                httpclient.HTTPRequest(f"ws://{self.gate.upstream}{self.request.uri}", connect_timeout=20,
-                                       headers=self.gate.upstream_headers()),
-                subprotocols=[V1_PROTOCOL], max_message_size=256 * 1024 * 1024)
-        except (OSError, httpclient.HTTPClientError, websocket.WebSocketError):
+            self.upstream = await connect_upstream(self.gate, self.request.uri or "")
+        except OSError:  # refused, timed out (TimeoutError), or closed (StreamClosedError)
             self.close(1011, "the kernel is not available")
             return
         asyncio.ensure_future(self._relay(self.upstream))
 
-    async def _relay(self, upstream: websocket.WebSocketClientConnection) -> None:
-        while (message := await upstream.read_message()) is not None:
-            try:
-                await self.write_message(message, binary=isinstance(message, bytes))
-            except websocket.WebSocketClosedError:
-                break
-        self.close()
+    async def _relay(self, upstream: iostream.IOStream) -> None:
+        frames = ServerFrames()
+        page = self.ws_connection.stream if self.ws_connection is not None else None
+        code: int | None = None
+        try:
+            while page is not None:
+                chunk = await upstream.read_bytes(RELAY_CHUNK_BYTES, partial=True)
+                sent = None
+                for opcode, data in frames.feed(chunk):
+                    if opcode is None:
+                        sent = page.write(data)
+                    elif opcode == WS_PING:  # answered here, as a client library would
+                        upstream.write(client_frame(WS_PONG, data))
+                    elif opcode == WS_CLOSE:
+                        code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                        raise iostream.StreamClosedError()
+                if sent is not None:
+                    await sent  # a page that reads slowly slows the reading from Voila
+        except (iostream.StreamClosedError, RelayError):
+            pass
+        upstream.close()
+        if self.upstream is upstream:
+            self.upstream = None
+        self.close(code if code is not None and 1000 <= code < 5000 and code not in (1005, 1006, 1015) else None)
 
     def on_message(self, message: str | bytes) -> None:
         problem = v1_frame_problem(message)
         if problem is not None:
             self.close(1003, problem[:120])
             return
-        if self.upstream is not None:
-            self.upstream.write_message(message, binary=True)
+        if self.upstream is not None and isinstance(message, bytes):
+            try:
+                self.upstream.write(client_frame(WS_BINARY, message))
+            except iostream.StreamClosedError:
+                self.close()
 
     def on_close(self) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
-            self.upstream = None
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None and not upstream.closed():
+            try:  # a close frame, then the connection
+                upstream.write(client_frame(WS_CLOSE, (1000).to_bytes(2, "big"))).add_done_callback(
+                    lambda _: upstream.close())
+            except iostream.StreamClosedError:
+                upstream.close()
 
 
 class NotFound(_GateHandler):

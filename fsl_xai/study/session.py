@@ -20,11 +20,13 @@ store (a case with a stored first answer is at its revised step), so a reload re
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .design import Question, StudyDesign
@@ -36,12 +38,22 @@ SHOWN_KEYS_KEPT = 16
 UNAIDED_KEYS = ("case_label", "image_png", "classes", "true_class")
 
 
+def handoff_wake_path(folder: str | os.PathLike, kernel_id: str) -> Path:
+    """Behind the gate: the FIFO where a kernel waiting for its rater's token (the file
+    ``folder/<kernel_id>``) sleeps until the gate, having written that file, wakes it. A waiting
+    kernel then costs no CPU (a preheated kernel may wait for hours; polling the file every 50 ms
+    cost each one 3 CPU ms a second). The gate writes the token file first, so a kernel that polls
+    instead (no FIFO support) finds it all the same."""
+    return Path(folder) / f".{kernel_id}.wake"
+
+
 @dataclass(frozen=True)
 class _Shown:
     position: int
     item_id: str
     shown_at: float
     step: str
+    condition: str
 
 
 class RaterSession:
@@ -76,11 +88,15 @@ class RaterSession:
         """The step of the item at ``position`` (default: the current one): ``single``
         (independent reading), ``first`` (unaided) or ``revised`` (with the AI's output)."""
         position = self.position if position is None else position
-        condition = self.store.item(self.items[position])["condition"]
+        return self._step(self.items[position], self.store.item(self.items[position])["condition"])
+
+    def _step(self, item_id: str, condition: str, phases: dict[str, dict[str, Any]] | None = None) -> str:
+        """The step of ``item_id`` (in ``condition``); ``phases``: the rater's answers to it by
+        phase, when already read."""
         steps = self.design.steps(condition)
         if len(steps) == 1:
             return steps[0]
-        done = self.store.answers_by_phase(self.token).get(self.items[position], {})
+        done = self.store.answers_by_phase(self.token).get(item_id, {}) if phases is None else phases
         return "revised" if "first" in done else "first"
 
     def questions(self, step: str, condition: str) -> tuple[Question, ...]:
@@ -103,12 +119,12 @@ class RaterSession:
             raise StudyStoreError("all items are answered; the study is complete for this rater")
         stored = self.store.item(self.items[self.position])
         item = {key: stored[key] for key in ("item_id", "condition", "shown")}
-        step = self.step()
+        phases = self.store.answers_by_phase(self.token).get(item["item_id"], {})
+        step = self._step(item["item_id"], item["condition"], phases)
         item["step"] = step
         item["panels"] = list(self.design.condition(item["condition"]).show)
         item["questions"] = [q.id for q in self.questions(step, item["condition"])]
         item["position"] = self.position
-        phases = self.store.answers_by_phase(self.token).get(item["item_id"], {})
         if step == "first":
             # nothing of the AI's output before the first answer: not on screen, not in the kernel's item
             item["shown"] = {k: v for k, v in item["shown"].items() if k in UNAIDED_KEYS}
@@ -120,7 +136,7 @@ class RaterSession:
         else:
             item["previous_answers"] = phases.get("single", {})
         key = f"{item['item_id']}#{step}#{secrets.token_urlsafe(12)}"
-        self._shown[key] = _Shown(self.position, item["item_id"], self.clock(), step)
+        self._shown[key] = _Shown(self.position, item["item_id"], self.clock(), step, item["condition"])
         while len(self._shown) > SHOWN_KEYS_KEPT:
             self._shown.popitem(last=False)
         self._last_key = key
@@ -171,8 +187,7 @@ class RaterSession:
         shown = self._shown.get(key)
         if shown is None:
             raise StudyStoreError("this page is out of date; reload it to answer the current case")
-        condition = self.store.item(shown.item_id)["condition"]
-        clean = self.validate(answers, self.questions(shown.step, condition))
+        clean = self.validate(answers, self.questions(shown.step, shown.condition))
         elapsed = None
         if self.design.measure_time:
             elapsed = (self.clock() - shown.shown_at) * 1000.0

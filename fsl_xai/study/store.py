@@ -114,11 +114,17 @@ class ResponseStore:
     @property
     def reading(self) -> str:
         """``"sequential"`` or ``"independent"`` (the default, and what older stores hold)."""
-        return self.meta("reading", "independent") or "independent"
+        return self._reading_rules()[0]
 
     def aided_conditions(self) -> set[str]:
         """The conditions whose items have a revised answer after the first under sequential reading."""
-        return set(json.loads(self.meta("aided_conditions") or "[]"))
+        return self._reading_rules()[1]
+
+    def _reading_rules(self) -> tuple[str, set[str]]:
+        """(reading, aided conditions), read together: one query on every answer and every screen."""
+        rows: dict[str, str] = {key: value for key, value in self._db.rows(
+            "SELECT key, value FROM meta WHERE key IN ('reading', 'aided_conditions')")}
+        return rows.get("reading") or "independent", set(json.loads(rows.get("aided_conditions") or "[]"))
 
     def set_reading(self, reading: str, aided_conditions: Sequence[str] = ()) -> None:
         """Keep the study's reading (``independent`` or ``sequential``) and, for sequential reading,
@@ -132,9 +138,10 @@ class ResponseStore:
 
     def phases(self, condition: str) -> tuple[str, ...]:
         """The answer phases an item of this condition takes, in order."""
-        if self.reading != "sequential":
+        reading, aided = self._reading_rules()
+        if reading != "sequential":
             return ("single",)
-        return ("first", "revised") if condition in self.aided_conditions() else ("first",)
+        return ("first", "revised") if condition in aided else ("first",)
 
     def add_items(self, items: list[dict[str, Any]]) -> None:
         """Store frozen items: dicts with item_id, case_id, condition, shown (what the rater sees,
@@ -249,8 +256,8 @@ class ResponseStore:
     def completed_items(self, token: str) -> set[str]:
         """The token's items whose last phase is answered (an answered item under independent reading)."""
         rater = self.authenticate(token)
-        return queries.completed_item_ids(self._db, rater.rater_id, self.reading == "sequential",
-                                          self.aided_conditions())
+        reading, aided = self._reading_rules()
+        return queries.completed_item_ids(self._db, rater.rater_id, reading == "sequential", aided)
 
     def next_position(self, token: str) -> int:
         """The position of the first assigned item not yet complete (len(items) when done)."""

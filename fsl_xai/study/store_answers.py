@@ -45,6 +45,11 @@ def encode_answers(answers: Mapping[str, Any], answer_key: str) -> dict[str, str
     return {q: None if v is None else json.dumps(v) for q, v in sorted(answers.items())}
 
 
+def _allows_back(db: sqlite3.Connection) -> bool:
+    row = db.execute("SELECT value FROM meta WHERE key = 'allow_back'").fetchone()
+    return bool(row and row[0] == "1")
+
+
 def record_answers(db: sqlite3.Connection, rules: ReadingRules, rater_id: int, item_id: str,
                    encoded: Mapping[str, str | None], answer_key: str, response_ms: float | None,
                    phase: str) -> list[int]:
@@ -78,8 +83,7 @@ def record_answers(db: sqlite3.Connection, rules: ReadingRules, rater_id: int, i
         raise AlreadyAnswered("your own first answer to this case is already saved (perhaps in another tab "
                               "or window) and is final, so this answer was not saved; go on from where the "
                               "case is now")
-    allow_back = db.execute("SELECT value FROM meta WHERE key = 'allow_back'").fetchone()
-    if phase in done and not (allow_back and allow_back[0] == "1"):
+    if phase in done and not _allows_back(db):
         raise AlreadyAnswered("this case was already answered (perhaps in another tab or window) and this "
                               "study does not allow changing answers, so this answer was not saved; go on "
                               "with the next case")

@@ -253,3 +253,52 @@ def test_behind_the_gate_the_token_comes_by_hand_off_not_the_url(study, tmp_path
     monkeypatch.setattr(rater_app, "HANDOFF_WAIT_S", 0.2)
     assert rater_app.token_from_environment() is None
     assert "Access denied" in rater_app.app_from_environment().children[0].value
+
+
+def test_a_waiting_kernel_sleeps_until_the_gate_wakes_it(study, tmp_path, monkeypatch):
+    """A kernel waiting for its token (a preheated one may wait for hours) does not poll: it looks
+    at the token file once, sleeps on its FIFO, and the gate's hand-over (token file, then a
+    wake-up) ends the wait at once; nothing is left in the hand-off folder."""
+    import threading
+    import time
+    from pathlib import Path
+
+    import widgets.rater_app as rater_app
+    from fsl_xai.study.gate import Gate, GateSettings
+    from fsl_xai.study.session import handoff_wake_path
+
+    db, _, ((_, token), _) = study["study"]
+    handoff = tmp_path / "handoff"
+    handoff.mkdir(mode=0o700)
+    kernel_id = "0123abcd-0000-4000-8000-00000000beef"
+    monkeypatch.setenv(rater_app.HANDOFF_ENV, str(handoff))
+    monkeypatch.setenv("VOILA_KERNEL_ID", kernel_id)
+    monkeypatch.setenv("VOILA_PREHEAT", "True")  # waits with no deadline, as a preheated kernel does
+    monkeypatch.setattr(rater_app, "HANDOFF_WAKE_CHECK_S", 60.0)  # only the wake-up can end the wait in time
+    looks: list[str] = []
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (looks.append(self.name), real_read(self, *a, **k))[1])
+    gate = Gate(db, 1, GateSettings(), handoff=handoff)
+
+    def hand_over() -> None:
+        deadline = time.monotonic() + 30
+        while not handoff_wake_path(handoff, kernel_id).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the kernel is asleep on its FIFO by now
+        gate.hand_over(kernel_id, token)
+
+    writer = threading.Thread(target=hand_over)
+    writer.start()
+    start = time.monotonic()
+    got = rater_app.token_from_environment()
+    waited = time.monotonic() - start
+    writer.join()
+    gate.close()
+    assert got == token
+    assert waited < 10, f"the wake-up did not end the wait ({waited:.1f} s)"
+    assert looks.count(kernel_id) == 2, looks  # once before sleeping, once when woken: no polling
+    assert not list(handoff.iterdir()), "the token file or the FIFO was left behind"
+    # the gate forgetting a kernel that never picked its token up removes both
+    gate.hand_over(kernel_id, token)
+    gate.forget(kernel_id)
+    assert not list(handoff.iterdir())

@@ -174,6 +174,54 @@ def test_frames_are_checked_before_voila_reads_them():
     assert v1_frame_problem(b"\x01") is not None
 
 
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 1 << 16:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+def test_voilas_frames_are_relayed_whole_and_as_they_came():
+    """What Voila sends reaches the page as the same bytes, cut only between frames however the
+    socket delivers them; control frames (ping, pong, close) come apart, for the gate to answer;
+    a masked, compressed or oversized frame is refused. The gate's own frames to Voila unmask to
+    what the page sent."""
+    import random
+
+    from fsl_xai.study.gate import RelayError, ServerFrames, client_frame
+
+    rng = random.Random(0)
+    sent = [(rng.choice([2, 2, 2, 1, 0x9, 0xA, 0x8]), rng.randbytes(rng.choice([0, 5, 125, 126, 300, 65535, 65536,
+                                                                               200_000])))
+            for _ in range(120)]
+    stream = b"".join(_server_frame(op, payload) for op, payload in sent)
+    frames, got, at = ServerFrames(), [], 0
+    while at < len(stream):
+        step = rng.randint(1, 70_000)
+        got += frames.feed(stream[at:at + step])
+        at += step
+    assert b"".join(data for op, data in got if op is None) == b"".join(
+        _server_frame(op, payload) for op, payload in sent if op < 0x8)
+    assert [(op, data) for op, data in got if op is not None] == [(op, p) for op, p in sent if op >= 0x8]
+    for bad in (bytes((0x82, 0x85)) + b"mask" + b"12345", bytes((0xC2, 1)) + b"x"):  # masked; compressed (RSV1)
+        with pytest.raises(RelayError):
+            ServerFrames().feed(bad)
+    with pytest.raises(RelayError, match="more than"):
+        ServerFrames(max_frame=100).feed(bytes((0x82, 126)) + (101).to_bytes(2, "big"))
+    for n in (0, 1, 5, 125, 126, 65535, 65536, 70_001):
+        payload = rng.randbytes(n)
+        frame = client_frame(0x2, payload)
+        length, head = frame[1] & 0x7F, 2
+        if length >= 126:
+            head = 4 if length == 126 else 10
+            length = int.from_bytes(frame[2:head], "big")
+        mask, body = frame[head:head + 4], frame[head + 4:]
+        assert frame[0] == 0x82 and frame[1] & 0x80 and length == n == len(body)
+        assert bytes(b ^ mask[i % 4] for i, b in enumerate(body)) == payload
+
+
 def test_bad_requests_start_no_kernel(server):
     proc, port, tokens = server
     before = kernels_of(proc)
