@@ -26,10 +26,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 PYTEST_ARGS ?=
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help venv browser models lint test lab bench clean distclean
+.PHONY: help venv browser models lint test lab app bench clean distclean
 
 help:
 	@echo "make lab    set up .venv and start JupyterLab on notebooks/"
+	@echo "make app    set up .venv and serve the workbench app (Voila) on http://127.0.0.1:8866/"
 	@echo "make test   set up .venv and Chromium, then lint and run every test (unit, notebooks, browser)"
 	@echo "make lint   only ruff (fsl_xai widgets tests benchmarks) and mypy (fsl_xai widgets)"
 	@echo "make bench  run the benchmark scripts in benchmarks/ (not the _helpers)"
@@ -77,6 +78,12 @@ LAB_ARGS ?=
 
 lab: venv
 	$(BIN)/fsl-xai lab $(LAB_ARGS)
+
+# Options for fsl-xai app, e.g. make app APP_ARGS='--port 8899 --preheat 2'
+APP_ARGS ?=
+
+app: venv
+	$(BIN)/fsl-xai app $(APP_ARGS)
 
 bench: venv
 	@set -e; for script in benchmarks/[!_]*.py; do \

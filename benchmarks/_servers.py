@@ -1,5 +1,5 @@
-"""Servers for the browser benchmarks: a free local port, the environment a Voila server needs, and
-stopping a server with everything it started."""
+"""Servers for the browser benchmarks: a free local port, the environment a Voila server needs, the
+kernels a server runs, waiting until it is idle, and stopping a server with everything it started."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # installed with ipykernel
@@ -62,3 +63,67 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+def process_tree(root: int) -> list[psutil.Process]:
+    """A process and its descendants alive now (none when it is gone)."""
+    try:
+        top = psutil.Process(root)
+        return [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds (user + system) each process has used so far, by pid."""
+    used = {}
+    for p in processes:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        used[p.pid] = times.user + times.system
+    return used
+
+
+_KERNEL_ID = re.compile(r"kernel-([0-9a-f-]{36})\.json")
+
+
+def kernel_ids(root: int) -> set[str]:
+    """The ids of the Jupyter kernels running under ``root`` (from their connection files' names)."""
+    found = set()
+    for p in process_tree(root)[1:]:
+        try:
+            match = _KERNEL_ID.search(" ".join(p.cmdline()))
+        except psutil.Error:
+            continue
+        if match:
+            found.add(match[1])
+    return found
+
+
+def _runnable(p: psutil.Process) -> bool:
+    try:
+        return bool(p.status() == psutil.STATUS_RUNNING)
+    except psutil.Error:
+        return False
+
+
+def wait_until_idle(proc: subprocess.Popen, kernels_at_least: int = 0, timeout: float = 600.0,
+                    quiet_cpu_s: float = 0.1) -> float:
+    """Wait until the server runs at least ``kernels_at_least`` kernels (a preheat pool is full)
+    and its process tree, kernels included, used under ``quiet_cpu_s`` CPU seconds in one second
+    with none of its processes waiting for a core (on a crowded machine a busy process may get
+    little CPU); returns the seconds waited. RuntimeError when that does not happen within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        before = cpu_seconds(process_tree(proc.pid))
+        time.sleep(1.0)
+        tree = process_tree(proc.pid)
+        now = cpu_seconds(tree)
+        used = sum(t - before.get(pid, 0.0) for pid, t in now.items())  # a new process counts in full
+        if (len(kernel_ids(proc.pid)) >= kernels_at_least and used < quiet_cpu_s
+                and not any(_runnable(p) for p in tree)):
+            return time.monotonic() - start
+    raise RuntimeError(f"the server did not settle within {timeout:.0f} s: {len(kernel_ids(proc.pid))} kernels "
+                       f"running (waiting for {kernels_at_least}), or still busy")

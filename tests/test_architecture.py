@@ -70,12 +70,13 @@ DIST_OF = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml", "IPytho
            "libjpeg": "pylibjpeg-libjpeg", "openjpeg": "pylibjpeg-openjpeg"}
 # installed with a declared package, so importing them needs no entry of their own
 IMPLIED = {"traitlets": "ipywidgets", "ipython": "ipywidgets", "ipykernel": "jupyterlab",
-           "nbformat": "jupyterlab", "jupyter_server": "jupyterlab"}
+           "nbformat": "jupyterlab", "jupyter-server": "jupyterlab"}
 
 # The layers of fsl_xai, lowest first; a module (or package, with everything in it) belongs to the
 # layer of the longest name listed here that it starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai.deferred", "fsl_xai.files", "fsl_xai.intervals")),
+    ("foundation", ("fsl_xai.errors", "fsl_xai.config", "fsl_xai.deferred", "fsl_xai.files", "fsl_xai.intervals",
+                    "fsl_xai.voila_process")),
     ("data", ("fsl_xai.data",)),
     ("episodes", ("fsl_xai.episodes",)),
     ("models", ("fsl_xai.models",)),

@@ -1,11 +1,11 @@
-"""The ``fsl-xai`` command: datasets, train, evaluate, guard, dicom, lab, export-model, report, audit (and
-``study`` when installed).
+"""The ``fsl-xai`` command: datasets, train, evaluate, guard, dicom, lab, app, export-model, report, audit
+(and ``study`` when installed).
 
 Other scripts may call these subcommands as contracts; ``evaluate --json`` and ``guard --json``
 print exactly one JSON object on stdout. Errors the library raises on purpose (FslXaiError) print
 one line on stderr and exit with code 2.
 
-One module per command group (``datasets``, ``train``, ``evaluate``, ``guard``, ``dicom``, ``lab``), each
+One module per command group (``datasets``, ``train``, ``evaluate``, ``guard``, ``dicom``, ``lab``, ``app``), each
 adding its parser; helpers they share are in ``common``. The library is imported inside each
 command, so ``fsl-xai --help`` stays quick.
 """
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import FslXaiError
-from . import audit, datasets, dicom, evaluate, export_model, guard, lab, report, train
+from . import app, audit, datasets, dicom, evaluate, export_model, guard, lab, report, train
 from .lab import NOTEBOOK_DATASETS
 
 EXIT_ERROR = 2
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     audit.add_parser(sub)
     lab.add_parsers(sub)
+    app.add_parser(sub)
     register_plugins(sub)
     return parser
 
