@@ -72,9 +72,10 @@ class _GateHandler(web.RequestHandler):
 
     async def forward(self, on_chunk: Callable[[bytes], None] | None = None,
                       on_end: Callable[[], None] | None = None, as_gate: bool = False,
-                      uri: str | None = None) -> None:
+                      uri: str | None = None, on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Send this request to Voila and stream its answer back. ``on_chunk`` sees each piece of
-        the body before it is sent on; ``on_end`` runs at the end.
+        the body before it is sent on; ``on_end`` runs at the end; ``on_status`` gets Voila's status
+        line and headers (``code``, ``reason``, ``headers``) before the body.
         ``as_gate``: the gate vouches for the request (it checked the kernel's secret), so it goes
         without the page's cookies or body and with an XSRF pair of the gate's own.
         ``uri``: what to ask Voila for, when not the request's own URI."""
@@ -117,6 +118,8 @@ class _GateHandler(web.RequestHandler):
                 if not started:
                     started = True
                     self._start(status)
+                    if on_status is not None:
+                        on_status(status)
                 if on_chunk is not None:
                     on_chunk(chunk)
                 self.write(chunk)
@@ -129,6 +132,8 @@ class _GateHandler(web.RequestHandler):
                     return
             if not started:
                 self._start(status)
+                if on_status is not None:
+                    on_status(status)
             self.finish()
         except iostream.StreamClosedError:
             pass  # the rater closed the page
@@ -195,11 +200,64 @@ class PageHandler(_GateHandler):
         await self.forward(on_chunk=look, on_end=end, uri=uri)
 
 
+class StaticCache:
+    """Voila's static files as the gate first got them, answered from memory afterwards: a class
+    opening its pages at once asks for the same ~100 files per page, and each one through the gate
+    and Voila cost both of them CPU the kernels and the clicks need. Only 200 answers to GET requests
+    without a Range, whose body has the length Voila announced, are kept, under their URL (with its
+    version query) and the request's Accept-Encoding; no file larger than ``max_file_bytes``, nothing
+    past ``max_bytes`` in all. Nothing a rater sends reaches these files: they are the same for all."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_file_bytes: int = 16 * 1024 * 1024):
+        self.max_bytes, self.max_file_bytes = max_bytes, max_file_bytes
+        self.entries: dict[tuple[str, str], tuple[int, str | None, list[tuple[str, str]], bytes]] = {}
+        self.size = 0
+        self.hits = 0
+
+    def get(self, key: tuple[str, str]) -> tuple[int, str | None, list[tuple[str, str]], bytes] | None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.hits += 1
+        return entry
+
+    def put(self, key: tuple[str, str], code: int, reason: str | None, headers: list[tuple[str, str]],
+            body: bytes) -> None:
+        if key in self.entries or len(body) > self.max_file_bytes or self.size + len(body) > self.max_bytes:
+            return
+        self.entries[key] = (code, reason, headers, body)
+        self.size += len(body)
+
+
 class StaticHandler(_GateHandler):
-    """Voila's static files: nothing secret, forwarded as they are."""
+    """Voila's static files: nothing secret, forwarded as they are, and kept (``StaticCache``)."""
+
+    def initialize(self, gate: Gate, cache: StaticCache | None = None) -> None:
+        super().initialize(gate)
+        self.cache = cache
 
     async def get(self, path: str) -> None:
-        await self.forward()
+        cache = self.cache
+        if cache is None or self.request.headers.get("Range"):
+            await self.forward()
+            return
+        key = (self.request.uri or "", self.request.headers.get("Accept-Encoding", ""))
+        if (hit := cache.get(key)) is not None:
+            code, reason, headers, body = hit
+            self.set_status(code, reason)
+            self.clear_header("Content-Type")
+            for name, value in headers:
+                self.add_header(name, value)
+            self.finish(body)
+            return
+        got: dict[str, Any] = {}
+        parts: list[bytes] = []
+        await self.forward(on_chunk=parts.append, on_status=got.update)
+        headers = [(n, v) for n, v in got["headers"].get_all()
+                   if n.lower() not in _HOP_BY_HOP and n.lower() != "set-cookie"] if got else []
+        if got.get("code") == 200 and not any(n.lower() == "set-cookie" for n, _ in got["headers"].get_all()):
+            body = b"".join(parts)
+            if got["headers"].get("Content-Length") == str(len(body)):  # complete, not cut short
+                cache.put(key, 200, got.get("reason"), headers, body)
 
 
 class KernelHandler(_GateHandler):
@@ -354,7 +412,7 @@ def make_app(gate: Gate) -> web.Application:
     kw = {"gate": gate}
     return web.Application([
         (r"/", PageHandler, kw),
-        (rf"/((?:{static}).*)", StaticHandler, kw),
+        (rf"/((?:{static}).*)", StaticHandler, {**kw, "cache": StaticCache()}),
         (rf"/api/kernels/(?P<kernel_id>{KERNEL_ID})/channels", KernelSocket, kw),
         (rf"/api/kernels/(?P<kernel_id>{KERNEL_ID})", KernelHandler, kw),
         (rf"/voila/api/shutdown/(?P<kernel_id>{KERNEL_ID})", KernelHandler, kw),

@@ -345,3 +345,72 @@ def test_bad_limits_are_one_line_errors(two_raters, tmp_path, option, value, mes
                           str(_free_port()), option, value], cwd=tmp_path, env=_env(tmp_path),
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout, out.stderr) == (2, "", f"fsl-xai study: error: {message}\n")
+
+
+def test_static_files_are_kept_after_the_first_answer(two_raters):
+    """A stand-in for Voila counts what reaches it: the same static file asked for five times
+    reaches it once (the gate answers the rest from memory, the same bytes and headers); another
+    encoding or a Range request is its own, an error is never kept."""
+    import asyncio
+
+    from tornado import web as tweb
+
+    from fsl_xai.study.gate import Gate, GateSettings
+    from fsl_xai.study.gate_server import GateThread, bind_sockets
+
+    folder, _ = two_raters
+    hits: list[str] = []
+    body = secrets.token_bytes(300_000)
+
+    class Upstream(tweb.RequestHandler):
+        def get(self, name: str) -> None:
+            hits.append(self.request.uri or "")
+            if name == "missing.js":
+                raise tweb.HTTPError(404)
+            self.set_header("Content-Type", "application/javascript")
+            self.set_header("Cache-Control", "max-age=0")
+            self.finish(body)
+
+    upstream_port = _free_port()
+    ready = threading.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def upstream_main() -> None:
+        server = tweb.Application([(r"/voila/static/(.*)", Upstream)]).listen(upstream_port, "127.0.0.1")
+        stop = asyncio.Event()
+        running.append((asyncio.get_running_loop(), stop))
+        ready.set()
+        await stop.wait()
+        server.stop()
+        await server.close_all_connections()
+
+    upstream = threading.Thread(target=asyncio.run, args=(upstream_main(),), daemon=True)
+    upstream.start()
+    assert ready.wait(10)
+    port = _free_port()
+    gate = GateThread(bind_sockets("127.0.0.1", port), Gate(folder / "study.sqlite", upstream_port,
+                                                            GateSettings(max_kernels=2)))
+    gate.start()
+    try:
+        url = f"http://127.0.0.1:{port}/voila/static/app.js?v=1"
+        answers = []
+        for _ in range(5):
+            with urllib.request.urlopen(url, timeout=30) as r:
+                answers.append((r.status, r.headers.get("Content-Type"), r.headers.get("Cache-Control"), r.read()))
+        assert hits == ["/voila/static/app.js?v=1"]
+        assert all(a == (200, "application/javascript", "max-age=0", body) for a in answers)
+        for headers in ({"Accept-Encoding": "gzip"}, {"Range": "bytes=0-9"}):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+                r.read()
+        assert len(hits) == 3
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/missing.js", timeout=30)
+            assert err.value.code == 404
+            err.value.close()
+        assert hits.count("/voila/static/missing.js") == 2
+    finally:
+        gate.stop()
+        loop, stop = running[0]
+        loop.call_soon_threadsafe(stop.set)
+        upstream.join(10)
