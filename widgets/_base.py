@@ -17,6 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from fsl_xai.data.imageset import ImageSet
 from fsl_xai.errors import FslXaiError
 
 from ._figurewidget import FigureWidget
@@ -130,11 +131,20 @@ class View(w.VBox):
         return run
 
 
+def _images_cache(state: WorkbenchState, name: str) -> tuple[ImageSet, dict]:
+    """The state's image set and a cache of ``name`` for it, emptied when another image set is
+    loaded (held with the set itself, so a new set can never find an old one's entries)."""
+    images = state.loaded()[0]
+    held = state.__dict__.get(name)
+    if held is None or held[0] is not images:
+        held = state.__dict__[name] = (images, {})
+    return held
+
+
 def thumbnail(state: WorkbenchState, sample_id: str, size: int = THUMB) -> bytes:
     """PNG bytes of one image of the state's image set (cached per image set)."""
-    cache = state.__dict__.setdefault("_thumbs", {})
-    images = state.loaded()[0]
-    key = (id(images), sample_id, size)
+    images, cache = _images_cache(state, "_thumbs")
+    key = (sample_id, size)
     if key not in cache:
         idx = int(images.indices_of([sample_id])[0])
         cache[key] = png_bytes(images.images[idx], size)
@@ -151,14 +161,12 @@ def episode_colors(state: WorkbenchState) -> list[str]:
 def tooltip_of(state: WorkbenchState, sample_id: str, extra: str = "") -> str:
     """Hover text of an image: its sample id and metadata (and ``extra``); the metadata part is cached
     per image set (the views ask for dozens of them on every edit)."""
-    cache = state.__dict__.setdefault("_tooltips", {})
-    images = state.loaded()[0]
-    key = (id(images), sample_id)
-    if key not in cache:
+    images, cache = _images_cache(state, "_tooltips")
+    if sample_id not in cache:
         row = images.metadata.iloc[int(images.indices_of([sample_id])[0])]
-        cache[key] = "\n".join([sample_id] + [f"{k}: {v}" for k, v in row.items()
-                                              if k not in ("sample_id", "split", "filenames")])
-    return cache[key] + ("\n" + extra if extra else "")
+        cache[sample_id] = "\n".join([sample_id] + [f"{k}: {v}" for k, v in row.items()
+                                                    if k not in ("sample_id", "split", "filenames")])
+    return cache[sample_id] + ("\n" + extra if extra else "")
 
 
 class FigureSlot(w.Box):

@@ -250,9 +250,13 @@ class Prefetch:
 
     def cancel(self) -> None:
         """Drop the plans (the queries' and the expected edit's) and any scheduled slice."""
+        self._drop_queries()
+        self.expected, self.expected_todo = None, []
+
+    def _drop_queries(self) -> None:
+        """Drop the queries' plan and any scheduled slice (a prepared edit stays planned)."""
         self._generation += 1
         self.todo, self._context = [], None
-        self.expected, self.expected_todo = None, []
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -294,9 +298,7 @@ class Prefetch:
         """Plan the maps of every query of the shown episode but ``after`` (computed on its own click),
         in gallery order starting next to it, for ``methods`` (default: the state's); those cached are
         left out. Scheduled when an event loop runs."""
-        expected, expected_todo = self.expected, self.expected_todo
-        self.cancel()
-        self.expected, self.expected_todo = expected, expected_todo  # a prepared edit stays planned
+        self._drop_queries()
         s = self.explanations.state
         if s.result is None or s.episode is None:
             return

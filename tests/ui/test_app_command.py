@@ -19,7 +19,16 @@ import psutil  # type: ignore[import-untyped]  # installed with ipykernel, which
 import pytest
 
 from fsl_xai.cli.app import PREHEAT_REFILL_S
-from tests.fsl_xai.study.test_serve import _descendants, _env, _free_port, _is_kernel, _kill_all, _lines
+from tests.fsl_xai.study.test_serve import (
+    _assert_port_free,
+    _descendants,
+    _env,
+    _free_port,
+    _is_kernel,
+    _kill_all,
+    _lines,
+    _reap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240  # the default model is cached (make models); Voila and a kernel start on busy cores
@@ -97,14 +106,9 @@ def test_app_serves_a_preheated_page_and_sigterm_stops_everything(tmp_path):
         assert not others, f"kernels left running: {others}"
         assert "stopped the workbench app and its kernels" in log.read_text()
         assert "Traceback" not in log.read_text()
-        with socket.socket() as s:  # the port is free again
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
+        _assert_port_free(port)
     finally:
-        _kill_all([*seen.values(), *_descendants(proc.pid)])
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        _reap(proc, seen)
 
 
 def test_app_on_a_taken_port_is_a_clear_error(tmp_path):

@@ -90,3 +90,21 @@ def test_figure_widgets_send_a_small_loader_and_share_one_copy_of_plotlys_module
     holder.close()  # e.g. Widget.close_all(): the next figure brings a new holder
     third = FigureWidget()
     assert third._plotly_module == plotly_module().model_id != old_id
+
+
+def test_thumbnails_and_hover_texts_follow_the_image_set_on_screen(state, synthetic_images):
+    import dataclasses
+
+    from fsl_xai.testing import tiny_model
+    from widgets._base import thumbnail, tooltip_of
+
+    sid = state.episode.support_ids[0]
+    before_png, before_tip = thumbnail(state, sid), tooltip_of(state, sid, "note")
+    assert before_tip.startswith(sid) and before_tip.endswith("\nnote")
+    meta = synthetic_images.metadata.copy()
+    meta["site"] = "elsewhere"  # the same ids, other pixels and metadata
+    other = dataclasses.replace(synthetic_images, images=1.0 - synthetic_images.images, metadata=meta)
+    state.load("synthetic", images=other, model=tiny_model(channels=1, size=32, width=8))
+    assert state.error == "" and state.loaded()[0] is not synthetic_images
+    assert thumbnail(state, sid) != before_png
+    assert "site: elsewhere" in tooltip_of(state, sid) and tooltip_of(state, sid) != before_tip

@@ -110,15 +110,21 @@ def read_only():
     return _read_only_folder
 
 
-@pytest.fixture(scope="module")
-def study_folder(tmp_path_factory):
-    """A frozen two-case study of a Conv-4 checkpoint with one rater: (folder, token)."""
-    d = tmp_path_factory.mktemp("serve")
+def frozen_study(tmp_path_factory, name: str, n_raters: int) -> tuple[Path, list[str]]:
+    """A frozen two-case study of a Conv-4 checkpoint (synthetic images, one no-AI condition, one
+    question) with ``n_raters`` raters: (its folder, their tokens)."""
+    d = tmp_path_factory.mktemp(name)
     save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
-    study = {"study_id": "serve", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
+    study = {"study_id": name, "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
              "episode": {"n_way": 2, "n_shot": 2, "seed": 0}, "cases": {"n": 2, "seed": 0},
              "conditions": ["no_ai"], "questions": [{"id": "diagnosis", "type": "choice"}]}
     (d / "study.json").write_text(json.dumps(study))
     db = freeze_study(d / "study.json", d / "frozen", progress=False)
-    (_, token), = add_raters(db, 1)
-    return db.parent, token
+    return db.parent, [token for _, token in add_raters(db, n_raters)]
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory):
+    """A frozen two-case study of a Conv-4 checkpoint with one rater: (folder, token)."""
+    folder, (token,) = frozen_study(tmp_path_factory, "serve", 1)
+    return folder, token

@@ -29,27 +29,17 @@ import psutil  # type: ignore[import-untyped]  # installed with ipykernel, which
 import pytest
 import websocket  # websocket-client, installed with jupyter_server
 
-import fsl_xai as F
-from fsl_xai.checkpoints import save_checkpoint
-from fsl_xai.study.freeze import add_raters, freeze_study
 from fsl_xai.study.gate import BROWSER_COOKIE, V1_PROTOCOL, v1_frame_problem
 
-from .test_serve import _descendants, _env, _free_port, _is_kernel, _kill_all, _lines
+from .conftest import frozen_study
+from .test_serve import _descendants, _env, _free_port, _is_kernel, _lines, _reap
 
 KERNEL_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def two_raters(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gate")
-    save_checkpoint(d / "model.pt", F.make_model("protonet", F.make_backbone("conv4", 1, 64)))
-    study = {"study_id": "gate", "dataset": {"name": "synthetic"}, "model": {"checkpoint": str(d / "model.pt")},
-             "episode": {"n_way": 2, "n_shot": 2, "seed": 0}, "cases": {"n": 2, "seed": 0},
-             "conditions": ["no_ai"], "questions": [{"id": "diagnosis", "type": "choice"}]}
-    (d / "study.json").write_text(json.dumps(study))
-    db = freeze_study(d / "study.json", d / "frozen", progress=False)
-    tokens = [token for _, token in add_raters(db, 2)]
-    return db.parent, tokens
+    return frozen_study(tmp_path_factory, "gate", 2)
 
 
 @contextmanager
@@ -74,10 +64,7 @@ def served(folder: Path, home: Path, *options: str):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
-        _kill_all([*seen.values(), *_descendants(proc.pid)])
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        _reap(proc, seen)
 
 
 def kernels_of(proc: subprocess.Popen) -> set[int]:

@@ -93,6 +93,22 @@ def _kill_all(processes) -> None:
             pass
 
 
+def _reap(proc: subprocess.Popen, seen: dict) -> None:
+    """Kill by pid every process a server test saw (``seen``) or that the server still has, then the
+    server itself, and close its output pipe."""
+    _kill_all([*seen.values(), *_descendants(proc.pid)])
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def _assert_port_free(port: int) -> None:
+    """The port can be listened on again (old connections in TIME_WAIT aside, as Tornado does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
 @pytest.mark.parametrize("stop, exit_code, stuck", [
     (signal.SIGTERM, 0, False),
     (signal.SIGINT, 130, False),
@@ -128,14 +144,9 @@ def test_serve_stops_voila_and_its_kernels(study_folder, tmp_path, stop, exit_co
         gone, alive = psutil.wait_procs(list(seen.values()), timeout=10)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], f"left running: {alive}"
         assert "stopped the rater app and its kernels" in log.read_text()
-        with socket.socket() as s:  # the port is free again
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
+        _assert_port_free(port)
     finally:
-        _kill_all([*seen.values(), *_descendants(proc.pid)])
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        _reap(proc, seen)
 
 
 def test_serve_on_a_taken_port_is_a_clear_error(study_folder, tmp_path):
