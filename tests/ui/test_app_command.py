@@ -67,6 +67,21 @@ def _pooled_kernel(proc: subprocess.Popen, seen: dict[int, psutil.Process]) -> t
     raise AssertionError("no kernel was started ahead of a page (the preheat pool)")
 
 
+def _wait_until_idle(kernel: psutil.Process) -> None:
+    """Wait until the pooled kernel has run the app: a page asked for before that starts a kernel of
+    its own (StartedPoolKernelManager), and the kernel is busy until then (the notebook, then the
+    app's deferred checks); idle is under 0.05 CPU s in a second."""
+    deadline = time.monotonic() + KERNEL_TIMEOUT_S
+    used = sum(kernel.cpu_times()[:2])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = sum(kernel.cpu_times()[:2])
+        if now - used < 0.05:
+            return
+        used = now
+    raise AssertionError(f"the pooled kernel was still busy after {KERNEL_TIMEOUT_S} s")
+
+
 def test_app_serves_a_preheated_page_and_sigterm_stops_everything(tmp_path):
     port = _free_port()
     log = tmp_path / "app.log"
@@ -78,6 +93,7 @@ def test_app_serves_a_preheated_page_and_sigterm_stops_everything(tmp_path):
         assert line == f"serving the workbench app on http://127.0.0.1:{port}/ ; stop with Ctrl-C\n", (
             f"{line!r}; log: {log.read_text()[-3000:]}")
         pooled, connections = _pooled_kernel(proc, seen)
+        _wait_until_idle(next(p for p in seen.values() if pooled in " ".join(p.cmdline())))
         # the page is served by the preheated kernel, with the app it already ran
         asked = time.time()
         page = _get_page(port)
@@ -91,8 +107,19 @@ def test_app_serves_a_preheated_page_and_sigterm_stops_everything(tmp_path):
             seen.update({p.pid: p for p in _descendants(proc.pid)})
             (started,) = [p for p in seen.values() if second in " ".join(p.cmdline())]
             assert started.create_time() < asked + PREHEAT_REFILL_S, "the second page waited for the refill"
-        # Voila refills the pool later: a second kernel, which SIGTERM must stop too
-        seen.update({p.pid: p for p in _descendants(proc.pid)})
+        # Voila refills the pool later: another kernel, which SIGTERM must stop too. It is stopped once
+        # it has run the app (a kernel stopped while it runs a cell prints a traceback of its own:
+        # stopping the app during a refill is not what this test checks)
+        served = {p.pid for p in seen.values() if _is_kernel(p)}
+        deadline = time.monotonic() + KERNEL_TIMEOUT_S
+        while time.monotonic() < deadline:
+            seen.update({p.pid: p for p in _descendants(proc.pid)})
+            refills = [p for p in seen.values() if _is_kernel(p) and p.pid not in served]
+            if refills:
+                break
+            time.sleep(0.5)
+        assert refills, "Voila did not refill its pool"
+        _wait_until_idle(refills[0])
         kernels = [p for p in seen.values() if _is_kernel(p)]
         assert kernels and all(p.is_running() for p in kernels)
 
