@@ -150,7 +150,7 @@ window.fslBench = (() => {
 
 APP_READY_JS = """() => {
   const n = (s) => document.querySelectorAll(s).length;
-  return n('.fsl-workbench') && n('.fsl-heatmap-figure image') && n('.fsl-distance-bars .bartext')
+  return n('.fsl-workbench') && n('.fsl-heatmap-figure image') && n('.fsl-distance-bars .fsl-dist-value')
          && n('.fsl-querygallery button') ? performance.now() : false;
 }"""
 PEER_READY_JS = "() => document.querySelectorAll('.fsl-peer-figure image').length ? performance.now() : false"

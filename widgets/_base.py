@@ -99,6 +99,26 @@ class View(w.VBox):
         # stable hooks for the browser tests and for user CSS
         self.add_class("fsl-" + type(self).__name__.lower())
 
+    # ------------------------------------------------------------------ deferred work
+    def defer(self, fn: Callable, *args, after_others: bool = False) -> None:
+        """Run ``fn(*args)`` after the current event when an event loop runs (a Jupyter/Voila kernel),
+        so what the other views send for this event reaches the page first; at once otherwise
+        (scripts, unit tests). ``after_others``: also after the work the other views deferred in this
+        event (their redraws), for updates nobody waits for. Errors go to this view's inline error
+        area, never to the kernel."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - a view must survive any failing action
+                self.fail(exc)
+        loop = kernel_loop()
+        if loop is None:
+            run()
+        elif after_others:
+            loop.call_soon(loop.call_soon, run)
+        else:
+            loop.call_soon(run)
+
     # ------------------------------------------------------------------ errors
     def show_error(self, message: str, details: str = "") -> None:
         """Show one error message in this view (replacing any earlier one); ``details`` folded away."""

@@ -1,13 +1,48 @@
 """View 5: the selected query's distance to every prototype, and a 2D map of support embeddings,
-prototypes and queries; a click on a query selects it; prototypes move when the support set is edited."""
+prototypes and queries; a click on a query selects it; prototypes move when the support set is edited.
+
+The distances are bars drawn in HTML, not a plotly figure: they change on every click and every edit,
+and a plotly redraw costs the page 40-90 ms of its main thread in the workbench (measured in headless
+Chromium), where these cost a few. Exports draw the same numbers with ``figures.distance_figure``."""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Sequence
+
 import ipywidgets as w
+import numpy as np
 import plotly.graph_objects as go
 
 from ._base import FigureSlot, View, episode_colors
-from .figures import distance_figure, projection_figure
+from .figures import projection_figure
+
+
+def distance_bars_html(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
+                       colors: Sequence[str]) -> str:
+    """One row per class: its name after a chip of its colour, a bar in that colour as long as its
+    distance to the query, and the distance; the predicted class (the shortest bar) is outlined and
+    named, the true class named. The hover text of each row gives the distance to three decimals."""
+    d = np.asarray(distances, dtype=float)
+    low, high = min(0.0, float(d.min())), max(0.0, float(d.max()))
+    span = (high - low) or 1.0
+    rows = []
+    for i, name in enumerate(classes):
+        marks = [m for m, on in (("predicted", i == pred), ("true", i == true)) if on]
+        label = html.escape(str(name)) + (f" <span class='fsl-dist-mark'>({', '.join(marks)})</span>" if marks else "")
+        width = max(1.0, 100 * (d[i] - low) / span)
+        outline = "outline:2px solid #000;outline-offset:0" if i == pred else ""
+        hover = html.escape(f"{name}: distance {d[i]:.3f}" + (" (shortest: the predicted class)" if i == pred else ""),
+                            quote=True)
+        rows.append(f"<div class='fsl-dist-row' title='{hover}' data-distance='{d[i]:.6g}'>"
+                    f"<span class='fsl-dist-label'><span class='fsl-dist-chip' style='background:{colors[i]}'>"
+                    f"</span>{label}</span>"
+                    f"<span class='fsl-dist-track'><span class='fsl-dist-bar' style='width:{width:.1f}%;"
+                    f"background:{colors[i]};{outline}'></span></span>"
+                    f"<span class='fsl-dist-value'>{d[i]:.2f}</span></div>")
+    title = (f"<div class='fsl-dist-title'>distance to each prototype (−logit; the shortest is the prediction: "
+             f"<b>{html.escape(str(classes[pred]))}</b>)</div>")
+    return f"<div class='fsl-dist'>{title}{''.join(rows)}</div>"
 
 
 class DistanceView(View):
@@ -15,13 +50,14 @@ class DistanceView(View):
 
     def __init__(self, state, **kwargs):
         super().__init__(state, **kwargs)
-        self.bars_slot = FigureSlot(css_class="fsl-distance-bars")
+        self.bars = w.HTML()
+        self.bars.add_class("fsl-distance-bars")
         self.map_slot = FigureSlot(css_class="fsl-projection", on_figure=self._wire_map)
         self.projection = w.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne")], value=state.projection,
                                           style={"button_width": "60px"}, tooltip="how the embeddings are drawn in 2D")
         self.projection.observe(self.guard(self._on_projection), names="value")
         self.children = [w.HBox([w.HTML("<b>prototype distances</b>&nbsp;"), self.projection]), self.error_area,
-                         self.bars_slot, self.map_slot]
+                         self.bars, self.map_slot]
         # a new episode result and a new selection both redraw (one redraw per change)
         state.observe(self.guard(lambda _: self._on_selection()), names=["result", "query_index"])
         self.redraw_map()
@@ -50,10 +86,6 @@ class DistanceView(View):
         return True
 
     @property
-    def bars(self) -> go.FigureWidget:
-        return self.bars_slot.figure
-
-    @property
     def map(self) -> go.FigureWidget:
         return self.map_slot.figure
 
@@ -67,8 +99,9 @@ class DistanceView(View):
             return
         _, ep, _, r = s.shown()
         qi = s.query_index
-        self.bars_slot.show(distance_figure(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]),
-                                           colors=episode_colors(s)))
+        text = distance_bars_html(ep.classes, r.distances[qi], int(r.pred[qi]), int(r.true[qi]), episode_colors(s))
+        if self.bars.value != text:
+            self.bars.value = text
 
     def redraw_map(self) -> None:
         s = self.state

@@ -261,8 +261,9 @@ def badge_text(badges: Badges | None) -> str:
 def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
                     height: int = 260, colors: Sequence[str] | None = None, checked: bool = False) -> go.Figure:
     """Bars of one query's distance to every prototype (shortest = predicted); ``colors``: one per class
-    (``class_colors``; default: by position). Redrawn on every click, so written in plotly's JSON
-    form and taken unchecked (``checked``: through plotly's checks, as the tests compare)."""
+    (``class_colors``; default: by position). For exports (the workbench draws the same bars in HTML,
+    ``widgets.distances``); written in plotly's JSON form and taken unchecked (``checked``: through
+    plotly's checks, as the tests compare)."""
     colors = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
     line = ["black" if i == pred else "rgba(0,0,0,0)" for i in range(len(classes))]
     labels = [f"{c}{' (true)' if i == true else ''}" for i, c in enumerate(classes)]

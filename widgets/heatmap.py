@@ -21,12 +21,20 @@ from .trust_text import NOT_FIT
 MAX_METHODS = 4
 
 
+def _badge_html(text: str) -> str:
+    """A badge line with a failed check in red (``figures.badge_text``'s '✘ FAILED')."""
+    parts = [html.escape(p) for p in text.split(" · ")]
+    return " · ".join(f"<span style='color:#a00'>{p}</span>" if "FAILED" in p else p for p in parts)
+
+
 class HeatmapViewer(View):
     title = "Heatmaps"
 
     def __init__(self, state, methods: list[str] | None = None, badges: bool = True, **kwargs):
         super().__init__(state, **kwargs)
         available = list_methods()
+        if methods:  # shown from the start (the state's methods drive every redraw)
+            state.methods = [m for m in methods if m in available][:MAX_METHODS] or state.methods
         # menu labels come from the registry; the values stay the method names
         self.methods = w.SelectMultiple(options=[(method_spec(m).label, m) for m in available],
                                         rows=min(6, len(available)), description="methods",
@@ -59,6 +67,7 @@ class HeatmapViewer(View):
         self.timing.add_class("fsl-heatmap-timing")
         self.last_maps: dict[str, Any] = {}
         self._badges: dict[str, Any] = {}  # method -> fsl_xai.explain.Badges of the shown map
+        self._badges_due = False  # the shown maps' badges are being computed (deferred)
         self._badge_errors: dict[str, str] = {}
         self._busy = False
         self._refreshes = 0  # counts refresh calls: deferred work of an older one is skipped
@@ -84,8 +93,9 @@ class HeatmapViewer(View):
         state.observe(self._sync_from_state, names=["methods", "target", "contrast"])
         self._offer_methods()
         self._on_episode()
-        # the first maps are drawn at once; their quality badges follow the first interaction
-        self.guard(self.refresh)(with_badges=False)
+        # the first maps are drawn at once; in a kernel their badges follow once the page is shown (a
+        # preheated kernel has them before a page asks for it); scripts and tests get them on the next refresh
+        self.guard(self.refresh)(with_badges=kernel_loop() is not None)
 
     @property
     def figure(self) -> go.FigureWidget:
@@ -210,7 +220,7 @@ class HeatmapViewer(View):
         if s.query_index == last_query and last_result is not None:
             # the same query under a new support set: the distances and the projection (cheap) go
             # to the page first, and the browser draws them while the maps are computed
-            self._defer(self._refresh_if_current, s.result, s.query_index)
+            self.defer(self._refresh_if_current, s.result, s.query_index)
         else:
             self.refresh()
 
@@ -238,29 +248,15 @@ class HeatmapViewer(View):
         else:
             self.clear_error()
         self._badges, self._badge_errors = {}, {}
+        self._badges_due = with_badges and self.show_badges.value
         self._draw()
         elapsed = time.perf_counter() - t0
         # data-draw: a hook for benchmarks (changes on every redraw, also one that leaves the maps as they were)
         self.timing.value = (f"<span style='color:#888;font-size:90%' data-draw='{self._refreshes + 1}'>maps ready in "
                              f"{1000 * elapsed:.0f} ms</span>")
         self._refreshes += 1
-        self._defer(self._after_maps, self._refreshes, s.result, s.query_index,
+        self.defer(self._after_maps, self._refreshes, s.result, s.query_index,
                     with_badges and self.show_badges.value and bool(self.last_maps))
-
-    def _defer(self, fn, *args) -> None:
-        """Run ``fn(*args)`` after the current event (so the other views' observers paint first) when
-        an event loop runs (a Jupyter/Voila kernel), at once otherwise (scripts, unit tests); its
-        errors go to this view's inline error area, never to the kernel."""
-        def run() -> None:
-            try:
-                fn(*args)
-            except Exception as exc:  # noqa: BLE001 - a view must survive any failing action
-                self.fail(exc)
-        loop = kernel_loop()
-        if loop is None:
-            run()
-        else:
-            loop.call_soon(run)
 
     def _after_maps(self, refresh: int, result, query: int, with_badges: bool) -> None:
         """The influence strip and the quality badges of the maps drawn by refresh number ``refresh``
@@ -271,7 +267,7 @@ class HeatmapViewer(View):
             return
         self._draw_influence()
         if with_badges and self.last_maps:
-            self._defer(self._badges_of, refresh, result, query, list(self.last_maps))
+            self.defer(self._badges_of, refresh, result, query, list(self.last_maps))
         else:
             self.state.explanations.prefetch.start(query, self.state.methods[:MAX_METHODS])
 
@@ -290,11 +286,13 @@ class HeatmapViewer(View):
             self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
         self._update_titles()
         if rest:
-            self._defer(self._badges_of, refresh, result, query, rest)
+            self.defer(self._badges_of, refresh, result, query, rest)
         else:
             self.state.explanations.prefetch.start(query, self.state.methods[:MAX_METHODS])
 
     def _titles(self) -> list[str]:
+        """One title per map: the method and the decision it explains (its badges are in the caption
+        below the maps, so drawing them changes no figure)."""
         ep = self.state.shown()[1]
         titles = []
         for m, amap in self.last_maps.items():
@@ -303,30 +301,30 @@ class HeatmapViewer(View):
             what = ep.classes[tgt[0]] if tgt else ""
             if con:
                 what += f" rather than {ep.classes[con[0]]}"
-            badge = badge_text(self._badges.get(m))
-            # one badge per line: side-by-side maps are narrow
-            titles.append(f"{method_spec(m).label} — why {what}"
-                          + ("<br>" + badge.replace(" · ", "<br>") if badge else ""))
+            titles.append(f"{method_spec(m).label} — why {what}")
         return titles
 
     def _update_titles(self) -> None:
-        """Put the badges into the shown figure's titles in place (the map itself is unchanged)."""
-        titles = self._titles()
-        if self.figure is None:
-            return
-        annotations = self.figure.layout.annotations[:len(titles)]  # the titles come first
-
-        def lines(texts) -> int:
-            return max((str(t).count("<br>") for t in texts), default=0)
-
-        extra = 14 * (lines(titles) - lines(a.text for a in annotations))  # 14 px a line, as heatmap_figure
-        with self.figure.batch_update():
-            for ann, text in zip(annotations, titles, strict=False):
-                ann.text = text
-            if extra:  # room above the maps for the added lines; the plot area keeps its size
-                self.figure.layout.margin.t += extra
-                self.figure.layout.height += extra
+        """Show the badges computed so far (in the caption: the maps on screen stay as they are)."""
         self._caption()
+
+    def _badge_lines(self) -> list[str]:
+        """Per shown map, its quality badges ('checking…' until computed, the error if the check failed)."""
+        if not self.show_badges.value:
+            return []
+        lines = []
+        for m in self.last_maps:
+            label = f"<b>{html.escape(method_spec(m).label)}</b>"
+            if m in self._badge_errors:
+                lines.append(f"{label}: <span style='color:#a00'>quality check failed "
+                             f"({html.escape(self._badge_errors[m])})</span>")
+            elif m in self._badges:
+                lines.append(f"{label}: {_badge_html(badge_text(self._badges[m]))}")
+            else:
+                lines.append(f"{label}: <span style='color:#888'>" + ("quality checks: computing…</span>"
+                             if self._badges_due else "quality checks: not run yet (they run on the next "
+                             "click)</span>"))
+        return lines
 
     def _draw(self) -> None:
         s = self.state
@@ -341,17 +339,17 @@ class HeatmapViewer(View):
 
     def _caption(self) -> None:
         s = self.state
-        rows = []
-        for m, error in self._badge_errors.items():
-            rows.append(f"<span style='color:#a00'>{html.escape(m)}: quality check failed "
-                        f"({html.escape(error)})</span>")
         _, ep, _, r = s.shown()
         qi = s.query_index
         self._banner(r.warning(qi))
         true = ep.classes[r.true[qi]] if r.true[qi] >= 0 else "unknown"
         head = (f"query #{qi}: true <b>{html.escape(true)}</b>, "
                 f"predicted <b>{html.escape(ep.classes[r.pred[qi]])}</b> (margin {r.margin[qi]:.3f})")
-        self.badge_html.value = "<br>".join([head] + rows)
+        badges = self._badge_lines()
+        text = head + ("<div class='fsl-badges' style='font-size:90%;line-height:1.35'>"
+                       + "<br>".join(badges) + "</div>" if badges else "")
+        if self.badge_html.value != text:
+            self.badge_html.value = text
 
     def _banner(self, warning: str | None) -> None:
         """The out-of-distribution banner above the maps (empty for a query the guard does not flag)."""

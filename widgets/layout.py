@@ -85,20 +85,29 @@ _CSS = """
   min-width: max-content !important; max-width: none !important; }}
 .fsl-workbench .lm-TabBar-tabLabel, .fsl-workbench .p-TabBar-tabLabel {{ overflow: visible; text-overflow: clip; }}
 
+/* ---- the distance bars (HTML, see widgets/distances.py): name, bar, value on one row per class */
+.fsl-workbench .fsl-dist {{ width: 440px; padding: 2px 0 6px 0; }}
+.fsl-workbench .fsl-dist-title {{ margin-bottom: 4px; }}
+.fsl-workbench .fsl-dist-row {{ display: flex; align-items: center; gap: 6px; margin: 3px 0; }}
+.fsl-workbench .fsl-dist-label {{ flex: 0 0 150px; overflow-wrap: anywhere; }}
+.fsl-workbench .fsl-dist-chip {{ display: inline-block; width: 0.8em; height: 0.8em; margin-right: 4px;
+  vertical-align: baseline; border-radius: 2px; }}
+.fsl-workbench .fsl-dist-mark {{ color: #555; font-weight: normal; }}
+.fsl-workbench .fsl-dist-track {{ flex: 1 1 auto; height: 1.1em; background: #f2f2f2; }}
+.fsl-workbench .fsl-dist-bar {{ display: block; height: 100%; }}
+.fsl-workbench .fsl-dist-value {{ flex: 0 0 3.5em; text-align: right; font-variant-numeric: tabular-nums; }}
+
 /* ---- teaching mode: larger type and controls (the figures keep their size) */
 .fsl-workbench.fsl-teaching .widget-button, .fsl-workbench.fsl-teaching .widget-toggle-button,
 .fsl-workbench.fsl-teaching select, .fsl-workbench.fsl-teaching input {{ height: auto !important;
   min-height: {teach_h}px; }}
-/* plotly places titles by their size: only labels with room around them grow */
-.fsl-workbench.fsl-teaching .fsl-distance-bars .xtick text,
-.fsl-workbench.fsl-teaching .fsl-distance-bars .bartext {{ font-size: {teach_fig}px !important; }}
 """
 
 
 def stylesheet() -> str:
     """The workbench's one ``<style>`` block (scoped to ``.fsl-workbench``)."""
     teach = round(BASE_FONT_PX * TEACHING_SCALE)
-    css = _CSS.format(base=BASE_FONT_PX, teach=teach, teach_h=round(teach * 1.9), teach_fig=teach - 3,
+    css = _CSS.format(base=BASE_FONT_PX, teach=teach, teach_h=round(teach * 1.9),
                       left=LEFT_COLUMN)
     return f"<style>{css}</style>"
 

@@ -111,14 +111,16 @@ class QueryGallery(View):
             known = r.true[i] >= 0
             true = ep.classes[r.true[i]] if known else "?"
             pred = ep.classes[r.pred[i]]
-            note = f"true {true}, predicted {pred}, margin {r.margin[i]:.3f}"
+            # no margin here (the selected query's is in the heatmap caption): a support edit changes
+            # every margin, and would resend every card's hover text
+            note = f"true {true}, predicted {pred}"
             if r.pred_sets is not None:
                 note += f"; prediction set ({1 - (r.alpha or 0):.0%}): {set_words(r.pred_sets[i])}"
             badge = ""
             if flags[i]:
                 badge = FLAG
                 note += f"\n{FLAG} {r.warning(i)}"
-            cards.append(Card(thumbnail(s, ep.query_ids[i]), tooltip_of(s, ep.query_ids[i], note),
+            cards.append(Card(thumbnail(s, ep.query_ids[i]), tooltip_of(s, ep.query_ids[i]),
                               caption=f"{badge}#{i} {('✓' if ok else '✗') if known else '?'} {pred}",
                               border="#1f77b4" if i == s.query_index else ("#2ca02c" if ok else "#d62728"),
                               button_style="info" if i == s.query_index else self._style(i),

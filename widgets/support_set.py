@@ -159,7 +159,8 @@ class SupportSetView(View):
         if self.selected_position is not None and self.selected_position >= len(ep.support_ids):
             self.selected_position = None
         self._render_cards()
-        self._fill_pool()
+        # the pool list (hundreds of labels, redrawn whole by the page) after the other views' redraws
+        self.defer(self._fill_pool, after_others=True)
         self._sync_buttons()
 
     def _render_cards(self) -> None:

@@ -140,7 +140,7 @@ def _heatmap_hrefs(page) -> str:
 
 
 def _bars(page) -> str:
-    return " ".join(page.locator(".fsl-distance-bars .bartext").all_text_contents())
+    return " ".join(page.locator(".fsl-distance-bars .fsl-dist-value").all_text_contents())
 
 
 def _open_checkpoint(page, own, checkpoint: Path, before: dict[str, str], new_episode: bool = True) -> None:
@@ -166,7 +166,7 @@ def _open_checkpoint(page, own, checkpoint: Path, before: dict[str, str], new_ep
         return hrefs.length > 0 && hrefs !== before; }""", before["heat"])
     expect(page.locator(".fsl-heatmap-figure").first).to_contain_text(re.compile(r"Grad-CAM — why [0-4]"))
     _wait_for_change(page, f"the distance bars of {checkpoint.name}", """([before]) => {
-        const t = Array.from(document.querySelectorAll('.fsl-distance-bars .bartext'))
+        const t = Array.from(document.querySelectorAll('.fsl-distance-bars .fsl-dist-value'))
           .map(t => t.textContent).join(' ');
         return t.length > 0 && t !== before; }""", before["bars"])
 
@@ -224,7 +224,7 @@ def test_external_backbone_checkpoints_in_voila(servers, page, page_errors, tmp_
     own = page.locator(".fsl-own-data").first
     expect(own).to_be_visible(timeout=RENDER_MS)
     expect(page.locator(".fsl-heatmap-caption").first).to_contain_text("query #", timeout=STEP_MS)
-    expect(page.locator(".fsl-distance-bars .bartext").first).to_be_attached(timeout=STEP_MS)
+    expect(page.locator(".fsl-distance-bars .fsl-dist-value").first).to_be_attached(timeout=STEP_MS)
     page.get_by_placeholder("path of an .npz file, an image folder or a DICOM folder").fill(str(data))
 
     _open_checkpoint(page, own, ts_ckpt, _snapshot(page))

@@ -45,7 +45,7 @@ def _heatmap_pixels(page) -> str:
 
 
 def _bar_texts(page) -> str:
-    return " ".join(page.locator(".fsl-distance-bars .bartext").all_text_contents())
+    return " ".join(page.locator(".fsl-distance-bars .fsl-dist-value").all_text_contents())
 
 
 def _drive_workbench(page, prefix: str) -> None:
@@ -59,7 +59,7 @@ def _drive_workbench(page, prefix: str) -> None:
     _show(page, ".fsl-heatmap-caption")
     expect(page.locator(".fsl-heatmap-caption").first).to_contain_text("query #0", timeout=STEP_MS)
     _show(page, ".fsl-distance-bars")
-    expect(page.locator(".fsl-distance-bars .bartext").first).to_be_attached(timeout=STEP_MS)
+    expect(page.locator(".fsl-distance-bars .fsl-dist-value").first).to_be_attached(timeout=STEP_MS)
     _show(page, ".fsl-heatmap-figure")
     _shot(page, f"{prefix}-1-rendered.png")
     episode_before, heat_before = header.inner_text(), _heatmap_pixels(page)
@@ -87,7 +87,7 @@ def _drive_workbench(page, prefix: str) -> None:
              const hrefs = Array.from(el.querySelectorAll('image')).map(i => i.getAttribute('href') || '').join(' ');
              return hrefs.length > 0 && hrefs !== before; }""", arg=[heat_resampled], timeout=STEP_MS)
     page.wait_for_function(
-        """([before]) => Array.from(document.querySelectorAll('.fsl-distance-bars .bartext'))
+        """([before]) => Array.from(document.querySelectorAll('.fsl-distance-bars .fsl-dist-value'))
              .map(t => t.textContent).join(' ') !== before""", arg=[bars_resampled], timeout=STEP_MS)
     _show(page, ".fsl-distance-bars")
     _shot(page, f"{prefix}-3-query-selected.png")

@@ -39,7 +39,7 @@ IGNORE = [r"Failed to load resource: the server responded with a status of 404 .
 ESSENTIALS = [
     ("selected query's prediction", ".fsl-heatmap-caption"),
     ("heatmap figure", ".fsl-heatmap-figure .main-svg"),
-    ("distance bars", ".fsl-distance-bars .main-svg"),
+    ("distance bars", ".fsl-distance-bars .fsl-dist"),
     ("selected query's card in the gallery", ".fsl-querygallery .widget-button.mod-info"),
 ]
 
@@ -85,8 +85,8 @@ _BOXES_JS = """(sels) => sels.map(([name, sel, k]) => {
 _COLOURS_JS = """() => {
   const legend = [...document.querySelectorAll('.fsl-workbench .fsl-class-chip')]
     .map(e => [e.textContent, getComputedStyle(e).backgroundColor]);
-  const bars = [...document.querySelectorAll('.fsl-distance-bars .point path')]
-    .map(p => getComputedStyle(p).fill);
+  const bars = [...document.querySelectorAll('.fsl-distance-bars .fsl-dist-bar')]
+    .map(p => getComputedStyle(p).backgroundColor);
   return {legend, bars};
 }"""
 
@@ -106,12 +106,14 @@ def _open_app(servers, page, tmp_path, monkeypatch) -> None:
     page.set_viewport_size(VIEWPORT)
     page.goto(app.url, timeout=RENDER_MS, wait_until="commit")
     expect(page.locator(".fsl-heatmap-caption").first).to_contain_text("query #0", timeout=RENDER_MS)
-    expect(page.locator(".fsl-distance-bars .bartext").first).to_be_attached(timeout=STEP_MS)
-    # a click on another query: its maps come with their quality badges (✔ / ✘ / – in the titles)
+    expect(page.locator(".fsl-distance-bars .fsl-dist-value").first).to_be_attached(timeout=STEP_MS)
+    # a click on another query: its maps come with their quality badges (✔ / ✘ / – in the caption under
+    # the maps, one line per map), and the titles above the maps keep naming the method
     page.locator(".fsl-querygallery button", has_text=re.compile(r"^#1\b")).first.click()
     expect(page.locator(".fsl-heatmap-caption").first).to_contain_text("query #1", timeout=STEP_MS)
-    titles = page.locator(".fsl-heatmap-figure .annotation-text")
-    expect(titles.first).to_contain_text(re.compile("✔|✘|undefined"), timeout=STEP_MS)
+    expect(page.locator(".fsl-heatmap-caption .fsl-badges").first).to_contain_text(
+        re.compile("✔|✘|undefined"), timeout=STEP_MS)
+    expect(page.locator(".fsl-heatmap-figure .annotation-text").first).to_contain_text(" — why ", timeout=STEP_MS)
     page.wait_for_timeout(300)  # let plotly finish laying out the new titles
 
 

@@ -36,7 +36,7 @@ def test_without_a_loop_badges_and_influence_are_drawn_at_once(state):
     viewer = HeatmapViewer(state, methods=["saliency"], badges=True)
     viewer.influence_box.children = ()
     viewer.refresh()
-    assert "deletion AUC" in viewer.figure.layout.annotations[0].text
+    assert "deletion AUC" in viewer.badge_html.value
     assert len(viewer.influence_box.children) > 0
     assert viewer.last_error == ""
 
@@ -48,12 +48,12 @@ def test_in_a_loop_badges_follow_after_the_event(state):
     def click():
         state.query_index = 1
         # the maps are on screen, the badges and the influence strip not yet
-        seen = (viewer.figure.layout.annotations[0].text, len(viewer.influence_box.children))
+        seen = (viewer.badge_html.value, len(viewer.influence_box.children))
         return seen
 
-    (title_before, strip_before), escaped = _in_loop(click)
-    assert "deletion AUC" not in title_before and strip_before == 0
-    assert "deletion AUC" in viewer.figure.layout.annotations[0].text
+    (caption_before, strip_before), escaped = _in_loop(click)
+    assert "deletion AUC" not in caption_before and strip_before == 0
+    assert "deletion AUC" in viewer.badge_html.value
     assert len(viewer.influence_box.children) > 0
     assert escaped == [] and viewer.last_error == ""
 
@@ -75,7 +75,7 @@ def test_stale_deferred_work_is_skipped(state, monkeypatch):
 
     _, escaped = _in_loop(two_clicks)
     assert asked == [2]  # only the last click's badges were computed
-    assert "deletion AUC" in viewer.figure.layout.annotations[0].text
+    assert "deletion AUC" in viewer.badge_html.value
     assert escaped == []
 
 

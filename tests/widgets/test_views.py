@@ -3,6 +3,7 @@ on the figures' data, without a browser."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +26,16 @@ def _trace(fig, name):
     return next(t for t in fig.data if t.name == name)
 
 
+def _bars(view: DistanceView) -> tuple[list[float], list[str], list[str]]:
+    """The distance bars as drawn: each row's distance, its bar's colour and its label text."""
+    text = view.bars.value
+    distances = [float(v) for v in re.findall(r"data-distance='([^']+)'", text)]
+    colours = re.findall(r"class='fsl-dist-bar' style='width:[0-9.]+%;background:([^;]+);", text)
+    rows = re.findall(r"class='fsl-dist-label'>(.*?)</span>(?=<span class='fsl-dist-track')", text)
+    labels = [re.sub(r"<[^>]+>", "", m) for m in rows]
+    return distances, colours, labels
+
+
 @pytest.fixture
 def bench(state):
     return Workbench(state, episodes=8, methods=["saliency"], badges=False, export_folder="unused")
@@ -36,8 +47,11 @@ def test_query_click_drives_heatmap_and_distances(bench):
     assert s.query_index == 4
     heat = _trace(bench.heatmaps.figure, "attribution")
     np.testing.assert_allclose(map_values(heat), s.explanations.attribution("saliency", 4).normalized[0], atol=5e-3)
-    bars = bench.distances.bars.data[0]
-    np.testing.assert_allclose(np.asarray(bars.y, dtype=float), s.result.distances[4])
+    distances, colours, labels = _bars(bench.distances)
+    np.testing.assert_allclose(distances, s.result.distances[4], rtol=1e-5)
+    pred, true = int(s.result.pred[4]), int(s.result.true[4])
+    assert "predicted" in labels[pred] and "true" in labels[true]
+    assert sum("predicted" in t for t in labels) == 1 and int(np.argmin(distances)) == pred
     sel = _trace(bench.distances.map, "selected")
     assert sel.x[0] == pytest.approx(s.result.query_xy[4, 0])
     assert bench.queries.buttons[4].button_style == "info"
@@ -308,10 +322,12 @@ def test_heatmap_badges_are_drawn_from_the_library_result(state):
     assert viewer.error_area.value == ""
     badges = state.explanations.badges("saliency")
     assert [c.name for c in badges.checks][:3] == ["randomization", "deletion", "insertion"]
-    title = viewer.figure.layout.annotations[0].text
-    # every check is on the map with its status ("✔", "✘ FAILED" or "– undefined")
+    caption = viewer.badge_html.value
+    # every check is under the maps with its status ("✔", "✘ FAILED" or "– undefined"); the map's title
+    # stays the method and what it explains
     for label in ("randomisation", "deletion AUC", "insertion AUC", "pointing", "in mask"):
-        assert label in title
+        assert label in caption
+    assert viewer.figure.layout.annotations[0].text.startswith("Saliency — why ")
     assert state.explanations.badges("saliency") is badges  # cached
 
 
@@ -336,9 +352,8 @@ def test_a_class_keeps_its_colour_in_every_view_whatever_episode_shows_it(bench)
 
     def colours() -> dict[str, str]:
         ep = s.episode
-        bars = bench.distances.bars.data[0]
         stars = _trace(bench.distances.map, "prototypes")
-        by_bars = {c: col for c, col in zip(ep.classes, bars.marker.color, strict=True)}
+        by_bars = dict(zip(ep.classes, _bars(bench.distances)[1], strict=True))
         assert by_bars == {c: col for c, col in zip(ep.classes, stars.marker.color, strict=True)}
         for c, (label, _) in zip(ep.classes, (row.children for row in bench.support.classes_box.children),
                                  strict=True):
