@@ -4,12 +4,13 @@ fsl-xai template) and driven in headless Chromium at 1366x768.
 Measures, timed inside the page (performance.now()):
   - page -> ready: navigation start until the heatmaps, the distance bars and the query gallery are
     drawn (target <= 5 s);
-  - query click -> heatmap painted: a click on a query card until the heatmap figure's images have
-    changed to the new query's and two animation frames have run after that change, i.e. the browser
-    painted it (target p95 <= 250 ms); also split into clicks on a query not shown before (its maps
-    computed on the click unless the kernel computed them in the background first, which it does
-    for the episode's queries while idle) and on one shown before (maps cached); "settled" is the same for the last
-    change anywhere on the workbench (badges, influence strip, timing line) followed by a quiet second;
+  - query click -> heatmap painted: a click on a query card until the heatmap view's images have
+    changed to the new query's, every one of them has loaded, and two animation frames have run after
+    that, i.e. the browser painted it (target p95 <= 250 ms); also split into clicks on a query not
+    shown before (its maps computed on the click unless the kernel computed them in the background
+    first, which it does for the episode's queries while idle) and on one shown before (maps cached);
+    "settled" is the same for the last change anywhere on the workbench (badges, influence strip,
+    timing line) followed by a quiet second;
   - support edit -> every view painted: "swap with selected" until the heatmaps, the distance bars,
     the projection and the support cards have all changed and been painted (target p95 <= 250 ms);
     heatmaps that stay the same (the edit did not change the explained decision's maps) count when
@@ -99,7 +100,7 @@ window.fslBench = (() => {
     if (w.kind === 'any') return JSON.stringify(w.of.map(sig));  // changed when any of w.of changed
     const el = document.querySelector(w.sel);
     if (!el) return null;
-    if (w.kind === 'images' || w.kind === 'img') {  // plotly's <image> layers, or <img> thumbnails
+    if (w.kind === 'images' || w.kind === 'img') {  // plotly's <image> layers, or <img> elements
       const hrefs = [...el.querySelectorAll(w.kind === 'img' ? 'img' : 'image')]
         .map((i) => i.getAttribute(w.kind === 'img' ? 'src' : 'href') || '');
       return hrefs.length + ':' + hrefs.join('|');
@@ -111,7 +112,11 @@ window.fslBench = (() => {
     if (w.kind === 'any') return w.of.some((v, i) => changed(v, before === null ? null : JSON.parse(before)[i]));
     const now = sig(w);
     if (now === null || now === before) return false;
-    if (w.kind === 'images' || w.kind === 'img') return count(now) > 0;  // not mid-redraw (traces deleted)
+    if (w.kind === 'img') {  // every <img> decoded: a data URL loads after the element changed
+      const imgs = [...document.querySelector(w.sel).querySelectorAll('img')];
+      return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+    }
+    if (w.kind === 'images') return count(now) > 0;  // not mid-redraw (traces deleted)
     return w.want ? new RegExp(w.want).test(now) : true;  // want: a regular expression
   };
   const painted = (cb) => requestAnimationFrame(() => requestAnimationFrame(() => cb(performance.now())));
@@ -123,13 +128,19 @@ window.fslBench = (() => {
     const done = watches.map(() => null);
     let lastChange = null, lastPaint = null, mutations = 0;
     const start = performance.now();
+    const check = () => watches.forEach((w, i) => {
+      if (done[i] === null && changed(w, before[i])) { done[i] = -1; painted((t) => { done[i] = t - start; }); }
+      else if (done[i] === null && w.kind === 'img' && document.querySelector(w.sel)) {  // check again once loaded
+        document.querySelector(w.sel).querySelectorAll('img').forEach((im) => {
+          if (!im.complete) im.addEventListener('load', check, {once: true});
+        });
+      }
+    });
     const observer = new MutationObserver((records) => {
       mutations += records.length;
       lastChange = performance.now();
       painted((t) => { lastPaint = t; });
-      watches.forEach((w, i) => {
-        if (done[i] === null && changed(w, before[i])) { done[i] = -1; painted((t) => { done[i] = t - start; }); }
-      });
+      check();
     });
     observer.observe(root, {subtree: true, childList: true, attributes: true, characterData: true});
     const finish = (extra) => {
@@ -150,12 +161,12 @@ window.fslBench = (() => {
 
 APP_READY_JS = """() => {
   const n = (s) => document.querySelectorAll(s).length;
-  return n('.fsl-workbench') && n('.fsl-heatmap-figure image') && n('.fsl-distance-bars .fsl-dist-value')
+  return n('.fsl-workbench') && n('.fsl-heatmap-figure img') && n('.fsl-distance-bars .fsl-dist-value')
          && n('.fsl-querygallery button') ? performance.now() : false;
 }"""
 PEER_READY_JS = "() => document.querySelectorAll('.fsl-peer-figure image').length ? performance.now() : false"
 
-HEATMAP = {"sel": ".fsl-heatmap-figure", "kind": "images"}
+HEATMAP = {"sel": ".fsl-heatmap-figure", "kind": "img"}  # the maps' <img> layers (widgets/heatmap_html.py)
 # an edit may leave the selected query's maps as they were (a swap in another class than the explained
 # one): the heatmap view has then redrawn when its timing line (data-draw) changed, with nothing to paint
 HEATMAP_REDRAWN: dict[str, Any] = {"sel": ".fsl-heatmap-figure", "kind": "any",

@@ -296,17 +296,19 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
         data.append(dict(type="scatter", x=result.support_xy[idx, 0], y=result.support_xy[idx, 1], mode="markers",
                          marker=dict(color=palette[c], size=8, opacity=0.7), name=f"support: {name}",
                          text=[support_ids[int(i)] for i in idx], hovertemplate="support %{text}<extra></extra>"))
-    if result.prev_proto_xy is not None:
-        moved = np.linalg.norm(result.prev_proto_xy - result.proto_xy, axis=1) > 1e-9
-        xs, ys = [], []
-        for c in np.flatnonzero(moved).tolist():
-            xs += [result.prev_proto_xy[c, 0], result.proto_xy[c, 0], None]
-            ys += [result.prev_proto_xy[c, 1], result.proto_xy[c, 1], None]
-        data.append(dict(type="scatter", x=result.prev_proto_xy[:, 0], y=result.prev_proto_xy[:, 1], mode="markers",
-                         marker=dict(symbol="star", size=14, opacity=0.3, color=palette[:len(classes)]),
-                         name="previous prototypes", hoverinfo="skip"))
-        data.append(dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"),
-                         name="prototype moved", hoverinfo="skip"))
+    # where the prototypes were before the last edit: always two traces (empty before any edit), so
+    # that an edit restyles the shown map instead of replacing its traces (a full plotly redraw)
+    prev = result.prev_proto_xy
+    xs, ys = [], []
+    if prev is not None:
+        for c in np.flatnonzero(np.linalg.norm(prev - result.proto_xy, axis=1) > 1e-9).tolist():
+            xs += [prev[c, 0], result.proto_xy[c, 0], None]
+            ys += [prev[c, 1], result.proto_xy[c, 1], None]
+    data.append(dict(type="scatter", x=prev[:, 0] if prev is not None else [], y=prev[:, 1] if prev is not None else [],
+                     mode="markers", marker=dict(symbol="star", size=14, opacity=0.3, color=palette[:len(classes)]),
+                     name="previous prototypes", hoverinfo="skip", showlegend=prev is not None))
+    data.append(dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="grey", dash="dot"),
+                     name="prototype moved", hoverinfo="skip", showlegend=bool(xs)))
     correct = result.correct
     qcol = [palette[t] if t >= 0 else "grey" for t in result.true]
     data.append(dict(

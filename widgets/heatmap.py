@@ -9,13 +9,14 @@ import time
 from typing import Any
 
 import ipywidgets as w
-import plotly.graph_objects as go
+import numpy as np
 
 from fsl_xai.explain import list_methods, method_spec
 
-from ._base import Card, CardRow, FigureSlot, View, thumbnail, tooltip_of
+from ._base import Card, CardRow, View, thumbnail, tooltip_of
 from ._loop import kernel_loop
-from .figures import COLORMAPS, badge_text, heatmap_figure
+from .figures import COLORMAPS, badge_text
+from .heatmap_html import heatmap_html
 from .trust_text import NOT_FIT
 
 MAX_METHODS = 4
@@ -57,7 +58,10 @@ class HeatmapViewer(View):
         self.show_badges = w.Checkbox(value=badges, description="quality badges", indent=False)
         self.refused_note = w.HTML()  # the methods this network cannot give a faithful map of, and why
         self.refused_note.add_class("fsl-refused-methods")
-        self.slot = FigureSlot(css_class="fsl-heatmap-figure")
+        # the maps as HTML images (widgets/heatmap_html.py): a redraw swaps a few PNGs, no plotly replot
+        self.picture = w.HTML()
+        self.picture.add_class("fsl-heatmap-figure")
+        self.drawn: dict[str, Any] = {}  # what the picture shows now: maps, titles, opacity, colours, signed, mask
         self.badge_html = w.HTML()
         self.badge_html.add_class("fsl-heatmap-caption")
         self.banner = w.HTML()
@@ -83,7 +87,7 @@ class HeatmapViewer(View):
                            w.HBox([self.opacity, self.colormap, self.signed, self.show_badges])])
         self.children = [w.HTML("<b>heatmaps</b> (red: pushes towards the explained class; blue: against; "
                                 "green outline: lesion mask where known)"),
-                         controls, self.error_area, self.banner, self.slot, self.badge_html,
+                         controls, self.error_area, self.banner, self.picture, self.badge_html,
                          w.HTML("<b>support images ranked by influence on this decision</b> "
                                 "(how much the margin drops without each one)"),
                          self.influence_box, self.timing]
@@ -96,11 +100,6 @@ class HeatmapViewer(View):
         # the first maps are drawn at once; in a kernel their badges follow once the page is shown (a
         # preheated kernel has them before a page asks for it); scripts and tests get them on the next refresh
         self.guard(self.refresh)(with_badges=kernel_loop() is not None)
-
-    @property
-    def figure(self) -> go.FigureWidget:
-        """The heatmap figure currently shown."""
-        return self.slot.figure
 
     # ------------------------------------------------------------------ state <-> controls
     def _on_episode(self, change=None) -> None:
@@ -331,10 +330,14 @@ class HeatmapViewer(View):
         if s.result is None or s.query_index < 0:
             return
         maps = [amap.normalized[0] for amap in self.last_maps.values()]
-        fig = heatmap_figure(s.query_image(), maps, self._titles(), opacity=self.opacity.value,
-                             colorscale=self.colormap.value, signed=self.signed.value, mask=s.query_mask(),
-                             compact=True)
-        self.slot.show(fig)
+        mask = s.query_mask()
+        self.drawn = dict(maps=maps, titles=self._titles(), opacity=float(self.opacity.value),
+                          colorscale=self.colormap.value, signed=bool(self.signed.value),
+                          mask=mask if mask is not None and bool(np.asarray(mask).any()) else None)
+        text = heatmap_html(s.query_image(), maps, self.drawn["titles"], opacity=self.drawn["opacity"],
+                            colorscale=self.drawn["colorscale"], signed=self.drawn["signed"], mask=self.drawn["mask"])
+        if self.picture.value != text:
+            self.picture.value = text
         self._caption()
 
     def _caption(self) -> None:

@@ -136,7 +136,7 @@ def _finish(process: subprocess.Popen) -> str:
 
 
 def _heatmap_hrefs(page) -> str:
-    return " ".join(img.get_attribute("href") or "" for img in page.locator(".fsl-heatmap-figure image").all())
+    return " ".join(img.get_attribute("src") or "" for img in page.locator(".fsl-heatmap-figure img").all())
 
 
 def _bars(page) -> str:
@@ -162,7 +162,7 @@ def _open_checkpoint(page, own, checkpoint: Path, before: dict[str, str], new_ep
     _wait_for_change(page, f"the heatmap of {checkpoint.name}", """([before]) => {
         const el = document.querySelector('.fsl-heatmap-figure');
         if (!el) return false;
-        const hrefs = Array.from(el.querySelectorAll('image')).map(i => i.getAttribute('href') || '').join(' ');
+        const hrefs = Array.from(el.querySelectorAll('img')).map(i => i.getAttribute('src') || '').join(' ');
         return hrefs.length > 0 && hrefs !== before; }""", before["heat"])
     expect(page.locator(".fsl-heatmap-figure").first).to_contain_text(re.compile(r"Grad-CAM — why [0-4]"))
     _wait_for_change(page, f"the distance bars of {checkpoint.name}", """([before]) => {

@@ -39,9 +39,9 @@ def _show(page, selector: str) -> None:
 def _heatmap_pixels(page) -> str:
     """The data URL of the first attribution layer as drawn by plotly (changes with the map)."""
     fig = page.locator(".fsl-heatmap-figure").first
-    images = fig.locator("image")
+    images = fig.locator("img")
     expect(images.first).to_be_attached(timeout=STEP_MS)
-    return " ".join(images.nth(i).get_attribute("href") or "" for i in range(images.count()))
+    return " ".join(images.nth(i).get_attribute("src") or "" for i in range(images.count()))
 
 
 def _bar_texts(page) -> str:
@@ -70,7 +70,7 @@ def _drive_workbench(page, prefix: str) -> None:
     page.wait_for_function(
         """([before]) => { const el = document.querySelector('.fsl-heatmap-figure');
              if (!el) return false;
-             const hrefs = Array.from(el.querySelectorAll('image')).map(i => i.getAttribute('href') || '').join(' ');
+             const hrefs = Array.from(el.querySelectorAll('img')).map(i => i.getAttribute('src') || '').join(' ');
              return hrefs.length > 0 && hrefs !== before; }""", arg=[heat_before], timeout=STEP_MS)
     _shot(page, f"{prefix}-2-resampled.png")
 
@@ -84,7 +84,7 @@ def _drive_workbench(page, prefix: str) -> None:
     _show(page, ".fsl-heatmap-figure")
     page.wait_for_function(
         """([before]) => { const el = document.querySelector('.fsl-heatmap-figure');
-             const hrefs = Array.from(el.querySelectorAll('image')).map(i => i.getAttribute('href') || '').join(' ');
+             const hrefs = Array.from(el.querySelectorAll('img')).map(i => i.getAttribute('src') || '').join(' ');
              return hrefs.length > 0 && hrefs !== before; }""", arg=[heat_resampled], timeout=STEP_MS)
     page.wait_for_function(
         """([before]) => Array.from(document.querySelectorAll('.fsl-distance-bars .fsl-dist-value'))

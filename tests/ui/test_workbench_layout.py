@@ -38,7 +38,7 @@ IGNORE = [r"Failed to load resource: the server responded with a status of 404 .
 #: what must be on the first screen: (name, selector)
 ESSENTIALS = [
     ("selected query's prediction", ".fsl-heatmap-caption"),
-    ("heatmap figure", ".fsl-heatmap-figure .main-svg"),
+    ("heatmap figure", ".fsl-heatmap-figure .fsl-heatmap-row"),
     ("distance bars", ".fsl-distance-bars .fsl-dist"),
     ("selected query's card in the gallery", ".fsl-querygallery .widget-button.mod-info"),
 ]
@@ -113,7 +113,7 @@ def _open_app(servers, page, tmp_path, monkeypatch) -> None:
     expect(page.locator(".fsl-heatmap-caption").first).to_contain_text("query #1", timeout=STEP_MS)
     expect(page.locator(".fsl-heatmap-caption .fsl-badges").first).to_contain_text(
         re.compile("✔|✘|undefined"), timeout=STEP_MS)
-    expect(page.locator(".fsl-heatmap-figure .annotation-text").first).to_contain_text(" — why ", timeout=STEP_MS)
+    expect(page.locator(".fsl-heatmap-figure .fsl-heatmap-title").first).to_contain_text(" — why ", timeout=STEP_MS)
     page.wait_for_timeout(300)  # let plotly finish laying out the new titles
 
 
@@ -121,9 +121,9 @@ def _off_screen(page) -> list[str]:
     """Essentials (and each heatmap title) not wholly inside the first screen."""
     assert page.evaluate("() => document.scrollingElement.scrollTop") == 0, "the page was scrolled"
     checks = [(name, sel, 0) for name, sel in ESSENTIALS]
-    n_titles = page.locator(".fsl-heatmap-figure .annotation-text").count()
+    n_titles = page.locator(".fsl-heatmap-figure .fsl-heatmap-title").count()
     assert n_titles >= 2, f"expected a title above each of the 2 heatmaps, found {n_titles}"
-    checks += [(f"heatmap title {i + 1}", ".fsl-heatmap-figure .annotation-text", i) for i in range(n_titles)]
+    checks += [(f"heatmap title {i + 1}", ".fsl-heatmap-figure .fsl-heatmap-title", i) for i in range(n_titles)]
     problems = []
     for name, box in page.evaluate(_BOXES_JS, checks):
         if box is None:
@@ -137,11 +137,12 @@ def _off_screen(page) -> list[str]:
 
 
 def _clipped_titles(page) -> list[str]:
-    """Heatmap titles (method, what it explains, badges) drawn partly outside their figure (cut off)."""
-    return page.evaluate("""() => [...document.querySelectorAll('.fsl-heatmap-figure .annotation-text')]
-      .map((t, i) => { const fig = t.closest('.js-plotly-plot').getBoundingClientRect();
+    """Heatmap titles (method, what it explains) drawn partly outside their map's panel (cut off)."""
+    return page.evaluate("""() => [...document.querySelectorAll('.fsl-heatmap-figure .fsl-heatmap-title')]
+      .map((t, i) => { const fig = t.closest('.fsl-heatmap-panel').getBoundingClientRect();
                        const r = t.getBoundingClientRect();
-                       return r.top < fig.top - 1 || r.bottom > fig.bottom + 1
+                       return r.top < fig.top - 1 || r.bottom > fig.bottom + 1 || r.left < fig.left - 1
+                           || r.right > fig.right + 1 || t.scrollWidth > t.clientWidth + 1
                          ? `heatmap title ${i + 1} "${t.textContent.slice(0, 50)}": cut off by its figure `
                            + `(text ${r.top.toFixed(0)}-${r.bottom.toFixed(0)}, figure from ${fig.top.toFixed(0)})`
                          : ''; }).filter(Boolean)""")

@@ -15,6 +15,7 @@ from PIL import Image
 from fsl_xai.errors import FslXaiError
 from widgets.figures import heatmap_figure, map_values, to_rgb
 from widgets.heatmap import HeatmapViewer
+from widgets.heatmap_html import overlay_rgba, picture_layers
 
 
 def _in_loop(fn):
@@ -92,21 +93,36 @@ def test_errors_of_the_deferred_work_are_shown_inline(state, monkeypatch):
     assert "influence could not be computed" in viewer.error_area.value
 
 
-def test_the_live_heatmap_sends_a_png_and_rounded_maps(state):
+def test_the_live_heatmap_is_pngs_of_the_image_and_its_maps(state):
     viewer = HeatmapViewer(state, methods=["saliency"], badges=False)
-    image = next(t for t in viewer.figure.data if t.name == "image")
-    heat = next(t for t in viewer.figure.data if t.name == "attribution")
+    (panel,) = picture_layers(viewer.picture.value)
+    np.testing.assert_array_equal(panel["image"][..., :3], to_rgb(state.query_image()))
+    exact = next(iter(viewer.last_maps.values())).normalized[0]  # the first map shown
+    # the overlay's opacity is |attribution| (to 1/255), its colour the scale's colour of the value
+    np.testing.assert_allclose(panel["overlay"][..., 3] / 255, np.abs(exact), atol=1 / 255 + 1e-6)
+    np.testing.assert_array_equal(panel["overlay"], overlay_rgba(exact))
+    # a page gets the picture as PNGs: a few kB, less than the plotly figure exports draw (compact)
+    compact = heatmap_figure(state.query_image(), [exact], ["saliency"], mask=state.query_mask(), compact=True)
+    assert len(viewer.picture.value) < len(json.dumps([t.to_plotly_json() for t in compact.data],
+                                                      default=lambda a: np.asarray(a).tolist()))
+
+
+def test_exports_draw_the_heatmap_compact(state):
+    """Exports (``figures.heatmap_figure(compact=True)``): the image as a PNG and each map as whole percent."""
+    viewer = HeatmapViewer(state, methods=["saliency"], badges=False)
+    exact = next(iter(viewer.last_maps.values())).normalized[0]
+
+    def sent(fig) -> int:
+        # plotly's serializer sends arrays of 2 or more dimensions as JSON lists (tolist)
+        return len(json.dumps([t.to_plotly_json() for t in fig.data], default=lambda a: np.asarray(a).tolist()))
+
+    # the same figure with pixel values and float32 maps is several times larger
+    full = heatmap_figure(state.query_image(), [exact], ["saliency"], mask=state.query_mask())
+    compact = heatmap_figure(state.query_image(), [exact], ["saliency"], mask=state.query_mask(), compact=True)
+    image = next(t for t in compact.data if t.name == "image")
+    heat = next(t for t in compact.data if t.name == "attribution")
     assert image.z is None and image.source.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(image.source.split(",", 1)[1]))) as png:
         np.testing.assert_array_equal(np.asarray(png.convert("RGB")), to_rgb(state.query_image()))
-    exact = next(iter(viewer.last_maps.values())).normalized[0]  # the first map shown
     np.testing.assert_allclose(map_values(heat), exact, atol=5e-3)  # whole percent
-
-    def sent(fig) -> int:
-        # the widget sends arrays of 2 or more dimensions as JSON lists (plotly's serializer uses tolist)
-        return len(json.dumps([t.to_plotly_json() for t in fig.data], default=lambda a: np.asarray(a).tolist()))
-
-    # the same figure as the other views draw it (pixel values, float32 maps) is several times larger
-    full = heatmap_figure(state.query_image(), [exact], ["saliency"], mask=state.query_mask())
-    compact = heatmap_figure(state.query_image(), [exact], ["saliency"], mask=state.query_mask(), compact=True)
     assert 2 * sent(compact) < sent(full)

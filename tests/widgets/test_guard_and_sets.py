@@ -79,7 +79,7 @@ def test_a_chest_xray_among_blood_cells_is_flagged_in_gallery_heatmap_accuracy_a
     viewer = HeatmapViewer(blood, badges=False)
     blood.select_query(qi)
     assert NOT_FIT in html.unescape(viewer.banner.value)
-    assert viewer.children.index(viewer.banner) < viewer.children.index(viewer.slot)
+    assert viewer.children.index(viewer.banner) < viewer.children.index(viewer.picture)
     blood.select_query(unflagged)
     assert viewer.banner.value == ""
     # exports carry the flag and the warning, and no sample id

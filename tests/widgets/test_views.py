@@ -14,8 +14,8 @@ from widgets.dataset_model import DatasetModelPicker
 from widgets.distances import DistanceView
 from widgets.export import ExportView
 from widgets.failures import FailureExplorer
-from widgets.figures import map_values
 from widgets.heatmap import HeatmapViewer
+from widgets.heatmap_html import overlay_rgba, picture_layers
 from widgets.queries import QueryGallery
 from widgets.subgroups import SubgroupDashboard
 from widgets.support_set import SupportSetView
@@ -45,8 +45,9 @@ def test_query_click_drives_heatmap_and_distances(bench):
     s = bench.state
     bench.queries.buttons[4].click()
     assert s.query_index == 4
-    heat = _trace(bench.heatmaps.figure, "attribution")
-    np.testing.assert_allclose(map_values(heat), s.explanations.attribution("saliency", 4).normalized[0], atol=5e-3)
+    (panel,) = picture_layers(bench.heatmaps.picture.value)
+    expected = s.explanations.attribution("saliency", 4).normalized[0]
+    np.testing.assert_array_equal(panel["overlay"], overlay_rgba(expected))
     distances, colours, labels = _bars(bench.distances)
     np.testing.assert_allclose(distances, s.result.distances[4], rtol=1e-5)
     pred, true = int(s.result.pred[4]), int(s.result.true[4])
@@ -146,20 +147,24 @@ def test_heatmap_controls(bench):
     s, h = bench.state, bench.heatmaps
     h.methods.value = ("saliency", "gradcam")
     assert s.methods == ["saliency", "gradcam"]
-    assert sum(t.name == "attribution" for t in h.figure.data) == 2
+    assert len(picture_layers(h.picture.value)) == 2
     h.opacity.value = 0.2
-    assert all(t.opacity == 0.2 for t in h.figure.data if t.name == "attribution")
-    h.signed.value = False
-    assert all(t.zmin == 0 for t in h.figure.data if t.name == "attribution")
+    assert [p["opacity"] for p in picture_layers(h.picture.value)] == [0.2, 0.2]
+    h.signed.value = False  # |attribution|: the colour bar runs from 0% to 100%
+    maps = [s.explanations.attribution(m).normalized[0] for m in ("saliency", "gradcam")]
+    for panel, amap in zip(picture_layers(h.picture.value), maps, strict=True):
+        np.testing.assert_array_equal(panel["overlay"], overlay_rgba(amap, signed=False))
+    assert "−100%" not in h.picture.value and "0%" in h.picture.value
     h.colormap.value = "Viridis"
     h.target.value = s.episode.classes[0]
     h.contrast.value = "runner_up"
     amap = s.explanations.attribution("saliency")
     assert amap.targets == (0,) and amap.contrasts is not None and amap.contrasts[0] != 0
-    assert "rather than" in h.figure.layout.annotations[0].text
+    first = picture_layers(h.picture.value)[0]
+    assert "rather than" in first["title"]
     assert len(h.influence_box.children) > 0
     # the lesion mask outline is drawn for the synthetic set
-    assert any(t.name == "lesion mask" for t in h.figure.data) == bool(s.query_mask().any())
+    assert (first["mask"] is not None) == bool(s.query_mask().any())
 
 
 def test_integrated_gradients_steps_parameter(bench):
@@ -189,7 +194,7 @@ def test_a_failing_method_is_shown_inline_and_others_still_draw(bench, monkeypat
     monkeypatch.setattr(xai, "explain", flaky)
     h.methods.value = ("saliency", "gradcam")
     assert "gradcam: RuntimeError: layer not found" in h.error_area.value
-    assert sum(t.name == "attribution" for t in h.figure.data) == 1
+    assert [p["title"].split(" — ")[0] for p in picture_layers(h.picture.value)] == ["Saliency"]
 
 
 def test_failure_explorer_cells_open_cases(bench):
@@ -327,7 +332,7 @@ def test_heatmap_badges_are_drawn_from_the_library_result(state):
     # stays the method and what it explains
     for label in ("randomisation", "deletion AUC", "insertion AUC", "pointing", "in mask"):
         assert label in caption
-    assert viewer.figure.layout.annotations[0].text.startswith("Saliency — why ")
+    assert picture_layers(viewer.picture.value)[0]["title"].startswith("Saliency — why ")
     assert state.explanations.badges("saliency") is badges  # cached
 
 
