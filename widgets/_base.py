@@ -100,12 +100,12 @@ class View(w.VBox):
         self.add_class("fsl-" + type(self).__name__.lower())
 
     # ------------------------------------------------------------------ deferred work
-    def defer(self, fn: Callable, *args, after_others: bool = False) -> None:
+    def defer(self, fn: Callable, *args, after_s: float = 0.0) -> None:
         """Run ``fn(*args)`` after the current event when an event loop runs (a Jupyter/Voila kernel),
         so what the other views send for this event reaches the page first; at once otherwise
-        (scripts, unit tests). ``after_others``: also after the work the other views deferred in this
-        event (their redraws), for updates nobody waits for. Errors go to this view's inline error
-        area, never to the kernel."""
+        (scripts, unit tests). ``after_s``: that many seconds later, for an update off the first
+        screen that nobody waits for (the page draws the views first instead of both at once).
+        Errors go to this view's inline error area, never to the kernel."""
         def run() -> None:
             try:
                 fn(*args)
@@ -114,8 +114,8 @@ class View(w.VBox):
         loop = kernel_loop()
         if loop is None:
             run()
-        elif after_others:
-            loop.call_soon(loop.call_soon, run)
+        elif after_s > 0:
+            loop.call_later(after_s, run)
         else:
             loop.call_soon(run)
 

@@ -17,6 +17,11 @@ import plotly.graph_objects as go
 from ._base import FigureSlot, View, episode_colors
 from .figures import projection_figure
 
+#: the embedding map's key (each class's colour is in the header's legend and on the distance bars)
+MAP_KEY = ("<div style='font-size:85%;color:#444;width:440px'>small dots: support images · large circles: "
+           "queries (filled: right, open: wrong) · ★ prototypes (faded ☆: before the last edit; dotted line: "
+           "how far it moved) · black ring: the selected query</div>")
+
 
 def distance_bars_html(classes: Sequence[str], distances: np.ndarray, pred: int, true: int,
                        colors: Sequence[str]) -> str:
@@ -56,8 +61,10 @@ class DistanceView(View):
         self.projection = w.ToggleButtons(options=[("PCA", "pca"), ("t-SNE", "tsne")], value=state.projection,
                                           style={"button_width": "60px"}, tooltip="how the embeddings are drawn in 2D")
         self.projection.observe(self.guard(self._on_projection), names="value")
+        self.key = w.HTML(MAP_KEY)  # the map's legend, drawn once (plotly's would be laid out on every redraw)
+        self.key.add_class("fsl-projection-key")
         self.children = [w.HBox([w.HTML("<b>prototype distances</b>&nbsp;"), self.projection]), self.error_area,
-                         self.bars, self.map_slot]
+                         self.bars, self.map_slot, self.key]
         # a new episode result and a new selection both redraw (one redraw per change)
         state.observe(self.guard(lambda _: self._on_selection()), names=["result", "query_index"])
         self.redraw_map()
@@ -108,8 +115,8 @@ class DistanceView(View):
         if s.result is None:
             return
         _, ep, _, r = s.shown()
-        self.map_slot.show(projection_figure(r, ep.support_ids, ep.query_ids, s.query_index,
-                                             colors=episode_colors(s)))
+        self.map_slot.show(projection_figure(r, ep.support_ids, ep.query_ids, s.query_index, height=340,
+                                             colors=episode_colors(s), legend=False))
 
     def _wire_map(self, fig: go.FigureWidget) -> None:
         queries = next((t for t in fig.data if t.name == "queries"), None)

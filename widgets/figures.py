@@ -278,7 +278,8 @@ def distance_figure(classes: Sequence[str], distances: np.ndarray, pred: int, tr
 
 
 def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[str], selected: int = -1,
-                      height: int = 380, colors: Sequence[str] | None = None, checked: bool = False) -> go.Figure:
+                      height: int = 380, colors: Sequence[str] | None = None, checked: bool = False,
+                      legend: bool = True) -> go.Figure:
     """2D map of support embeddings (dots), prototypes (stars, with where they were before the last
     edit) and queries (circles: filled = correct, open = wrong); the selected query is ringed.
 
@@ -286,7 +287,8 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
     The 'queries' trace holds every query in episode order, so a click's point index is the query index.
     ``colors``: one per episode class (``class_colors``; default: by position). Redrawn on every edit,
     so it is written in plotly's JSON form and taken unchecked (``checked``: through plotly's checks,
-    as the tests compare).
+    as the tests compare). ``legend``: plotly's legend under the map (the workbench shows a key of
+    its own instead: a legend makes every redraw lay out the figure's margins again).
     """
     classes = result.classes
     palette = list(colors) if colors is not None else [class_color(i) for i in range(len(classes))]
@@ -328,7 +330,7 @@ def projection_figure(result, support_ids: Sequence[str], query_ids: Sequence[st
     data.append(dict(type="scatter", x=result.query_xy[sel, 0], y=result.query_xy[sel, 1], mode="markers",
                      name="selected", marker=dict(size=22, color="rgba(0,0,0,0)", line=dict(width=3, color="black")),
                      hoverinfo="skip"))
-    layout = dict(height=height, width=460, margin=dict(l=10, r=10, t=40, b=10),
+    layout = dict(height=height, width=460, margin=dict(l=10, r=10, t=40, b=10), showlegend=legend,
                   legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.02, x=0),
                   title=dict(text=f"embedding map ({'PCA' if result.projection == 'pca' else 't-SNE'}; "
                                   "stars: prototypes, click a query)", font=dict(size=13)),

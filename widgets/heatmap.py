@@ -216,9 +216,11 @@ class HeatmapViewer(View):
         if s.result is last_result and s.query_index == last_query:
             return
         self._drawn_for = (s.result, s.query_index)
-        if s.query_index == last_query and last_result is not None:
-            # the same query under a new support set: the distances and the projection (cheap) go
-            # to the page first, and the browser draws them while the maps are computed
+        cached = all(s.explanations.is_cached(m, s.query_index) for m in s.methods[:MAX_METHODS])
+        if s.query_index == last_query and last_result is not None and not cached:
+            # the same query under a new support set, its maps not computed ahead (``Prefetch.expect``):
+            # the distances and the projection go to the page first, and the browser draws them while
+            # the maps are computed
             self.defer(self._refresh_if_current, s.result, s.query_index)
         else:
             self.refresh()

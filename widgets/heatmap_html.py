@@ -141,7 +141,8 @@ def picture_layers(text: str) -> list[dict]:
         for kind, data, style in _LAYER.findall(block):
             with Image.open(io.BytesIO(base64.b64decode(data))) as png:
                 panel[kind] = np.asarray(png)
-            if kind == "overlay":
-                panel["opacity"] = float(re.search(r"opacity:([0-9.]+)", style)[1])
+            opacity = re.search(r"opacity:([0-9.]+)", style)
+            if kind == "overlay" and opacity:
+                panel["opacity"] = float(opacity[1])
         panels.append(panel)
     return panels

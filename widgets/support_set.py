@@ -11,6 +11,8 @@ import numpy as np
 from ._base import Card, CardRow, View, episode_colors, thumbnail, tooltip_of
 
 ANY = "(any)"
+#: seconds after an edit the pool list is refilled (the edited views reach the page and are drawn first)
+POOL_REFILL_S = 0.3
 # metadata columns that make no sense as pool filters
 _SKIP_COLUMNS = {"sample_id", "filenames", "filename", "image_id", "lesion_id", "split", "path"}
 
@@ -159,8 +161,9 @@ class SupportSetView(View):
         if self.selected_position is not None and self.selected_position >= len(ep.support_ids):
             self.selected_position = None
         self._render_cards()
-        # the pool list (hundreds of labels, redrawn whole by the page) after the other views' redraws
-        self.defer(self._fill_pool, after_others=True)
+        # the pool list (below the support set: hundreds of labels the page redraws whole) once the
+        # page has drawn the edit's views
+        self.defer(self._fill_pool, after_s=POOL_REFILL_S)
         self._sync_buttons()
 
     def _render_cards(self) -> None:
