@@ -20,6 +20,9 @@ from .heatmap_html import heatmap_html
 from .trust_text import NOT_FIT
 
 MAX_METHODS = 4
+#: seconds after a redraw of the maps that their influence strip and badges are computed and sent: the
+#: page draws the decision (maps, distances, embedding map) first, instead of all of it at once
+SECONDARY_S = 0.15
 
 
 def _badge_html(text: str) -> str:
@@ -256,8 +259,9 @@ class HeatmapViewer(View):
         self.timing.value = (f"<span style='color:#888;font-size:90%' data-draw='{self._refreshes + 1}'>maps ready in "
                              f"{1000 * elapsed:.0f} ms</span>")
         self._refreshes += 1
+        # the influence strip (below the first screen) and the badges once the page has drawn the maps
         self.defer(self._after_maps, self._refreshes, s.result, s.query_index,
-                    with_badges and self.show_badges.value and bool(self.last_maps))
+                   with_badges and self.show_badges.value and bool(self.last_maps), after_s=SECONDARY_S)
 
     def _after_maps(self, refresh: int, result, query: int, with_badges: bool) -> None:
         """The influence strip and the quality badges of the maps drawn by refresh number ``refresh``

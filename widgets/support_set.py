@@ -81,6 +81,12 @@ class SupportSetView(View):
     def select(self, position: int | None) -> None:
         """Select support image ``position`` (the target of swap and remove)."""
         self.selected_position = position
+        self._render_cards()
+        self._show_selection()
+
+    def _show_selection(self) -> None:
+        """The selection's label and the edit buttons (the cards show it once they are drawn)."""
+        position = self.selected_position
         if position is None:
             self.selection_label.value = "<i>no support image selected</i>"
         else:
@@ -88,17 +94,31 @@ class SupportSetView(View):
             self.selection_label.value = (f"selected support image #{position}: "
                                           f"<b>{html.escape(ep.support_ids[position])}</b>"
                                           f" ({html.escape(ep.classes[ep.support_labels[position]])})")
-        self._render_cards()
         self._sync_buttons()
+
+    def _edit_selected(self, edit) -> None:
+        """Make ``edit(position)`` on the selected support image; the edit's redraw shows the support
+        set without a selection (drawn once, not once with it and again without); a refused edit
+        keeps the selection."""
+        position = self.selected_position
+        self.selected_position = None
+        try:
+            edit(position)
+        except Exception:
+            self.select(position)
+            raise
+        if self.state.error:
+            self.select(position)
+        else:
+            self._show_selection()
 
     def swap(self) -> None:
         if self.selected_position is None:
             raise ValueError("select a support image first (its 'select' button), then pick a pool image")
         if not self.pool_list.value:
             raise ValueError("pick a pool image to swap in")
-        self.state.swap_support(self.selected_position, self.pool_list.value)
-        if not self.state.error:
-            self.select(None)
+        sample_id = self.pool_list.value
+        self._edit_selected(lambda position: self.state.swap_support(position, sample_id))
 
     def add(self) -> None:
         if not self.pool_list.value:
@@ -127,9 +147,7 @@ class SupportSetView(View):
     def remove(self) -> None:
         if self.selected_position is None:
             raise ValueError("select a support image first (its 'select' button)")
-        self.state.remove_support(self.selected_position)
-        if not self.state.error:
-            self.select(None)
+        self._edit_selected(self.state.remove_support)
 
     # ------------------------------------------------------------------ rendering
     def _on_images(self, change=None) -> None:

@@ -14,18 +14,21 @@ from PIL import Image
 
 from fsl_xai.errors import FslXaiError
 from widgets.figures import heatmap_figure, map_values, to_rgb
-from widgets.heatmap import HeatmapViewer
+from widgets.heatmap import SECONDARY_S, HeatmapViewer
 from widgets.heatmap_html import overlay_rgba, picture_layers
 
 
 def _in_loop(fn):
-    """Run ``fn`` inside a running event loop, then let the loop run what it deferred; returns what
-    ``fn`` returned and the errors that escaped to the loop."""
+    """Run ``fn`` inside a running event loop, then let the loop run what it deferred (also what it
+    deferred by ``SECONDARY_S``); returns what ``fn`` returned and the errors that escaped to the loop."""
     escaped: list[dict] = []
 
     async def main():
         asyncio.get_running_loop().set_exception_handler(lambda _loop, context: escaped.append(context))
         out = fn()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await asyncio.sleep(SECONDARY_S + 0.1)  # the influence strip and the badges come this much later
         for _ in range(5):
             await asyncio.sleep(0)
         return out
