@@ -102,23 +102,47 @@ def accepts(host: str, port: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- processes
+def _stat(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, start token, state) of one process from /proc, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:  # gone (or gone meanwhile)
+        return None
+    # the command name may hold spaces and parentheses: the fields start after the last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19], fields[0]
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of a process, from /proc/PID/task/TID/children (none when it is gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+#: Linux lists each process's children in /proc: the tracker then walks the server's own tree instead
+#: of reading every process on the machine every second
+_PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
 def _process_table() -> dict[int, tuple[int, str, str]]:
     """pid -> (parent pid, start token, state) of every process; the start token tells a reused
     pid apart (Linux: start time from /proc; elsewhere from ``ps``)."""
     table: dict[int, tuple[int, str, str]] = {}
-    proc = Path("/proc")
-    if (proc / "self" / "stat").exists():
-        for entry in os.scandir(proc):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    stat = f.read()
-            except OSError:  # gone meanwhile
-                continue
-            # the command name may hold spaces and parentheses: the fields start after the last ')'
-            fields = stat.rsplit(")", 1)[1].split()
-            table[int(entry.name)] = (int(fields[1]), fields[19], fields[0])
+    if Path("/proc/self/stat").exists():
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+                table[int(entry.name)] = stat
         return table
     out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,lstart=,state="], capture_output=True, text=True,
                          check=False).stdout
@@ -143,6 +167,16 @@ class ChildTracker:
 
     def refresh(self) -> None:
         """Add the descendants alive now."""
+        if _PROC_CHILDREN:
+            todo = [self.root_pid]
+            while todo:
+                pid = todo.pop()
+                stat = _stat(pid)
+                if stat is None:
+                    continue
+                self.known.setdefault(pid, stat[1])
+                todo.extend(_children(pid))
+            return
         table = _process_table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _, _) in table.items():
@@ -156,9 +190,13 @@ class ChildTracker:
 
     def alive(self) -> list[int]:
         """Tracked processes still running (the same process, not a reused pid; zombies are dead)."""
-        table = _process_table()
+        if _PROC_CHILDREN:
+            stats = {pid: _stat(pid) for pid in self.known}
+        else:
+            table = _process_table()
+            stats = {pid: table.get(pid) for pid in self.known}
         return [pid for pid, start in self.known.items()
-                if pid in table and table[pid][1] == start and table[pid][2] not in ("Z", "X")]
+                if (st := stats[pid]) is not None and st[1] == start and st[2] not in ("Z", "X")]
 
     def signal_alive(self, sig: int) -> None:
         """Send ``sig`` to each live tracked process, and to its process group when it leads one
