@@ -195,8 +195,8 @@ class FigureSlot(w.Box):
     The first ``show`` creates the FigureWidget; later calls change it in place with plotly's update
     messages, so the page keeps one widget model per slot instead of opening a new figure model (and
     view) on every redraw. A figure with the same traces (count and types) as the one shown costs one
-    update message with only the trace properties and top-level layout keys that differ (a new
-    query's heatmap: its image, its maps and the titles); other figures replace the traces (delete,
+    update message with only the trace properties and top-level layout keys that differ (the
+    embedding map after an edit: the points that moved); other figures replace the traces (delete,
     add) and then send the layout's differences. Nothing is sent twice: a front end that connects
     later gets the current figure when it asks for the widget's state (``_figurewidget``).
 

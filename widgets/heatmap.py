@@ -1,6 +1,10 @@
 """View 4: the selected query with attribution maps of 1-4 methods side by side, their quality badges,
 and a strip of the support images ranked by their influence on this decision. Above the maps, a banner
-when the domain guard flags the query: its explanation explains a prediction the model is not fit to make."""
+when the domain guard flags the query: its explanation explains a prediction the model is not fit to make.
+
+The maps are HTML (``heatmap_html``: stacked PNGs, redrawn on every click for a few ms of the page's
+time), the badges lines in the caption; what is below the first screen (the influence strip) and the
+badges follow a redraw by ``SECONDARY_S``, so the page draws the decision first."""
 
 from __future__ import annotations
 
