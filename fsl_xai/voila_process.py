@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,6 +210,45 @@ class ChildTracker:
                     os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 continue
+
+
+class OutputRelay:
+    """Copies what Voila and its kernels print (one pipe they share) to this process's stderr, line by
+    line, until ``mute()``. A server is muted once a stop was asked: a kernel stopped in the middle of a
+    cell (a pool's replacement still running the app) prints a traceback of its own, which tells the
+    user who asked for the stop nothing; the server prints its own line when everything has stopped.
+
+    Args:
+        stream: the child's output (binary), read until it closes (every process writing it is gone).
+    """
+
+    def __init__(self, stream: Any):
+        self._muted = threading.Event()
+        self._out = getattr(sys.stderr, "buffer", None)
+        self._thread = threading.Thread(target=self._relay, args=(stream,), name="voila-output", daemon=True)
+        self._thread.start()
+
+    def _relay(self, stream: Any) -> None:
+        with stream:
+            for line in iter(stream.readline, b""):
+                if self._muted.is_set():
+                    continue
+                try:
+                    if self._out is not None:
+                        self._out.write(line)
+                        self._out.flush()
+                    else:
+                        print(line.decode(errors="replace"), end="", file=sys.stderr, flush=True)
+                except (OSError, ValueError):  # our stderr is closed: keep draining the pipe
+                    continue
+
+    def mute(self) -> None:
+        """Drop what follows."""
+        self._muted.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait until the pipe closed (everything that wrote to it is gone), at most ``timeout`` s."""
+        self._thread.join(timeout)
 
 
 def _wait_until(done: Callable[[], bool], timeout: float, interrupted: Callable[[], bool] = lambda: False) -> bool:

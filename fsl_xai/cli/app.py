@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..voila_process import (
     ChildTracker,
+    OutputRelay,
     ServeError,
     StopSignals,
     check_port_free,
@@ -129,12 +130,16 @@ def serve_app(notebook: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
     with StopSignals() as stops:
         process = subprocess.Popen(app_voila_argv(notebook, host, port, preheat),
                                    env=voila_environment(share, **(env or {})), stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        relay = OutputRelay(process.stdout)
         tracker = ChildTracker(process.pid)
         try:
             run_until_stopped(process, tracker, stops, (host, port), f"{host}:{port}", announce)
         finally:
+            if stops.received:
+                relay.mute()
             stop_children(process, tracker, hurry=stops.hurry)
+            relay.join(timeout=5)
     if stops.received:
         print("stopped the workbench app and its kernels", file=sys.stderr, flush=True)
         return stops.exit_code

@@ -31,6 +31,7 @@ from ..voila_process import (
     KERNEL_START_S,
     VOILA_TEMPLATE,
     ChildTracker,
+    OutputRelay,
     ServeError,
     StopSignals,
     check_port_free,
@@ -150,10 +151,12 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
                                         upstream_secret=upstream_secret, handoff=handoff))
         try:
             process = subprocess.Popen(voila_command(notebook, "127.0.0.1", internal, cull_idle_s, preheat), env=env,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
+        relay = OutputRelay(process.stdout)
         tracker = ChildTracker(process.pid)
         try:
             gate.start()
@@ -162,7 +165,10 @@ def serve_rater_app(db: Path, study_file: Path, notebook: Path, host: str = "127
             gate.stop()  # no new requests while Voila and its kernels stop
             for s in sockets:
                 s.close()
+            if stops.received:
+                relay.mute()
             stop_children(process, tracker, hurry=stops.hurry)
+            relay.join(timeout=5)
             shutil.rmtree(private, ignore_errors=True)  # the secret, if Voila never read it
     if stops.received:
         print("stopped the rater app and its kernels", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
-"""ChildTracker (fsl_xai/voila_process.py): the descendants of a server, found by walking its own process
-tree, stay tracked after their parent is gone and are stopped by pid; a reused pid is never signalled."""
+"""fsl_xai/voila_process.py: ChildTracker (the descendants of a server, found by walking its own process
+tree, stay tracked after their parent is gone and are stopped by pid; a reused pid is never signalled)
+and OutputRelay (what a server prints reaches stderr until it is muted for a stop)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -58,3 +60,15 @@ def test_a_pid_with_another_start_is_not_alive():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_relay_shows_output_until_muted(capfd):
+    read, write = os.pipe()
+    relay = vp.OutputRelay(os.fdopen(read, "rb"))
+    with os.fdopen(write, "wb", buffering=0) as out:
+        out.write(b"serving\n")
+        assert _wait(lambda: "serving" in capfd.readouterr().err)
+        relay.mute()
+        out.write(b"Traceback (most recent call last):\n")
+    relay.join(timeout=5)  # the pipe closed: the relay drained it and ended
+    assert "Traceback" not in capfd.readouterr().err
