@@ -16,11 +16,12 @@ Pages are served with the project's offline ``fsl-xai`` template (``template_pat
 template without its links to CDNs, so a page makes no request off the machine.
 
 ``StartedPoolKernelManager`` (for ``--VoilaConfiguration.multi_kernel_manager_class``) changes one
-thing in Voila's preheat pool: a page takes a pooled kernel only once that kernel has started.
-Voila counts a replacement still waiting out its fill delay as ready, so a page opened then waited
-for the rest of the delay and a whole kernel start (the workbench reloaded 2 s after a load: 41 s
-with a 30 s delay, on a busy machine where its first load took 7 s); with this class such a page
-starts a kernel of its own at once, as without a pool.
+thing in Voila's preheat pool: a page takes a pooled kernel only once that kernel is launching or
+has started. Voila counts a replacement still waiting out its fill delay as ready, so a page opened
+then waited for the rest of the delay and a whole kernel start (the workbench reloaded 2 s after a
+load: 41 s with a 30 s delay, on a busy machine where its first load took 7 s); with this class such
+a page starts a kernel of its own at once, as without a pool, and a page opened while a pooled kernel
+launches waits for that one instead of starting another.
 """
 
 from __future__ import annotations
@@ -401,25 +402,37 @@ def voila_argv(notebook: Path, host: str, port: int, preheat: int = 0, fill_dela
 
 
 def _started_pool_kernel_manager() -> type:
+    import asyncio
+    import weakref
+
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
     class StartedPoolKernelManager(AsyncMappingKernelManager):
         """Jupyter's kernel manager, with Voila's preheat pool (which Voila builds on it) counting
-        only kernels that have started: a replacement still waiting out its fill delay is not
-        ready, and a page opened meanwhile starts a kernel of its own instead of waiting for it."""
+        only kernels that are starting or have started: a replacement still waiting out its fill
+        delay is not ready, and a page opened meanwhile starts a kernel of its own instead of waiting
+        for it; a page opened while a pooled kernel is launching waits for that one (it is further
+        along than a new kernel would be)."""
 
         _pools: dict[str, list[Any]]  # Voila's pools (asyncio tasks that start a kernel), by notebook
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
+            self._launching: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # tasks past their fill delay
             if callable(getattr(self, "get_rendered_notebook", None)):  # Voila's preheat subclass
                 self.get_pool_size = self._started_pool_size  # the instance's own: Voila's is a subclass method
 
+        async def start_kernel(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]  # async here
+            task = asyncio.current_task()
+            if task is not None:  # a pool's task (its delay is over) or a page's own start
+                self._launching.add(task)
+            return await super().start_kernel(*args, **kwargs)
+
         def _started_pool_size(self, notebook_name: str) -> int:
             pool = self._pools.get(notebook_name, [])
-            # Voila hands out pool[0]: started kernels first
-            pool.sort(key=lambda task: not task.done())
-            return sum(1 for task in pool if task.done())
+            # Voila hands out pool[0]: started kernels first, then those launching
+            pool.sort(key=lambda task: 0 if task.done() else 1 if task in self._launching else 2)
+            return sum(1 for task in pool if task.done() or task in self._launching)
 
     StartedPoolKernelManager.__module__ = __name__
     StartedPoolKernelManager.__qualname__ = "StartedPoolKernelManager"

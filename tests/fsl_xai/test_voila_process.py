@@ -72,3 +72,44 @@ def test_the_relay_shows_output_until_muted(capfd):
         out.write(b"Traceback (most recent call last):\n")
     relay.join(timeout=5)  # the pipe closed: the relay drained it and ended
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_pool_offers_kernels_that_launch_or_started_not_those_that_wait(monkeypatch, tmp_path):
+    """Voila's own preheat subclass built on StartedPoolKernelManager (as `fsl-xai app` configures it):
+    a pooled kernel counts once its fill delay is over and its start began, and is handed out after
+    the started ones; one still waiting out its delay does not count."""
+    import asyncio
+
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from traitlets.config import Configurable
+    from voila.voila_kernel_manager import voila_kernel_manager_factory
+
+    class VoilaApp(Configurable):  # what the manager reads of its Voila: a folder without notebooks
+        root_dir = str(tmp_path)
+        notebook_path = None
+
+    release = None
+
+    async def launch(self, *args, **kwargs):  # Jupyter's start, stood in for: it waits until released
+        await release.wait()
+        return "kernel-id"
+
+    monkeypatch.setattr(AsyncMappingKernelManager, "start_kernel", launch)
+    manager = voila_kernel_manager_factory(vp.StartedPoolKernelManager, True, 1)(parent=VoilaApp())
+
+    async def scenario():
+        nonlocal release
+        release = asyncio.Event()
+        started = asyncio.get_running_loop().create_future()
+        started.set_result({"kernel_id": "started"})
+        waiting = asyncio.create_task(asyncio.sleep(60))  # a replacement waiting out its fill delay
+        launching = asyncio.create_task(manager.start_kernel())
+        manager._pools["app.ipynb"] = [waiting, launching, started]
+        await asyncio.sleep(0)  # the launching task enters the start
+        assert manager.get_pool_size("app.ipynb") == 2
+        assert manager._pools["app.ipynb"] == [started, launching, waiting]  # Voila hands out pool[0]
+        release.set()
+        assert await launching == "kernel-id"
+        waiting.cancel()
+
+    asyncio.run(scenario())
