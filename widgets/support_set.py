@@ -23,6 +23,7 @@ class SupportSetView(View):
     def __init__(self, state, **kwargs):
         super().__init__(state, **kwargs)
         self.selected_position: int | None = None
+        self._pool_current = False  # the pool list shows the pool of the episode on screen
         self.header = w.HTML()
         self.header.add_class("fsl-support-header")
         self.seed = w.IntText(value=state.seed, description="seed", layout=w.Layout(width="130px"),
@@ -117,19 +118,28 @@ class SupportSetView(View):
             raise ValueError("select a support image first (its 'select' button), then pick a pool image")
         if not self.pool_list.value:
             raise ValueError("pick a pool image to swap in")
+        self._check_pool_current()
         sample_id = self.pool_list.value
         self._edit_selected(lambda position: self.state.swap_support(position, sample_id))
 
     def add(self) -> None:
         if not self.pool_list.value:
             raise ValueError("pick a pool image to add")
+        self._check_pool_current()
         if self.as_class.value is None:
             raise ValueError("choose the class to add the image as ('as class'), then click add to support")
         self.state.add_support(self.pool_list.value, self.as_class.value)
 
+    def _check_pool_current(self) -> None:
+        if not self._pool_current:
+            raise ValueError("the pool list is being updated after the last edit; pick the pool image again")
+
     def _sync_buttons(self) -> None:
         """Each edit button works only once what it needs is chosen; its tooltip says what is missing."""
-        picked, cls, chosen = bool(self.pool_list.value), self.as_class.value, self.selected_position is not None
+        # the list's pick counts once the list shows the pool of the episode on screen (it is refilled
+        # POOL_REFILL_S after an edit; its old pick may be the image just swapped in)
+        pick = self.pool_list.value if self._pool_current else None
+        picked, cls, chosen = bool(pick), self.as_class.value, self.selected_position is not None
         self.add_button.disabled = not (picked and cls is not None)
         self.add_button.tooltip = ("pick a pool image first" if not picked else "choose 'as class' first"
                                    if cls is None else f"add the pool image to the support set as {cls}")
@@ -142,7 +152,7 @@ class SupportSetView(View):
                                       else "remove the selected support image")
         # the edit a click would make next (swap when a pool image is picked, else remove): its maps
         # are computed while the kernel is idle
-        self.state.expect_edit(self.selected_position, self.pool_list.value or None)
+        self.state.expect_edit(self.selected_position, pick or None)
 
     def remove(self) -> None:
         if self.selected_position is None:
@@ -180,7 +190,8 @@ class SupportSetView(View):
             self.selected_position = None
         self._render_cards()
         # the pool list (below the support set: hundreds of labels the page redraws whole) once the
-        # page has drawn the edit's views
+        # page has drawn the edit's views; until then its pick does not count
+        self._pool_current = False
         self.defer(self._fill_pool, after_s=POOL_REFILL_S)
         self._sync_buttons()
 
@@ -231,6 +242,8 @@ class SupportSetView(View):
     def _fill_pool(self) -> None:
         if self.state.episode is None:
             return
+        self._pool_current = True
+        before = self.pool_list.value
         table = self.pool_table()
         cols = [c for c in table.columns if c not in _SKIP_COLUMNS and c != "class"][:3]
         head = table.head(500)
@@ -244,6 +257,8 @@ class SupportSetView(View):
         options = list(zip(labels.tolist(), head["sample_id"].tolist(), strict=True))
         self.pool_list.options = options
         self.pool_list.value = options[0][1] if options else None
+        if self.pool_list.value == before:  # no new pick (whose observer syncs them): the buttons follow the list
+            self._sync_buttons()
 
     def _on_pool_pick(self, change=None) -> None:
         sid = self.pool_list.value

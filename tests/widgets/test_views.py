@@ -87,6 +87,34 @@ def test_swap_in_the_support_view_updates_every_other_view(bench):
     assert len(bench.queries.buttons) == s.episode.n_query
 
 
+def test_in_a_kernel_the_pool_list_follows_an_edit_and_its_old_pick_does_not_count(state):
+    """In a running loop the pool list is refilled POOL_REFILL_S after an edit; until then its pick (the
+    image just swapped in) neither enables a button nor is added when clicked."""
+    import asyncio
+
+    from widgets.support_set import POOL_REFILL_S
+
+    view = SupportSetView(state)
+
+    async def scenario() -> None:
+        view.select(0)
+        view.pool_class.value = state.episode.classes[state.episode.support_labels[0]]
+        target = view.pool_list.value
+        view.swap_button.click()
+        assert state.episode.support_ids[0] == target
+        assert view.pool_list.value == target  # not refilled yet
+        assert view.add_button.disabled and view.swap_button.disabled
+        with pytest.raises(ValueError, match="pool list is being updated"):
+            view.add()
+        await asyncio.sleep(POOL_REFILL_S + 0.2)
+        assert view.pool_list.value not in state.episode.support_ids
+        assert target not in [sid for _, sid in view.pool_list.options]
+        assert not view.add_button.disabled
+
+    asyncio.run(scenario())
+    assert state.episode.support_ids.count(state.episode.support_ids[0]) == 1
+
+
 def test_adding_a_mislabelled_image_is_marked(bench):
     s, view = bench.state, bench.support
     view.pool_class.value = s.episode.classes[0]
