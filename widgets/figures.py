@@ -96,7 +96,17 @@ def png_bytes(image: np.ndarray, size: int | None = None) -> bytes:
 
 
 def data_url(image: np.ndarray, size: int | None = None) -> str:
+    """``png_bytes`` as a data URL."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(image, size)).decode()
+
+
+def pixels_data_url(pixels: np.ndarray) -> str:
+    """A data URL of the PNG of (H, W, 3) or (H, W, 4) uint8 pixels, as they are (RGBA keeps its alpha)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 # ---------------------------------------------------------------------------------------- heatmaps
@@ -129,15 +139,16 @@ def heatmap_figure(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
         signed: show signed values (red for, blue against) or their absolute value.
         mask: optional (H, W) bool lesion mask drawn as an outline.
         warning: a line shown above the maps in red (a query the domain guard flags).
-        compact: send less to the page (for a live view redrawn on every click, and smaller files):
+        compact: send less (smaller files and pages):
             the image as a PNG (``source``) instead of its pixel values (``z``), and each map as whole
             percent of its largest attribution (int8: about half the bytes of the same map with three
             decimals; plotly sends a 2-D array as a JSON list); ``map_values`` reads it back.
 
-    The views redraw this figure on every click, so it is built from a cached skeleton: everything
-    but the pixels, the maps and the titles is made (and checked by plotly) once per layout
-    (number of maps, image size, title lines, options); each call copies it and puts in its own
-    values, which plotly then takes unchecked (about 15x faster; the same figure).
+    Exports and the failure explorer's case view draw this figure (the workbench's live view draws
+    the same maps in HTML, ``heatmap_html``). It is built from a cached skeleton: everything but the
+    pixels, the maps and the titles is made (and checked by plotly) once per layout (number of maps,
+    image size, title lines, options); each call copies it and puts in its own values, which plotly
+    then takes unchecked (about 15x faster; the same figure).
     """
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]

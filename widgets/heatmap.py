@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import ipywidgets as w
-import numpy as np
 
 from fsl_xai.explain import list_methods, method_spec
 
@@ -68,7 +67,6 @@ class HeatmapViewer(View):
         # the maps as HTML images (widgets/heatmap_html.py): a redraw swaps a few PNGs, no plotly replot
         self.picture = w.HTML()
         self.picture.add_class("fsl-heatmap-figure")
-        self.drawn: dict[str, Any] = {}  # what the picture shows now: maps, titles, opacity, colours, signed, mask
         self.badge_html = w.HTML()
         self.badge_html.add_class("fsl-heatmap-caption")
         self.banner = w.HTML()
@@ -223,8 +221,8 @@ class HeatmapViewer(View):
         if s.result is last_result and s.query_index == last_query:
             return
         self._drawn_for = (s.result, s.query_index)
-        cached = all(s.explanations.is_cached(m, s.query_index) for m in s.methods[:MAX_METHODS])
-        if s.query_index == last_query and last_result is not None and not cached:
+        if s.query_index == last_query and last_result is not None and not all(
+                s.explanations.is_cached(m, s.query_index) for m in s.methods[:MAX_METHODS]):
             # the same query under a new support set, its maps not computed ahead (``Prefetch.expect``):
             # the distances and the projection go to the page first, and the browser draws them while
             # the maps are computed
@@ -293,7 +291,7 @@ class HeatmapViewer(View):
             self._badges[m] = self.state.explanations.badges(m)
         except Exception as exc:  # noqa: BLE001 - a failing check is shown, the map stays
             self._badge_errors[m] = f"{type(exc).__name__}: {exc}"
-        self._update_titles()
+        self._caption()  # the badges so far, under the maps (which stay as they are)
         if rest:
             self.defer(self._badges_of, refresh, result, query, rest)
         else:
@@ -312,10 +310,6 @@ class HeatmapViewer(View):
                 what += f" rather than {ep.classes[con[0]]}"
             titles.append(f"{method_spec(m).label} — why {what}")
         return titles
-
-    def _update_titles(self) -> None:
-        """Show the badges computed so far (in the caption: the maps on screen stay as they are)."""
-        self._caption()
 
     def _badge_lines(self) -> list[str]:
         """Per shown map, its quality badges ('checking…' until computed, the error if the check failed)."""
@@ -340,12 +334,8 @@ class HeatmapViewer(View):
         if s.result is None or s.query_index < 0:
             return
         maps = [amap.normalized[0] for amap in self.last_maps.values()]
-        mask = s.query_mask()
-        self.drawn = dict(maps=maps, titles=self._titles(), opacity=float(self.opacity.value),
-                          colorscale=self.colormap.value, signed=bool(self.signed.value),
-                          mask=mask if mask is not None and bool(np.asarray(mask).any()) else None)
-        text = heatmap_html(s.query_image(), maps, self.drawn["titles"], opacity=self.drawn["opacity"],
-                            colorscale=self.drawn["colorscale"], signed=self.drawn["signed"], mask=self.drawn["mask"])
+        text = heatmap_html(s.query_image(), maps, self._titles(), opacity=self.opacity.value,
+                            colorscale=self.colormap.value, signed=self.signed.value, mask=s.query_mask())
         if self.picture.value != text:
             self.picture.value = text
         self._caption()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .figures import to_rgb
+from .figures import data_url, pixels_data_url
 
 #: the side of each map on the page, in CSS pixels (three maps and the colour bar fit the decision column)
 SIZE = 190
@@ -59,14 +59,6 @@ def outline_rgba(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _png_url(pixels: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _colorbar(colorscale: str, signed: bool, height: int) -> str:
     lut = _lut(colorscale)
     stops = []
@@ -98,19 +90,19 @@ def heatmap_html(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence
         mask: optional (H, W) bool lesion mask drawn as a lime outline.
         size: each map's width on the page in CSS pixels (its height keeps the image's aspect).
     """
-    rgb = to_rgb(image)
-    h, w = rgb.shape[:2]
+    h, w = np.shape(image)[-2:]
     height = max(1, round(size * h / w))
-    picture = _png_url(rgb)
-    outline = _png_url(outline_rgba(mask)) if mask is not None and np.asarray(mask).any() else ""
+    picture = data_url(image)
+    outline = pixels_data_url(outline_rgba(mask)) if mask is not None and np.asarray(mask).any() else ""
     layer = (f"position:absolute;left:0;top:0;width:{size}px;height:{height}px;image-rendering:pixelated;"
              "display:block")
     panels = []
     for amap, title in zip(maps, titles, strict=True):
         text = html.escape(str(title))
+        overlay = pixels_data_url(overlay_rgba(amap, colorscale, signed))
         layers = [f"<img class='fsl-heatmap-image' alt='query image' src='{picture}' style='{layer}'>",
-                  f"<img class='fsl-heatmap-overlay' alt='attribution map' "
-                  f"src='{_png_url(overlay_rgba(amap, colorscale, signed))}' style='{layer};opacity:{opacity:.2f}'>"]
+                  f"<img class='fsl-heatmap-overlay' alt='attribution map' src='{overlay}' "
+                  f"style='{layer};opacity:{opacity:.2f}'>"]
         if outline:
             layers.append(f"<img class='fsl-heatmap-mask' alt='lesion mask outline' src='{outline}' style='{layer}'>")
         panels.append(f"<div class='fsl-heatmap-panel' style='width:{size}px'>"

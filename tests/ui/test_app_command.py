@@ -26,7 +26,6 @@ from tests.fsl_xai.study.test_serve import (
     _env,
     _free_port,
     _is_kernel,
-    _kill_all,
     _lines,
     _reap,
 )
@@ -147,9 +146,7 @@ def test_app_on_a_taken_port_is_a_clear_error(tmp_path):
         try:
             out, err = proc.communicate(timeout=120)
         finally:
-            _kill_all(_descendants(proc.pid))
-            proc.kill()
-            proc.wait()
+            _reap(proc, {})
     assert proc.returncode == 2, err
     assert err == (f"fsl-xai app: error: port {port} on 127.0.0.1 is already in use (by another server, perhaps an "
                    "earlier `fsl-xai app` still running); stop it, or choose another port with --port\n")

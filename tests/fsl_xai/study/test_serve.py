@@ -161,9 +161,7 @@ def test_serve_on_a_taken_port_is_a_clear_error(study_folder, tmp_path):
         try:
             out, err = proc.communicate(timeout=120)
         finally:
-            _kill_all(_descendants(proc.pid))
-            proc.kill()
-            proc.wait()
+            _reap(proc, {})
     assert proc.returncode == 2
     assert err == (f"fsl-xai study: error: port {port} on 127.0.0.1 is already in use (by another server, perhaps "
                    "an earlier `fsl-xai study serve` still running); stop it, or choose another port with --port\n")
